@@ -1,0 +1,932 @@
+//! One scVI step on the CPU: encoders, reparameterisation, KL, decoder, likelihood, and the backward
+//! pass through all of them. Shapes: B cells, G genes, H hidden units, L latent dimensions,
+//! K batch categories.
+//!
+//! ```text
+//! h_e = FC(log1p x [, onehot s])           q_m = h_e W_m^T + b_m     q_v = exp(h_e W_v^T + b_v) + 1e-4
+//! z   = q_m + sqrt(q_v) eps_z   (ln: softmax of it)
+//! h_d = FC(z, onehot s)                    rho = h_d W_s^T + b_s     pi = h_d W_pi^T + b_pi
+//! loss = mean_b [ -sum_g log p(x_bg | exp(lib_b) softmax(rho_b), theta, pi) + kl_weight KL_z + KL_l ]
+//! ```
+//! Gradients accumulate into a flat buffer in the parameters' layout; only tensors that this
+//! configuration uses (`Tensor::trainable`) receive any.
+
+use super::fc::{
+    fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats, DropoutKey,
+    FcCache, FcGrads, FcParams, Mode,
+};
+use super::gemm::add_column_sums;
+use super::output::{decoder_output, OutputPlanes, ThetaSource};
+use super::sparse::{sparse_log1p_linear_backward, sparse_log1p_linear_forward};
+use crate::batch::Minibatch;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::model::config::{Dispersion, LatentDistribution};
+use crate::model::init::ModelState;
+use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
+use crate::rng::{Philox, Stream};
+use std::ops::Range;
+
+/// `q_v = exp(u) + VAR_EPS` (scvi-tools' `Encoder.var_eps`).
+pub const VAR_EPS: f64 = 1e-4;
+
+/// The noise of one step: reparameterisation draws and the dropout key.
+pub struct StepNoise<'a, T> {
+    /// `[B, L]` standard normals for z.
+    pub eps_z: &'a [T],
+    /// `[B]` standard normals for the latent library (ignored with the observed library).
+    pub eps_l: &'a [T],
+    /// The generator and step index that key the dropout masks (None: no dropout).
+    pub dropout: Option<(Philox, u64)>,
+}
+
+/// Owned noise buffers drawn from the Philox streams, so every engine draws the same numbers.
+#[derive(Default)]
+pub struct NoiseBuffers<T> {
+    pub eps_z: Vec<T>,
+    pub eps_l: Vec<T>,
+    scratch: Vec<f64>,
+}
+
+impl<T: Float> NoiseBuffers<T> {
+    pub fn draw(&mut self, rng: &Philox, step: u64, b: usize, n_latent: usize) {
+        self.scratch.resize(b * n_latent, 0.0);
+        rng.fill_normal(Stream::LatentNoise, step, &mut self.scratch);
+        self.eps_z.clear();
+        self.eps_z
+            .extend(self.scratch.iter().map(|&v| T::from_f64(v)));
+        self.scratch.resize(b, 0.0);
+        rng.fill_normal(Stream::LibraryNoise, step, &mut self.scratch);
+        self.eps_l.clear();
+        self.eps_l
+            .extend(self.scratch.iter().map(|&v| T::from_f64(v)));
+    }
+
+    pub fn as_step(&self, dropout: Option<(Philox, u64)>) -> StepNoise<'_, T> {
+        StepNoise {
+            eps_z: &self.eps_z,
+            eps_l: &self.eps_l,
+            dropout,
+        }
+    }
+}
+
+/// The parts of a minibatch's loss, summed over its cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossParts {
+    pub n_cells: usize,
+    /// The minibatch objective: `mean(rec + kl_weight KL_z + KL_l)`.
+    pub loss: f64,
+    pub reconstruction_sum: f64,
+    pub kl_z_sum: f64,
+    pub kl_l_sum: f64,
+    pub kl_weight: f64,
+}
+
+#[derive(Default)]
+struct EncoderWork<T> {
+    layers: Vec<FcCache<T>>,
+    lin: Vec<T>,
+    q_m: Vec<T>,
+    u: Vec<T>,
+    q_v: Vec<T>,
+    d_q_m: Vec<T>,
+    d_u: Vec<T>,
+    d_h: Vec<T>,
+    d_h2: Vec<T>,
+}
+
+/// The CPU engine for one model layout; its buffers grow to the largest minibatch seen and are
+/// reused, so a warmed-up step allocates nothing but small per-layer statistics.
+pub struct CpuEngine<T> {
+    layout: Layout,
+    z_enc: EncoderWork<T>,
+    l_enc: EncoderWork<T>,
+    dec_layers: Vec<FcCache<T>>,
+    dec_lin: Vec<T>,
+    /// Decoder input `[B, L]` (z, after the softmax for `ln`).
+    z: Vec<T>,
+    d_z: Vec<T>,
+    d_hd: Vec<T>,
+    d_hd2: Vec<T>,
+    planes: OutputPlanes<T>,
+    theta_table: Vec<T>,
+    library: Vec<T>,
+    kl_z: Vec<f64>,
+    kl_l: Vec<f64>,
+    capacity: usize,
+}
+
+/// Disjoint mutable views of several tensors of one flat buffer.
+fn split_mut<'a, T, const N: usize>(
+    buf: &'a mut [T],
+    ranges: [Range<usize>; N],
+) -> [&'a mut [T]; N] {
+    for i in 0..N {
+        assert!(ranges[i].end <= buf.len());
+        for j in 0..i {
+            assert!(ranges[i].end <= ranges[j].start || ranges[j].end <= ranges[i].start);
+        }
+    }
+    let p = buf.as_mut_ptr();
+    // SAFETY: the ranges are in bounds and pairwise disjoint (checked above).
+    ranges.map(|r| unsafe { std::slice::from_raw_parts_mut(p.add(r.start), r.len()) })
+}
+
+impl<T: Float> CpuEngine<T> {
+    pub fn new(layout: Layout) -> Self {
+        CpuEngine {
+            layout,
+            z_enc: EncoderWork::default(),
+            l_enc: EncoderWork::default(),
+            dec_layers: Vec::new(),
+            dec_lin: Vec::new(),
+            z: Vec::new(),
+            d_z: Vec::new(),
+            d_hd: Vec::new(),
+            d_hd2: Vec::new(),
+            planes: OutputPlanes::default(),
+            theta_table: Vec::new(),
+            library: Vec::new(),
+            kl_z: Vec::new(),
+            kl_l: Vec::new(),
+            capacity: 0,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn reserve(&mut self, b: usize) {
+        if b <= self.capacity {
+            return;
+        }
+        let cfg = &self.layout.config;
+        let (h, l, g) = (cfg.n_hidden, cfg.n_latent, cfg.n_input);
+        let reserve_enc = |w: &mut EncoderWork<T>, ids: &EncoderIds, n_out: usize| {
+            w.layers.resize_with(ids.layers.len(), FcCache::default);
+            for (c, li) in w.layers.iter_mut().zip(&ids.layers) {
+                c.resize(b, li.linear.n_out);
+            }
+            for v in [&mut w.lin, &mut w.d_h, &mut w.d_h2] {
+                v.resize(b * h, T::ZERO);
+            }
+            for v in [&mut w.q_m, &mut w.u, &mut w.q_v, &mut w.d_q_m, &mut w.d_u] {
+                v.resize(b * n_out, T::ZERO);
+            }
+        };
+        reserve_enc(&mut self.z_enc, &self.layout.z_encoder, l);
+        if !cfg.use_observed_lib_size {
+            reserve_enc(&mut self.l_enc, &self.layout.l_encoder, 1);
+        }
+        self.dec_layers
+            .resize_with(self.layout.decoder.layers.len(), FcCache::default);
+        for (c, li) in self.dec_layers.iter_mut().zip(&self.layout.decoder.layers) {
+            c.resize(b, li.linear.n_out);
+        }
+        for v in [&mut self.dec_lin, &mut self.d_hd, &mut self.d_hd2] {
+            v.resize(b * h, T::ZERO);
+        }
+        self.z.resize(b * l, T::ZERO);
+        self.d_z.resize(b * l, T::ZERO);
+        self.planes.resize(b, g);
+        self.library.resize(b, T::ZERO);
+        self.kl_z.resize(b, 0.0);
+        self.kl_l.resize(b, 0.0);
+        self.capacity = b;
+    }
+
+    /// Per-cell reconstruction loss, KL_z and KL_l of the last forward pass.
+    pub fn per_cell(&self, b: usize) -> (&[f64], &[f64], &[f64]) {
+        (
+            &self.planes.reconstruction[..b],
+            &self.kl_z[..b],
+            &self.kl_l[..b],
+        )
+    }
+
+    /// `q_m` and `q_v` of the z encoder from the last forward pass (`[B, L]`).
+    pub fn posterior(&self, b: usize) -> (&[T], &[T]) {
+        let l = self.layout.config.n_latent;
+        (&self.z_enc.q_m[..b * l], &self.z_enc.q_v[..b * l])
+    }
+
+    /// The decoder input z (`[B, L]`) and `px_scale` (`[B, G]`) of the last forward pass.
+    pub fn z_and_scale(&self, b: usize) -> (&[T], &[T]) {
+        let (l, g) = (self.layout.config.n_latent, self.layout.config.n_input);
+        (&self.z[..b * l], &self.planes.scale[..b * g])
+    }
+
+    fn check_batch(&self, batch: &Minibatch, mode: Mode) -> Result<()> {
+        let cfg = &self.layout.config;
+        if batch.n_genes != cfg.n_input {
+            return Err(Error::Shape(format!(
+                "minibatch has {} genes, the model {}",
+                batch.n_genes, cfg.n_input
+            )));
+        }
+        if mode == Mode::Train && batch.len() < 2 && self.layout.batch_norms().next().is_some() {
+            return Err(Error::Data(
+                "BatchNorm cannot train on a minibatch of one cell".to_string(),
+            ));
+        }
+        if let Some(&s) = batch.batch.iter().find(|&&s| s as usize >= cfg.n_batch) {
+            return Err(Error::Data(format!(
+                "batch code {s} out of range (n_batch {})",
+                cfg.n_batch
+            )));
+        }
+        if let Some(&s) = batch.labels.iter().find(|&&s| s as usize >= cfg.n_labels) {
+            return Err(Error::Data(format!(
+                "label code {s} out of range (n_labels {})",
+                cfg.n_labels
+            )));
+        }
+        Ok(())
+    }
+
+    /// The encoders only, in eval mode: fills the posterior (`posterior()`).
+    pub fn encode(&mut self, state: &mut ModelState<T>, batch: &Minibatch) -> Result<()> {
+        self.check_batch(batch, Mode::Eval)?;
+        self.reserve(batch.len());
+        let ids = self.layout.z_encoder.clone();
+        encoder_forward(
+            &mut self.z_enc,
+            &ids,
+            state,
+            batch,
+            Mode::Eval,
+            None,
+            Stream::EncoderDropout,
+        );
+        Ok(())
+    }
+
+    /// A forward pass and, when `grads` is given, the backward pass, accumulating `d loss` into
+    /// `grads` (the parameters' layout). In `Mode::Train` BatchNorm uses (and updates) batch
+    /// statistics and dropout is on.
+    pub fn forward_backward(
+        &mut self,
+        state: &mut ModelState<T>,
+        grads: Option<&mut [T]>,
+        batch: &Minibatch,
+        noise: &StepNoise<T>,
+        kl_weight: f64,
+        mode: Mode,
+    ) -> Result<LossParts> {
+        self.check_batch(batch, mode)?;
+        let b = batch.len();
+        self.reserve(b);
+        let layout = self.layout.clone();
+        let cfg = &layout.config;
+        let (l, g) = (cfg.n_latent, cfg.n_input);
+        if noise.eps_z.len() < b * l || (!cfg.use_observed_lib_size && noise.eps_l.len() < b) {
+            return Err(Error::Shape("step noise smaller than the minibatch".into()));
+        }
+        let dropout = if mode == Mode::Train {
+            noise.dropout
+        } else {
+            None
+        };
+
+        // Encoders.
+        encoder_forward(
+            &mut self.z_enc,
+            &layout.z_encoder,
+            state,
+            batch,
+            mode,
+            dropout,
+            Stream::EncoderDropout,
+        );
+        let (mut kl_z_sum, mut kl_l_sum) = (0.0, 0.0);
+        for i in 0..b {
+            let mut kl = 0.0;
+            for k in 0..l {
+                let (m, v) = (self.z_enc.q_m[i * l + k], self.z_enc.q_v[i * l + k]);
+                let sd = v.sqrt();
+                self.z[i * l + k] = m + sd * noise.eps_z[i * l + k];
+                // torch's kl(Normal(m, sqrt v), Normal(0, 1)).
+                let (m, vr) = (m.to_f64(), (sd * sd).to_f64());
+                kl += 0.5 * (vr + m * m - 1.0 - vr.ln());
+            }
+            self.kl_z[i] = kl;
+            kl_z_sum += kl;
+            if cfg.latent_distribution == LatentDistribution::Ln {
+                softmax_in_place(&mut self.z[i * l..(i + 1) * l]);
+            }
+        }
+        if cfg.use_observed_lib_size {
+            for i in 0..b {
+                self.library[i] = T::from_f64(batch.log_library[i]);
+                self.kl_l[i] = 0.0;
+            }
+        } else {
+            encoder_forward(
+                &mut self.l_enc,
+                &layout.l_encoder,
+                state,
+                batch,
+                mode,
+                dropout,
+                Stream::LibraryEncoderDropout,
+            );
+            let means = state.buffer(layout.library_log_means.unwrap()).to_vec();
+            let vars = state.buffer(layout.library_log_vars.unwrap()).to_vec();
+            for i in 0..b {
+                let (m, v) = (self.l_enc.q_m[i], self.l_enc.q_v[i]);
+                let sd = v.sqrt();
+                self.library[i] = m + sd * noise.eps_l[i];
+                let s = batch.batch[i] as usize;
+                let (pm, ps) = (means[s].to_f64(), vars[s].to_f64().sqrt());
+                let vr = (sd.to_f64() / ps).powi(2);
+                let t1 = ((m.to_f64() - pm) / ps).powi(2);
+                self.kl_l[i] = 0.5 * (vr + t1 - 1.0 - vr.ln());
+                kl_l_sum += self.kl_l[i];
+            }
+        }
+
+        // Decoder.
+        fc_stack_forward(
+            &mut self.dec_layers,
+            &mut self.dec_lin,
+            &layout.decoder.layers,
+            state,
+            &self.z,
+            batch,
+            mode,
+            None,
+            Stream::EncoderDropout,
+        );
+        let hd = &self.dec_layers.last().unwrap().out;
+        let dec = &layout.decoder;
+        linear_forward(
+            &mut self.planes.scale,
+            hd,
+            &[],
+            state.param(dec.scale.weight),
+            state.param(dec.scale.bias),
+            b,
+            cfg.n_hidden,
+            0,
+            g,
+        );
+        if cfg.gene_likelihood.has_pi() {
+            linear_forward(
+                &mut self.planes.pi,
+                hd,
+                &[],
+                state.param(dec.dropout.weight),
+                state.param(dec.dropout.bias),
+                b,
+                cfg.n_hidden,
+                0,
+                g,
+            );
+        }
+        let theta = if !cfg.gene_likelihood.has_theta() {
+            ThetaSource::None
+        } else if cfg.dispersion == Dispersion::GeneCell {
+            linear_forward(
+                &mut self.planes.r,
+                hd,
+                &[],
+                state.param(dec.r.weight),
+                state.param(dec.r.bias),
+                b,
+                cfg.n_hidden,
+                0,
+                g,
+            );
+            ThetaSource::Cell
+        } else {
+            let px_r = state.param(layout.px_r.unwrap());
+            self.theta_table.clear();
+            self.theta_table.extend(px_r.iter().map(|v| v.exp()));
+            match cfg.dispersion {
+                Dispersion::Gene => ThetaSource::Gene(&self.theta_table),
+                Dispersion::GeneBatch => ThetaSource::PerCategory {
+                    theta: &self.theta_table,
+                    n_cat: cfg.n_batch,
+                    codes: &batch.batch,
+                },
+                _ => ThetaSource::PerCategory {
+                    theta: &self.theta_table,
+                    n_cat: cfg.n_labels,
+                    codes: &batch.labels,
+                },
+            }
+        };
+        let grad_scale = if grads.is_some() { 1.0 / b as f64 } else { 0.0 };
+        decoder_output(
+            &mut self.planes,
+            batch,
+            cfg.gene_likelihood,
+            theta,
+            &self.library[..b],
+            grad_scale,
+        );
+        let rec_sum: f64 = self.planes.reconstruction[..b].iter().sum();
+        let loss = (rec_sum + kl_weight * kl_z_sum + kl_l_sum) / b as f64;
+        let parts = LossParts {
+            n_cells: b,
+            loss,
+            reconstruction_sum: rec_sum,
+            kl_z_sum,
+            kl_l_sum,
+            kl_weight,
+        };
+        let Some(grads) = grads else { return Ok(parts) };
+
+        // Backward: output heads -> h_d.
+        let hd = &self.dec_layers.last().unwrap().out;
+        let h = cfg.n_hidden;
+        head_backward(
+            grads,
+            &layout,
+            &dec.scale,
+            &self.planes.d_rho,
+            hd,
+            state,
+            &mut self.d_hd,
+            false,
+            b,
+        );
+        if cfg.gene_likelihood.has_pi() {
+            head_backward(
+                grads,
+                &layout,
+                &dec.dropout,
+                &self.planes.pi,
+                hd,
+                state,
+                &mut self.d_hd,
+                true,
+                b,
+            );
+        }
+        if cfg.gene_likelihood.has_theta() {
+            if cfg.dispersion == Dispersion::GeneCell {
+                head_backward(
+                    grads,
+                    &layout,
+                    &dec.r,
+                    &self.planes.r,
+                    hd,
+                    state,
+                    &mut self.d_hd,
+                    true,
+                    b,
+                );
+            } else {
+                let t = &layout.params[layout.px_r.unwrap()];
+                let dpx = &mut grads[t.range()];
+                let dr = &self.planes.r;
+                match cfg.dispersion {
+                    Dispersion::Gene => add_column_sums(dpx, dr, b, g, g),
+                    Dispersion::GeneBatch | Dispersion::GeneLabel => {
+                        let (codes, k) = if cfg.dispersion == Dispersion::GeneBatch {
+                            (&batch.batch, cfg.n_batch)
+                        } else {
+                            (&batch.labels, cfg.n_labels)
+                        };
+                        for i in 0..b {
+                            let c = codes[i] as usize;
+                            for j in 0..g {
+                                dpx[j * k + c] += dr[i * g + j];
+                            }
+                        }
+                    }
+                    Dispersion::GeneCell => unreachable!(),
+                }
+            }
+        }
+        // Decoder FC stack -> dz.
+        fc_stack_backward(
+            &mut self.dec_layers,
+            &layout.decoder.layers,
+            state,
+            grads,
+            &mut self.d_hd,
+            &mut self.d_hd2,
+            Some(&mut self.d_z),
+            &self.z,
+            batch,
+            mode,
+        );
+        let _ = h;
+        // Through the logistic-normal softmax: d z_pre = z (dz - sum(dz z)).
+        if cfg.latent_distribution == LatentDistribution::Ln {
+            for i in 0..b {
+                let zr = &self.z[i * l..(i + 1) * l];
+                let dz = &mut self.d_z[i * l..(i + 1) * l];
+                let dot: T = zr.iter().zip(dz.iter()).map(|(&a, &d)| a * d).sum();
+                for (d, &zv) in dz.iter_mut().zip(zr) {
+                    *d = zv * (*d - dot);
+                }
+            }
+        }
+        // Reparameterisation and KL: dq_m = dz + w m / B; du = (dz eps / (2 sd) + w (1 - 1/v) / (2 B)) exp(u).
+        let w = T::from_f64(kl_weight / b as f64);
+        let half = T::from_f64(0.5);
+        for i in 0..b * l {
+            let (m, v, u) = (self.z_enc.q_m[i], self.z_enc.q_v[i], self.z_enc.u[i]);
+            let sd = v.sqrt();
+            let dz = self.d_z[i];
+            self.z_enc.d_q_m[i] = dz + w * m;
+            self.z_enc.d_u[i] =
+                (dz * noise.eps_z[i] * half / sd + w * half * (T::ONE - T::ONE / v)) * u.exp();
+        }
+        encoder_backward(
+            &mut self.z_enc,
+            &layout.z_encoder,
+            state,
+            grads,
+            batch,
+            mode,
+        );
+        if !cfg.use_observed_lib_size {
+            let means = state.buffer(layout.library_log_means.unwrap()).to_vec();
+            let vars = state.buffer(layout.library_log_vars.unwrap()).to_vec();
+            let inv_b = T::from_f64(1.0 / b as f64);
+            for i in 0..b {
+                let (m, v, u) = (self.l_enc.q_m[i], self.l_enc.q_v[i], self.l_enc.u[i]);
+                let s = batch.batch[i] as usize;
+                let (pm, pv) = (means[s], vars[s]);
+                let dlib = self.planes.d_library[i];
+                self.l_enc.d_q_m[i] = dlib + (m - pm) / pv * inv_b;
+                let dv = dlib * noise.eps_l[i] * half / v.sqrt()
+                    + half * (T::ONE / pv - T::ONE / v) * inv_b;
+                self.l_enc.d_u[i] = dv * u.exp();
+            }
+            encoder_backward(
+                &mut self.l_enc,
+                &layout.l_encoder,
+                state,
+                grads,
+                batch,
+                mode,
+            );
+        }
+        Ok(parts)
+    }
+}
+
+fn softmax_in_place<T: Float>(v: &mut [T]) {
+    let mx = v
+        .iter()
+        .fold(T::from_f64(f64::NEG_INFINITY), |m, &x| m.max(x));
+    let mut s = T::ZERO;
+    for x in v.iter_mut() {
+        *x = (*x - mx).exp();
+        s += *x;
+    }
+    v.iter_mut().for_each(|x| *x /= s);
+}
+
+fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcParams<'a, T> {
+    FcParams {
+        weight: state.param(ids.linear.weight),
+        bias: state.param(ids.linear.bias),
+        bn_weight: ids.batch_norm.as_ref().map(|bn| state.param(bn.weight)),
+        bn_bias: ids.batch_norm.as_ref().map(|bn| state.param(bn.bias)),
+    }
+}
+
+/// Forward through an FCLayers stack whose first layer takes the dense `x`.
+#[allow(clippy::too_many_arguments)]
+fn fc_stack_forward<T: Float>(
+    caches: &mut [FcCache<T>],
+    lin: &mut [T],
+    layers: &[FcLayerIds],
+    state: &mut ModelState<T>,
+    x0: &[T],
+    batch: &Minibatch,
+    mode: Mode,
+    dropout: Option<(Philox, u64)>,
+    stream: Stream,
+) {
+    let b = batch.len();
+    for (i, ids) in layers.iter().enumerate() {
+        let (prev, rest) = caches.split_at_mut(i);
+        let x = if i == 0 { x0 } else { &prev[i - 1].out };
+        let p = layer_params(state, ids);
+        linear_forward(
+            lin,
+            x,
+            &batch.batch,
+            p.weight,
+            p.bias,
+            b,
+            ids.linear.n_in,
+            ids.n_cat,
+            ids.linear.n_out,
+        );
+        fc_post(&mut rest[0], lin, ids, state, mode, dropout, stream, i, b);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fc_post<T: Float>(
+    cache: &mut FcCache<T>,
+    lin: &mut [T],
+    ids: &FcLayerIds,
+    state: &mut ModelState<T>,
+    mode: Mode,
+    dropout: Option<(Philox, u64)>,
+    stream: Stream,
+    layer: usize,
+    b: usize,
+) {
+    let ModelState {
+        layout,
+        params,
+        buffers,
+    } = state;
+    let p = |id: usize| &params[layout.params[id].range()];
+    let fp = FcParams {
+        weight: p(ids.linear.weight),
+        bias: p(ids.linear.bias),
+        bn_weight: ids.batch_norm.as_ref().map(|bn| p(bn.weight)),
+        bn_bias: ids.batch_norm.as_ref().map(|bn| p(bn.bias)),
+    };
+    let stats = ids.batch_norm.as_ref().map(|bn| {
+        let [mean, var, count] = split_mut(
+            buffers,
+            [
+                layout.buffers[bn.running_mean].range(),
+                layout.buffers[bn.running_var].range(),
+                layout.buffers[bn.num_batches_tracked].range(),
+            ],
+        );
+        if mode == Mode::Train {
+            count[0] += T::ONE;
+        }
+        BnStats { mean, var }
+    });
+    let key = dropout.map(|(rng, step)| DropoutKey {
+        rng,
+        stream,
+        index: step * 16 + layer as u64,
+    });
+    fc_post_forward(cache, lin, ids, &fp, stats, mode, key, b);
+}
+
+fn encoder_forward<T: Float>(
+    w: &mut EncoderWork<T>,
+    ids: &EncoderIds,
+    state: &mut ModelState<T>,
+    batch: &Minibatch,
+    mode: Mode,
+    dropout: Option<(Philox, u64)>,
+    stream: Stream,
+) {
+    let b = batch.len();
+    let first = &ids.layers[0];
+    sparse_log1p_linear_forward(
+        &mut w.lin,
+        batch,
+        state.param(first.linear.weight),
+        state.param(first.linear.bias),
+        first.n_cat,
+        first.linear.n_out,
+    );
+    fc_post(
+        &mut w.layers[0],
+        &mut w.lin,
+        first,
+        state,
+        mode,
+        dropout,
+        stream,
+        0,
+        b,
+    );
+    for (i, lids) in ids.layers.iter().enumerate().skip(1) {
+        let (prev, rest) = w.layers.split_at_mut(i);
+        let p = layer_params(state, lids);
+        linear_forward(
+            &mut w.lin,
+            &prev[i - 1].out,
+            &batch.batch,
+            p.weight,
+            p.bias,
+            b,
+            lids.linear.n_in,
+            lids.n_cat,
+            lids.linear.n_out,
+        );
+        fc_post(
+            &mut rest[0],
+            &mut w.lin,
+            lids,
+            state,
+            mode,
+            dropout,
+            stream,
+            i,
+            b,
+        );
+    }
+    let h = &w.layers.last().unwrap().out;
+    let n = ids.mean.n_out;
+    linear_forward(
+        &mut w.q_m,
+        h,
+        &[],
+        state.param(ids.mean.weight),
+        state.param(ids.mean.bias),
+        b,
+        ids.mean.n_in,
+        0,
+        n,
+    );
+    linear_forward(
+        &mut w.u,
+        h,
+        &[],
+        state.param(ids.var.weight),
+        state.param(ids.var.bias),
+        b,
+        ids.var.n_in,
+        0,
+        n,
+    );
+    let eps = T::from_f64(VAR_EPS);
+    for (v, &u) in w.q_v[..b * n].iter_mut().zip(&w.u) {
+        *v = u.exp() + eps;
+    }
+}
+
+/// Backward through a head `y = x W^T + b` with upstream `d` (`[B, n_out]`): weight gradients and
+/// `dx (+)= d W`.
+#[allow(clippy::too_many_arguments)]
+fn head_backward<T: Float>(
+    grads: &mut [T],
+    layout: &Layout,
+    ids: &LinearIds,
+    d: &[T],
+    x: &[T],
+    state: &ModelState<T>,
+    dx: &mut [T],
+    accumulate: bool,
+    b: usize,
+) {
+    let [dw, db] = split_mut(
+        grads,
+        [
+            layout.params[ids.weight].range(),
+            layout.params[ids.bias].range(),
+        ],
+    );
+    linear_backward(
+        Some(dx),
+        accumulate,
+        dw,
+        db,
+        d,
+        x,
+        &[],
+        state.param(ids.weight),
+        b,
+        ids.n_in,
+        0,
+        ids.n_out,
+    );
+}
+
+/// Backward through an FCLayers stack. `d` holds the gradient of the stack's output (it is used as
+/// scratch); `dx0`, when given, receives the gradient of the first layer's dense input.
+#[allow(clippy::too_many_arguments)]
+fn fc_stack_backward<T: Float>(
+    caches: &mut [FcCache<T>],
+    layers: &[FcLayerIds],
+    state: &ModelState<T>,
+    grads: &mut [T],
+    d: &mut Vec<T>,
+    d_next: &mut Vec<T>,
+    dx0: Option<&mut [T]>,
+    x0: &[T],
+    batch: &Minibatch,
+    mode: Mode,
+) {
+    let b = batch.len();
+    let layout = &state.layout;
+    let mut dx0 = dx0;
+    for i in (0..layers.len()).rev() {
+        let ids = &layers[i];
+        let p = layer_params(state, ids);
+        let mut g = layer_grads(grads, layout, ids);
+        fc_post_backward(d, &caches[i], ids, &p, &mut g, mode, b);
+        let x = if i == 0 { x0 } else { &caches[i - 1].out };
+        let dx = if i == 0 {
+            dx0.as_deref_mut()
+        } else {
+            Some(&mut d_next[..])
+        };
+        linear_backward(
+            dx,
+            false,
+            g.weight,
+            g.bias,
+            d,
+            x,
+            &batch.batch,
+            p.weight,
+            b,
+            ids.linear.n_in,
+            ids.n_cat,
+            ids.linear.n_out,
+        );
+        if i > 0 {
+            std::mem::swap(d, d_next);
+        }
+    }
+}
+
+fn layer_grads<'a, T>(grads: &'a mut [T], layout: &Layout, ids: &FcLayerIds) -> FcGrads<'a, T> {
+    let r = |id: usize| layout.params[id].range();
+    match &ids.batch_norm {
+        Some(bn) => {
+            let [w, bias, gw, gb] = split_mut(
+                grads,
+                [
+                    r(ids.linear.weight),
+                    r(ids.linear.bias),
+                    r(bn.weight),
+                    r(bn.bias),
+                ],
+            );
+            FcGrads {
+                weight: w,
+                bias,
+                bn_weight: Some(gw),
+                bn_bias: Some(gb),
+            }
+        }
+        None => {
+            let [w, bias] = split_mut(grads, [r(ids.linear.weight), r(ids.linear.bias)]);
+            FcGrads {
+                weight: w,
+                bias,
+                bn_weight: None,
+                bn_bias: None,
+            }
+        }
+    }
+}
+
+/// Backward through an encoder from `d_q_m` and `d_u` (the var head's pre-activation).
+fn encoder_backward<T: Float>(
+    w: &mut EncoderWork<T>,
+    ids: &EncoderIds,
+    state: &ModelState<T>,
+    grads: &mut [T],
+    batch: &Minibatch,
+    mode: Mode,
+) {
+    let b = batch.len();
+    let layout = &state.layout;
+    let h = &w.layers.last().unwrap().out;
+    head_backward(
+        grads, layout, &ids.mean, &w.d_q_m, h, state, &mut w.d_h, false, b,
+    );
+    head_backward(
+        grads, layout, &ids.var, &w.d_u, h, state, &mut w.d_h, true, b,
+    );
+    // Layers above the first are dense.
+    for i in (1..ids.layers.len()).rev() {
+        let lids = &ids.layers[i];
+        let p = layer_params(state, lids);
+        let mut g = layer_grads(grads, layout, lids);
+        fc_post_backward(&mut w.d_h, &w.layers[i], lids, &p, &mut g, mode, b);
+        linear_backward(
+            Some(&mut w.d_h2[..]),
+            false,
+            g.weight,
+            g.bias,
+            &w.d_h,
+            &w.layers[i - 1].out,
+            &batch.batch,
+            p.weight,
+            b,
+            lids.linear.n_in,
+            lids.n_cat,
+            lids.linear.n_out,
+        );
+        std::mem::swap(&mut w.d_h, &mut w.d_h2);
+    }
+    let first = &ids.layers[0];
+    let p = layer_params(state, first);
+    let mut g = layer_grads(grads, layout, first);
+    fc_post_backward(&mut w.d_h, &w.layers[0], first, &p, &mut g, mode, b);
+    sparse_log1p_linear_backward(
+        g.weight,
+        g.bias,
+        &w.d_h,
+        batch,
+        first.n_cat,
+        first.linear.n_out,
+    );
+}

@@ -1,0 +1,125 @@
+//! The model's hyper-parameters, with scvi-tools' `SCVI` defaults.
+
+use crate::error::{Error, Result};
+pub use crate::math::likelihood::GeneLikelihood;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dispersion {
+    /// One `theta` per gene (`px_r: [G]`).
+    Gene,
+    /// One per gene and batch (`px_r: [G, n_batch]`).
+    GeneBatch,
+    /// One per gene and label (`px_r: [G, n_labels]`).
+    GeneLabel,
+    /// Per gene and cell, from a decoder head (`decoder.px_r_decoder`).
+    GeneCell,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatentDistribution {
+    Normal,
+    /// Logistic normal: `z = softmax(q_m + sqrt(q_v) eps)`.
+    Ln,
+}
+
+/// Where a normalisation applies (`use_batch_norm` / `use_layer_norm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPlacement {
+    Encoder,
+    Decoder,
+    Both,
+    None,
+}
+
+impl NormPlacement {
+    pub fn encoder(self) -> bool {
+        matches!(self, NormPlacement::Encoder | NormPlacement::Both)
+    }
+    pub fn decoder(self) -> bool {
+        matches!(self, NormPlacement::Decoder | NormPlacement::Both)
+    }
+}
+
+/// Everything that fixes the shapes and the function of the model (scvi-tools' `VAE` arguments).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Genes.
+    pub n_input: usize,
+    /// Batch categories (1 when there is no batch key).
+    pub n_batch: usize,
+    /// Label categories (1 when there is no labels key).
+    pub n_labels: usize,
+    pub n_hidden: usize,
+    pub n_latent: usize,
+    pub n_layers: usize,
+    pub dropout_rate: f64,
+    pub dispersion: Dispersion,
+    pub gene_likelihood: GeneLikelihood,
+    pub latent_distribution: LatentDistribution,
+    pub encode_covariates: bool,
+    pub deeply_inject_covariates: bool,
+    pub use_batch_norm: NormPlacement,
+    pub use_layer_norm: NormPlacement,
+    /// Observed library size `log(sum x)` (true) or a latent one with its own encoder (false).
+    pub use_observed_lib_size: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            n_input: 0,
+            n_batch: 1,
+            n_labels: 1,
+            n_hidden: 128,
+            n_latent: 10,
+            n_layers: 1,
+            dropout_rate: 0.1,
+            dispersion: Dispersion::Gene,
+            gene_likelihood: GeneLikelihood::Zinb,
+            latent_distribution: LatentDistribution::Normal,
+            encode_covariates: false,
+            deeply_inject_covariates: true,
+            use_batch_norm: NormPlacement::Both,
+            use_layer_norm: NormPlacement::None,
+            use_observed_lib_size: true,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// One-hot width of the batch covariate: scvi-tools' `FCLayers` drops a category list of one.
+    pub fn batch_onehot_width(&self) -> usize {
+        if self.n_batch > 1 {
+            self.n_batch
+        } else {
+            0
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.n_input == 0 {
+            return bad("the model needs at least one gene".into());
+        }
+        if self.n_hidden == 0 || self.n_latent == 0 || self.n_layers == 0 {
+            return bad(format!(
+                "n_hidden ({}), n_latent ({}) and n_layers ({}) must be at least 1",
+                self.n_hidden, self.n_latent, self.n_layers
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return bad(format!(
+                "dropout_rate must be in [0, 1), got {}",
+                self.dropout_rate
+            ));
+        }
+        if self.n_batch == 0 || self.n_labels == 0 {
+            return bad("n_batch and n_labels must be at least 1".into());
+        }
+        Ok(())
+    }
+}

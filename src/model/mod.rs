@@ -1,0 +1,9 @@
+//! The model: its configuration, the flat parameter buffer with named views, initialisation, and
+//! saving and loading under scvi-tools' `state_dict` names.
+
+pub mod config;
+pub mod init;
+pub mod layout;
+
+pub use config::{Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement};
+pub use layout::{Layout, Tensor};
