@@ -44,6 +44,10 @@ pub trait Float:
 
     /// `C = alpha * A B + beta * C` for strided matrices (m x k times k x n), single-threaded.
     /// Strides are in elements: `rs*` between rows, `cs*` between columns.
+    ///
+    /// # Safety
+    /// The pointers with their strides must describe matrices of the given sizes inside live
+    /// allocations, and `c` must not alias `a` or `b`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm_raw(
         m: usize,

@@ -1,1 +1,44 @@
-fn main() {}
+//! `scvi-rs`: train scVI from the command line. A thin layer over the `scvi_rs` library.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use cli::demo::DemoCmd;
+use cli::model_cmds::{ElboCmd, EmbedCmd, TrainCmd};
+
+#[derive(Parser)]
+#[command(
+    name = "scvi-rs",
+    version,
+    about = "scVI (single-cell variational inference), equal to scvi-tools, fast"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Simulate data with batches and cell types, train, embed, and report (no files needed).
+    Demo(DemoCmd),
+    /// Train a model on an .h5ad file (or a store, a 10x .h5, a 10x MTX folder).
+    Train(Box<TrainCmd>),
+    /// Write the latent representation (posterior means) of cells under a trained model.
+    Embed(EmbedCmd),
+    /// The ELBO of a model on a subset of cells, as JSON (scvi-tools' get_elbo sign).
+    Elbo(ElboCmd),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::Demo(c) => cli::demo::run_demo(c),
+        Cmd::Train(c) => cli::model_cmds::run_train(c),
+        Cmd::Embed(c) => cli::model_cmds::run_embed(c),
+        Cmd::Elbo(c) => cli::model_cmds::run_elbo(c),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -118,10 +118,7 @@ pub struct CpuEngine<T> {
 }
 
 /// Disjoint mutable views of several tensors of one flat buffer.
-fn split_mut<'a, T, const N: usize>(
-    buf: &'a mut [T],
-    ranges: [Range<usize>; N],
-) -> [&'a mut [T]; N] {
+fn split_mut<T, const N: usize>(buf: &mut [T], ranges: [Range<usize>; N]) -> [&mut [T]; N] {
     for i in 0..N {
         assert!(ranges[i].end <= buf.len());
         for j in 0..i {

@@ -140,6 +140,7 @@ pub fn add_onehot_columns<T: Float>(
 
 /// Everything after the Linear: normalisations, ReLU, dropout. `lin` holds the Linear output and is
 /// consumed (overwritten).
+#[allow(clippy::too_many_arguments)]
 pub fn fc_post_forward<T: Float>(
     cache: &mut FcCache<T>,
     lin: &mut [T],
@@ -186,14 +187,12 @@ pub fn fc_post_forward<T: Float>(
                 }
             }
             Mode::Eval => {
-                for j in 0..n {
-                    mean[j] = stats.mean[j].to_f64();
-                    var[j] = stats.var[j].to_f64();
-                }
+                mean.iter_mut().zip(stats.mean.iter()).for_each(|(m, s)| *m = s.to_f64());
+                var.iter_mut().zip(stats.var.iter()).for_each(|(v, s)| *v = s.to_f64());
             }
         }
-        for j in 0..n {
-            cache.bn_inv_std[j] = T::from_f64(1.0 / (var[j] + BN_EPS).sqrt());
+        for (inv, v) in cache.bn_inv_std.iter_mut().zip(&var) {
+            *inv = T::from_f64(1.0 / (v + BN_EPS).sqrt());
         }
         let mean_t: Vec<T> = mean.iter().map(|&m| T::from_f64(m)).collect();
         lin.par_chunks_mut(n)

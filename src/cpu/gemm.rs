@@ -40,6 +40,13 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// Minimum work (m*n*k) per tile before splitting pays for itself.
 const MIN_TILE_WORK: usize = 1 << 17;
 
@@ -82,7 +89,6 @@ pub fn gemm<T: Float>(
             return;
         }
         let (mm, nn) = ((m - i0).min(tile_m), (n - j0).min(tile_n));
-        let cp = cp;
         // SAFETY: A, B and C extents were checked above; tiles are disjoint blocks of C.
         unsafe {
             T::gemm_raw(
@@ -97,7 +103,7 @@ pub fn gemm<T: Float>(
                 b.rs as isize,
                 b.cs as isize,
                 beta,
-                cp.0.add(i0 * ldc + j0),
+                cp.get().add(i0 * ldc + j0),
                 ldc as isize,
                 1,
             );

@@ -3,7 +3,11 @@
 
 pub mod csr;
 pub mod h5ad;
+pub mod hvg;
+pub mod names;
+pub mod open;
 pub mod simulate;
+pub mod tenx;
 pub mod validate;
 
 pub use csr::{CsrMatrix, SparseRows};

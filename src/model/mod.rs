@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod init;
+pub mod io;
 pub mod layout;
 
 pub use config::{Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement};

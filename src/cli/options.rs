@@ -1,0 +1,159 @@
+//! Flags shared by several commands: the model's hyper-parameters and the training settings, with
+//! scvi-tools' defaults.
+
+use clap::{Args, ValueEnum};
+use scvi_rs::model::{Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement};
+use scvi_rs::train::{AdamConfig, TrainConfig};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LikelihoodArg {
+    Zinb,
+    Nb,
+    Poisson,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DispersionArg {
+    Gene,
+    GeneBatch,
+    GeneLabel,
+    GeneCell,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LatentArg {
+    Normal,
+    Ln,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NormArg {
+    Encoder,
+    Decoder,
+    Both,
+    None,
+}
+
+impl From<NormArg> for NormPlacement {
+    fn from(n: NormArg) -> Self {
+        match n {
+            NormArg::Encoder => NormPlacement::Encoder,
+            NormArg::Decoder => NormPlacement::Decoder,
+            NormArg::Both => NormPlacement::Both,
+            NormArg::None => NormPlacement::None,
+        }
+    }
+}
+
+/// scvi-tools' `SCVI(...)` arguments.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    #[arg(long, default_value_t = 128)]
+    pub n_hidden: usize,
+    #[arg(long, default_value_t = 10)]
+    pub n_latent: usize,
+    #[arg(long, default_value_t = 1)]
+    pub n_layers: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout_rate: f64,
+    #[arg(long, value_enum, default_value = "zinb")]
+    pub gene_likelihood: LikelihoodArg,
+    #[arg(long, value_enum, default_value = "gene")]
+    pub dispersion: DispersionArg,
+    #[arg(long, value_enum, default_value = "normal")]
+    pub latent_distribution: LatentArg,
+    #[arg(long, value_enum, default_value = "both")]
+    pub use_batch_norm: NormArg,
+    #[arg(long, value_enum, default_value = "none")]
+    pub use_layer_norm: NormArg,
+    /// Give the encoders the batch one-hot too.
+    #[arg(long)]
+    pub encode_covariates: bool,
+    /// Inject the covariates into every hidden layer (scvi-tools' default: true).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub deeply_inject_covariates: bool,
+    /// Learn a latent library size (`use_observed_lib_size=False`) instead of the observed one.
+    #[arg(long)]
+    pub latent_library: bool,
+}
+
+impl ModelArgs {
+    pub fn config(&self) -> ModelConfig {
+        ModelConfig {
+            n_hidden: self.n_hidden,
+            n_latent: self.n_latent,
+            n_layers: self.n_layers,
+            dropout_rate: self.dropout_rate,
+            gene_likelihood: match self.gene_likelihood {
+                LikelihoodArg::Zinb => GeneLikelihood::Zinb,
+                LikelihoodArg::Nb => GeneLikelihood::Nb,
+                LikelihoodArg::Poisson => GeneLikelihood::Poisson,
+            },
+            dispersion: match self.dispersion {
+                DispersionArg::Gene => Dispersion::Gene,
+                DispersionArg::GeneBatch => Dispersion::GeneBatch,
+                DispersionArg::GeneLabel => Dispersion::GeneLabel,
+                DispersionArg::GeneCell => Dispersion::GeneCell,
+            },
+            latent_distribution: match self.latent_distribution {
+                LatentArg::Normal => LatentDistribution::Normal,
+                LatentArg::Ln => LatentDistribution::Ln,
+            },
+            use_batch_norm: self.use_batch_norm.into(),
+            use_layer_norm: self.use_layer_norm.into(),
+            encode_covariates: self.encode_covariates,
+            deeply_inject_covariates: self.deeply_inject_covariates,
+            use_observed_lib_size: !self.latent_library,
+            ..ModelConfig::default()
+        }
+    }
+}
+
+/// scvi-tools' `model.train(...)` arguments.
+#[derive(Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// Epochs; default scvi-tools' heuristic min(round(20000 / n_cells * 400), 400).
+    #[arg(long)]
+    pub max_epochs: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.9)]
+    pub train_size: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub weight_decay: f64,
+    /// Epochs over which the KL weight rises from 0 to 1 (scvi-tools: 400).
+    #[arg(long, default_value_t = 400)]
+    pub n_epochs_kl_warmup: usize,
+    /// Stop when elbo_validation has not improved for --early-stopping-patience epochs.
+    #[arg(long)]
+    pub early_stopping: bool,
+    #[arg(long, default_value_t = 45)]
+    pub early_stopping_patience: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub early_stopping_min_delta: f64,
+}
+
+impl TrainArgs {
+    pub fn config(&self) -> TrainConfig {
+        TrainConfig {
+            max_epochs: self.max_epochs,
+            batch_size: self.batch_size,
+            train_size: self.train_size,
+            seed: self.seed,
+            adam: AdamConfig {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                ..AdamConfig::default()
+            },
+            n_epochs_kl_warmup: self.n_epochs_kl_warmup,
+            early_stopping: self.early_stopping,
+            early_stopping_patience: self.early_stopping_patience,
+            early_stopping_min_delta: self.early_stopping_min_delta,
+            ..TrainConfig::default()
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Writing a store: rows are appended chunk by chunk (validated as they come, streamed to disk),
+//! the metadata is written at the end, and the directory is renamed into place only when all of it
+//! is on disk. Memory: the write buffers plus the metadata (O(n_cells + n_genes)).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{self, FileEntry, Files, Header, MetaBuilder, ValueSummary};
+use super::hash::{hex, Hasher64};
+use crate::data::validate::CountChecks;
+use crate::data::{CsrMatrix, ObsColumn};
+use crate::error::{Error, Result};
+
+/// The annotations of a store, given to [`StoreWriter::finish`].
+#[derive(Clone, Debug, Default)]
+pub struct StoreMeta {
+    pub gene_names: Vec<String>,
+    pub cell_names: Vec<String>,
+    pub obs: Vec<(String, ObsColumn)>,
+    /// Per-gene string columns (`gene_ids`, `gene_names_original`, `feature_types`, ...).
+    pub var: Vec<(String, Vec<String>)>,
+    /// Lines describing what conversion did, kept in the header.
+    pub notes: Vec<String>,
+}
+
+/// A binary file being written, with its running checksum.
+struct Out {
+    path: PathBuf,
+    w: BufWriter<File>,
+    hash: Hasher64,
+    bytes: u64,
+}
+
+impl Out {
+    fn create(path: PathBuf) -> Result<Out> {
+        let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Out {
+            w: BufWriter::with_capacity(1 << 20, f),
+            path,
+            hash: Hasher64::new(),
+            bytes: 0,
+        })
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.hash.update(b);
+        self.bytes += b.len() as u64;
+        self.w.write_all(b).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Flush and sync; returns the checksum.
+    fn close(self) -> Result<String> {
+        let f = self
+            .w
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        Ok(hex(self.hash.finish()))
+    }
+}
+
+/// The bytes of a slice of plain little-endian numbers, as they lie in memory.
+fn le_bytes<T: Copy>(s: &[T]) -> &[u8] {
+    // SAFETY: used only with u32, u64 and f32 (no padding, every byte initialised); the host is
+    // little-endian (enforced at compile time in the parent module), so memory order is file order.
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
+}
+
+/// Writes a store under a temporary name; [`StoreWriter::finish`] renames it into place. Dropping
+/// the writer without finishing removes the temporary directory.
+pub struct StoreWriter {
+    final_path: PathBuf,
+    tmp: PathBuf,
+    source: String,
+    n_genes: usize,
+    n_rows: usize,
+    nnz: u64,
+    indptr: Option<Out>,
+    indices: Option<Out>,
+    data: Option<Out>,
+    checks: Option<CountChecks>,
+    values: ValueSummary,
+    done: bool,
+}
+
+impl StoreWriter {
+    /// Start a store of `n_genes` genes at `path`. `source` names the input, for messages and the
+    /// header. An existing store at `path` is replaced at [`finish`](Self::finish); anything else
+    /// there is an error.
+    pub fn create(path: &Path, n_genes: usize, source: &str) -> Result<StoreWriter> {
+        if path.exists() && !super::is_store(path) {
+            return Err(Error::Config(format!(
+                "{}: exists and is not a scvi-rs store; refusing to overwrite it",
+                path.display()
+            )));
+        }
+        if n_genes > u32::MAX as usize + 1 {
+            return Err(Error::Config(format!(
+                "{n_genes} genes: at most 2^32 fit a store"
+            )));
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::Config(format!("{}: not a file name", path.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = StoreWriter {
+            final_path: path.to_path_buf(),
+            tmp: tmp.clone(),
+            source: source.to_string(),
+            n_genes,
+            n_rows: 0,
+            nnz: 0,
+            indptr: None,
+            indices: None,
+            data: None,
+            checks: Some(CountChecks::new(source, "counts")),
+            values: ValueSummary::default(),
+            done: false,
+        };
+        w.indptr = Some(Out::create(tmp.join(format::INDPTR_FILE))?);
+        w.indices = Some(Out::create(tmp.join(format::INDICES_FILE))?);
+        w.data = Some(Out::create(tmp.join(format::DATA_FILE))?);
+        w.indptr.as_mut().unwrap().write(&0u64.to_le_bytes())?;
+        Ok(w)
+    }
+
+    /// Use `field` (e.g. `X`, `layers/counts`, `matrix.mtx`) in value error messages.
+    pub fn set_field(&mut self, field: &str) {
+        self.checks = Some(CountChecks::new(&self.source, field));
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+    pub fn nnz(&self) -> u64 {
+        self.nnz
+    }
+
+    /// Append the rows of `chunk`: checked (structure, gene count, values), explicit zeros dropped.
+    pub fn append(&mut self, chunk: &CsrMatrix) -> Result<()> {
+        if chunk.n_cols != self.n_genes {
+            return Err(Error::Shape(format!(
+                "{}: rows from {} have {} genes, the store has {}",
+                self.source, self.n_rows, chunk.n_cols, self.n_genes
+            )));
+        }
+        chunk.validate_structure().map_err(|e| {
+            Error::Data(format!(
+                "{}: rows {}..{}: {e}",
+                self.source,
+                self.n_rows,
+                self.n_rows + chunk.n_rows
+            ))
+        })?;
+        if let Some(c) = self.checks.as_mut() {
+            c.check_chunk(self.n_rows, chunk)?;
+        }
+        let base = self.nnz;
+        let has_zero = chunk.data.contains(&0.0);
+        let mut ptrs = Vec::with_capacity(chunk.n_rows);
+        if has_zero {
+            let mut idx = Vec::with_capacity(chunk.indices.len());
+            let mut val = Vec::with_capacity(chunk.data.len());
+            for i in 0..chunk.n_rows {
+                let (a, b) = (chunk.indptr[i] as usize, chunk.indptr[i + 1] as usize);
+                for k in a..b {
+                    if chunk.data[k] != 0.0 {
+                        idx.push(chunk.indices[k]);
+                        val.push(chunk.data[k]);
+                    }
+                }
+                ptrs.push(base + idx.len() as u64);
+            }
+            self.write_rows(&ptrs, &idx, &val)
+        } else {
+            ptrs.extend(
+                chunk.indptr[1..]
+                    .iter()
+                    .map(|&p| base + p - chunk.indptr[0]),
+            );
+            self.write_rows(&ptrs, &chunk.indices, &chunk.data)
+        }
+    }
+
+    fn write_rows(&mut self, ptrs: &[u64], idx: &[u32], val: &[f32]) -> Result<()> {
+        let mut prev = self.nnz;
+        for &p in ptrs {
+            self.values.n_empty_cells += (p == prev) as u64;
+            prev = p;
+        }
+        for &v in val {
+            self.values.total += v as f64;
+            self.values.max = self.values.max.max(v as f64);
+        }
+        self.indptr.as_mut().unwrap().write(le_bytes(ptrs))?;
+        self.indices.as_mut().unwrap().write(le_bytes(idx))?;
+        self.data.as_mut().unwrap().write(le_bytes(val))?;
+        self.n_rows += ptrs.len();
+        self.nnz += idx.len() as u64;
+        Ok(())
+    }
+
+    /// Write the metadata and the header, sync, and rename the store into place. Errors if the
+    /// matrix is empty or the annotations do not match its sizes.
+    pub fn finish(mut self, meta: StoreMeta) -> Result<Header> {
+        let src = self.source.clone();
+        if self.n_rows == 0 || self.n_genes == 0 {
+            return Err(Error::Data(format!(
+                "{src}: empty matrix ({} cells x {} genes); nothing to store",
+                self.n_rows, self.n_genes
+            )));
+        }
+        if self.nnz == 0 {
+            return Err(Error::Data(format!(
+                "{src}: every count is zero ({} cells x {} genes); nothing to train on",
+                self.n_rows, self.n_genes
+            )));
+        }
+        let shape = |what: &str, got: usize, want: usize| {
+            if got != want {
+                Err(Error::Shape(format!(
+                    "{src}: {got} {what}, expected {want}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        shape("gene names", meta.gene_names.len(), self.n_genes)?;
+        shape("cell names", meta.cell_names.len(), self.n_rows)?;
+        for (name, col) in &meta.obs {
+            shape(
+                &format!("values in obs column '{name}'"),
+                col.len(),
+                self.n_rows,
+            )?;
+        }
+        for (name, col) in &meta.var {
+            shape(
+                &format!("values in var column '{name}'"),
+                col.len(),
+                self.n_genes,
+            )?;
+        }
+        if let Some(c) = self.checks.take() {
+            self.values.n_non_integer = c.finish()?.n_non_integer;
+        }
+
+        let indptr_sum = self.indptr.take().unwrap().close()?;
+        let indices_sum = self.indices.take().unwrap().close()?;
+        let data_sum = self.data.take().unwrap().close()?;
+
+        let mut mb = MetaBuilder::default();
+        let gene_names = mb.strings(&meta.gene_names);
+        let cell_names = mb.strings(&meta.cell_names);
+        let var = meta
+            .var
+            .iter()
+            .map(|(n, v)| format::VarEntry {
+                name: n.clone(),
+                values: mb.strings(v),
+            })
+            .collect();
+        let obs = meta.obs.iter().map(|(n, c)| mb.obs(n, c)).collect();
+        let mut meta_out = Out::create(self.tmp.join(format::META_FILE))?;
+        meta_out.write(&mb.buf)?;
+        let meta_len = meta_out.bytes;
+        let meta_sum = meta_out.close()?;
+
+        let entry = |file: &str, dtype: &str, len: u64, checksum: String| FileEntry {
+            file: file.to_string(),
+            dtype: dtype.to_string(),
+            len,
+            checksum,
+        };
+        let header = Header {
+            format: format::FORMAT_NAME.to_string(),
+            version: format::FORMAT_VERSION,
+            n_cells: self.n_rows as u64,
+            n_genes: self.n_genes as u64,
+            nnz: self.nnz,
+            source: src.clone(),
+            created_by: format!("scvi-rs {}", env!("CARGO_PKG_VERSION")),
+            values: self.values.clone(),
+            files: Files {
+                indptr: entry(
+                    format::INDPTR_FILE,
+                    "u64",
+                    self.n_rows as u64 + 1,
+                    indptr_sum,
+                ),
+                indices: entry(format::INDICES_FILE, "u32", self.nnz, indices_sum),
+                data: entry(format::DATA_FILE, "f32", self.nnz, data_sum),
+                meta: entry(format::META_FILE, "u8", meta_len, meta_sum),
+            },
+            gene_names,
+            cell_names,
+            var,
+            obs,
+            notes: meta.notes,
+            header_checksum: String::new(),
+        };
+        let bytes = header.to_bytes()?;
+        let hpath = self.tmp.join(format::HEADER_FILE);
+        let mut hf = Out::create(hpath)?;
+        hf.write(&bytes)?;
+        hf.close()?;
+
+        // Replace an existing store: only now that the new one is complete.
+        let fp = self.final_path.clone();
+        if fp.exists() {
+            if !super::is_store(&fp) {
+                return Err(Error::Config(format!(
+                    "{}: exists and is not a scvi-rs store; refusing to overwrite it",
+                    fp.display()
+                )));
+            }
+            std::fs::remove_dir_all(&fp).map_err(|e| Error::io(&fp, e))?;
+        }
+        std::fs::rename(&self.tmp, &fp).map_err(|e| Error::io(&fp, e))?;
+        self.done = true;
+        Ok(header)
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            // Close the files first, then remove the half-written store; errors are moot here.
+            self.indptr.take();
+            self.indices.take();
+            self.data.take();
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Minibatches from a count matrix, gathered on a prefetch thread while the engine computes: the
+//! thread copies the next minibatch's sparse rows (from memory or a memory-mapped store, where the
+//! copy is also the page-in) into a buffer taken from a small recycled pool, so a warmed-up epoch
+//! allocates nothing.
+
+use crate::batch::Minibatch;
+use crate::data::SparseRows;
+use crate::error::Result;
+use std::sync::mpsc::sync_channel;
+
+/// Cell codes that go with every minibatch.
+pub struct Covariates<'a> {
+    pub batch: &'a [u32],
+    pub labels: &'a [u32],
+}
+
+/// Call `f` on consecutive minibatches of `order` (cells in the order given), `batch_size` at a time,
+/// the last one possibly smaller. `f` runs on the calling thread; gathering runs one minibatch ahead.
+pub fn for_each_minibatch(
+    x: &dyn SparseRows,
+    cov: &Covariates,
+    order: &[usize],
+    batch_size: usize,
+    mut f: impl FnMut(&Minibatch) -> Result<()>,
+) -> Result<()> {
+    const DEPTH: usize = 2;
+    let (full_tx, full_rx) = sync_channel::<Minibatch>(DEPTH);
+    let (empty_tx, empty_rx) = sync_channel::<Minibatch>(DEPTH + 1);
+    for _ in 0..=DEPTH {
+        empty_tx.send(Minibatch::default()).expect("pool");
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for cells in order.chunks(batch_size) {
+                let Ok(mut mb) = empty_rx.recv() else { return };
+                mb.gather(x, cells, cov.batch, cov.labels);
+                if full_tx.send(mb).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut result = Ok(());
+        for mb in full_rx.iter() {
+            if result.is_ok() {
+                result = f(&mb);
+            }
+            // Return the buffer; after an error the producer is drained and stops.
+            let _ = empty_tx.send(mb);
+            if result.is_err() {
+                break;
+            }
+        }
+        drop(full_rx);
+        result
+    })
+}
