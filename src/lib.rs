@@ -2,7 +2,9 @@
 //! engine, computing exactly what scvi-tools' `SCVI` computes.
 
 pub mod batch;
+pub mod cli_data;
 pub mod cpu;
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod float;
@@ -21,17 +23,15 @@ pub use scvi::{Device, Scvi, Setup};
 
 /// The CUDA engine for a model, or why there is none.
 pub fn cuda_engine(
-    _model: &scvi::Scvi,
+    model: &scvi::Scvi,
     device: usize,
-    _seed: u64,
-    _adam: train::AdamConfig,
+    seed: u64,
+    adam: train::AdamConfig,
 ) -> Result<Box<dyn engine::Engine>> {
-    Err(Error::Cuda(format!(
-        "device cuda:{device} is not available: this build's GPU engine is not implemented yet; use --device cpu"
-    )))
+    cuda::engine(model, device, seed, adam)
 }
 
 /// Whether a CUDA device can run the GPU engine here.
 pub fn gpu_available() -> bool {
-    false
+    cuda::gpu_available()
 }

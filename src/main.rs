@@ -27,6 +27,8 @@ enum Cmd {
     Embed(EmbedCmd),
     /// The ELBO of a model on a subset of cells, as JSON (scvi-tools' get_elbo sign).
     Elbo(ElboCmd),
+    /// Report the CPU, the CUDA libraries and GPUs, and compile every kernel
+    Doctor(cli::doctor::DoctorCmd),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Cmd::Train(c) => cli::model_cmds::run_train(c),
         Cmd::Embed(c) => cli::model_cmds::run_embed(c),
         Cmd::Elbo(c) => cli::model_cmds::run_elbo(c),
+        Cmd::Doctor(c) => cli::doctor::run_doctor(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

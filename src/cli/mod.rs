@@ -2,6 +2,7 @@
 //! library, prints progress and results, and returns an error that `main` prints.
 
 pub mod demo;
+pub mod doctor;
 pub mod model_cmds;
 pub mod options;
 

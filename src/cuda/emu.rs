@@ -1,0 +1,171 @@
+//! Host emulation of the kernels, for tests on machines without a GPU.
+//!
+//! The `.cu` files compiled by the host C++ compiler with `-DSCVI_EMU` (see kernels/common.cuh):
+//! blocks run one after another, the threads of a block as cooperative fibers that switch at
+//! `__syncthreads`, `__shared__` memory is static. Every kernel of the engine runs this way, so
+//! the engine's orchestration (pointers, offsets, GEMM shapes, launch order) and the kernels'
+//! arithmetic can be compared with the CPU reference where no GPU exists. It says nothing about
+//! timing, occupancy, memory coalescing or races between blocks, and it is never used to train:
+//! only [`super::device::Gpu::emulated`] creates it.
+//!
+//! Needs a C++17 compiler (`$CXX`, else `c++`); the library is built once per source hash under
+//! the system's temporary directory.
+
+use super::nvrtc::{fnv1a, COMMON_CUH, KERNEL_FILES};
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+extern "C" {
+    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    fn dlerror() -> *const c_char;
+}
+const RTLD_NOW: c_int = 2;
+
+/// An emulated kernel: takes a pointer to its argument struct.
+pub type EmuKernel = unsafe extern "C" fn(*const c_void);
+/// `scvi_emu_launch(kernel, args, grid xyz, block xyz, dynamic shared bytes) -> 0 on success`.
+pub type EmuLaunch =
+    unsafe extern "C" fn(EmuKernel, *const c_void, u32, u32, u32, u32, u32, u32, u64) -> c_int;
+
+/// The loaded emulation library.
+pub struct EmuLib {
+    pub launch: EmuLaunch,
+    pub size_of: unsafe extern "C" fn(*const c_char) -> u64,
+    pub kernels: HashMap<&'static str, EmuKernel>,
+}
+
+// SAFETY: the library is loaded once and never unloaded; its functions are plain code pointers.
+// The launcher itself is not reentrant: callers serialise launches through `lock()`.
+unsafe impl Send for EmuLib {}
+unsafe impl Sync for EmuLib {}
+
+/// One lock for all emulated launches (the fiber scheduler uses process-wide state).
+pub fn lock() -> std::sync::MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn dl_error() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated string owned by libc.
+    unsafe {
+        let e = dlerror();
+        if e.is_null() {
+            "unknown error".into()
+        } else {
+            CStr::from_ptr(e).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// Build (once per process and source hash) and load the emulation library.
+pub fn library() -> Result<&'static EmuLib> {
+    static LIB: OnceLock<std::result::Result<EmuLib, String>> = OnceLock::new();
+    LIB.get_or_init(|| build_and_load().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Cuda(e.clone()))
+}
+
+fn build_and_load() -> Result<EmuLib> {
+    let mut parts: Vec<&[u8]> = vec![COMMON_CUH.as_bytes()];
+    for f in KERNEL_FILES {
+        parts.push(f.source.as_bytes());
+    }
+    let hash = fnv1a(&parts);
+    let dir = std::env::temp_dir().join(format!("scvi-rs-emu-{hash:016x}"));
+    let so = dir.join("libscvi_emu.so");
+    if !so.is_file() {
+        build(&dir, &so)?;
+    }
+    load(&so)
+}
+
+fn build(dir: &Path, so: &Path) -> Result<()> {
+    let err = |m: String| Error::Cuda(format!("kernel emulation: {m}"));
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).map_err(|e| err(format!("{name}: {e}")))
+    };
+    write("common.cuh", COMMON_CUH)?;
+    let mut main =
+        String::from("#define SCVI_EMU 1\n#define SCVI_EMU_IMPL 1\n#include \"common.cuh\"\n");
+    for f in KERNEL_FILES {
+        write(f.name, f.source)?;
+        main += &format!("#include \"{}\"\n", f.name);
+    }
+    // sizeof of each argument struct, to check the Rust mirrors (ops::struct_sizes).
+    main += "extern \"C\" unsigned long long scvi_emu_sizeof(const char* n) {\n";
+    for (name, _) in super::ops::struct_sizes() {
+        main += &format!("    if (!std::strcmp(n, \"{name}\")) return sizeof({name});\n");
+    }
+    main += "    return 0;\n}\n";
+    write("emu_main.cpp", &main)?;
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let tmp = dir.join(format!("libscvi_emu.so.tmp{}", std::process::id()));
+    let out = std::process::Command::new(&cxx)
+        .args(["-std=c++17", "-O2", "-g", "-fPIC", "-shared", "-x", "c++"])
+        .arg(dir.join("emu_main.cpp"))
+        .arg("-o")
+        .arg(&tmp)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| err(format!("cannot run the C++ compiler '{cxx}': {e}")))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "{cxx} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    std::fs::rename(&tmp, so).map_err(|e| err(format!("{}: {e}", so.display())))
+}
+
+fn load(so: &Path) -> Result<EmuLib> {
+    let c = CString::new(so.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Cuda("bad emulation library path".into()))?;
+    // SAFETY: a valid path; the handle is kept for the life of the process.
+    let h = unsafe { dlopen(c.as_ptr(), RTLD_NOW) };
+    if h.is_null() {
+        return Err(Error::Cuda(format!("kernel emulation: {}", dl_error())));
+    }
+    let sym = |name: &str| -> Result<*mut c_void> {
+        let n = CString::new(name).map_err(|_| Error::Cuda("bad symbol".into()))?;
+        // SAFETY: `h` is a live handle and `n` a NUL-terminated name.
+        let p = unsafe { dlsym(h, n.as_ptr()) };
+        if p.is_null() {
+            Err(Error::Cuda(format!(
+                "kernel emulation: symbol {name} missing: {}",
+                dl_error()
+            )))
+        } else {
+            Ok(p)
+        }
+    };
+    // SAFETY: the symbols have exactly these signatures in kernels/common.cuh (SCVI_KERNEL and
+    // scvi_emu_launch under SCVI_EMU).
+    let launch: EmuLaunch = unsafe { std::mem::transmute(sym("scvi_emu_launch")?) };
+    let size_of: unsafe extern "C" fn(*const c_char) -> u64 =
+        unsafe { std::mem::transmute(sym("scvi_emu_sizeof")?) };
+    let mut kernels = HashMap::new();
+    for f in KERNEL_FILES {
+        for &e in f.entries {
+            let k: EmuKernel = unsafe { std::mem::transmute(sym(e)?) };
+            kernels.insert(e, k);
+        }
+    }
+    Ok(EmuLib {
+        launch,
+        size_of,
+        kernels,
+    })
+}
+
+/// The C++ compiler's `sizeof` of an argument struct (0 when unknown).
+pub fn c_struct_size(name: &str) -> Result<usize> {
+    let lib = library()?;
+    let n = CString::new(name).map_err(|_| Error::Cuda("bad struct name".into()))?;
+    // SAFETY: scvi_emu_sizeof only compares the NUL-terminated name with string literals.
+    Ok(unsafe { (lib.size_of)(n.as_ptr()) } as usize)
+}

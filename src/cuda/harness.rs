@@ -1,0 +1,199 @@
+//! What the GPU tests share (tests/cuda_*.rs): getting a device or saying why the test skips, and
+//! comparing tensors with named tolerances, printing the first mismatches.
+//!
+//! A test that needs a GPU calls [`gpu_or_skip`]; on a machine without one it prints
+//! `skipped: no CUDA driver/GPU found (<reason>)` and returns. The same test bodies also run on the
+//! host emulation of the kernels ([`emulated_or_skip`], needs a C++ compiler), so every path the
+//! device tests take is compiled and exercised everywhere; only the real-device runs say anything
+//! about the GPU itself.
+
+use super::device::Gpu;
+use super::libs::{self, Lib};
+
+/// Print why `test` skipped. Written straight to the process's stderr, past the test harness's
+/// output capture, so the reason shows in a plain `cargo test` run too.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
+}
+
+/// Device 0, or `None` after printing why the test skips.
+pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    match super::availability().and_then(|_| Gpu::cuda(0)) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            skip(test, &format!("no CUDA driver/GPU found ({e})"));
+            None
+        }
+    }
+}
+
+/// The host emulation of the kernels, or `None` after printing why (no C++ compiler).
+pub fn emulated_or_skip(test: &str) -> Option<Gpu> {
+    match Gpu::emulated() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            skip(test, &format!("kernel emulation unavailable ({e})"));
+            None
+        }
+    }
+}
+
+/// Whether NVRTC loads; prints why not.
+pub fn nvrtc_or_skip(test: &str) -> bool {
+    match libs::require(Lib::Nvrtc) {
+        Ok(()) => true,
+        Err(e) => {
+            skip(
+                test,
+                &format!("{e} (scripts/ci/setup_nvrtc.sh installs one without a GPU)"),
+            );
+            false
+        }
+    }
+}
+
+/// A per-tensor tolerance: element-wise `|got - want| <= rtol |want| + atol`, and the whole
+/// tensor's `||got - want|| / ||want|| <= norm_rtol` (skipped when `want` is all zeros).
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub rtol: f64,
+    pub atol: f64,
+    pub norm_rtol: f64,
+}
+
+impl Tol {
+    pub const fn new(rtol: f64, atol: f64, norm_rtol: f64) -> Tol {
+        Tol {
+            rtol,
+            atol,
+            norm_rtol,
+        }
+    }
+}
+
+/// Collects comparisons and fails once, at the end, with every failing tensor and its first
+/// mismatches.
+#[derive(Default)]
+pub struct Checker {
+    pub context: String,
+    failures: Vec<String>,
+    checked: usize,
+}
+
+impl Checker {
+    pub fn new(context: impl Into<String>) -> Self {
+        Checker {
+            context: context.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Compare `got` with `want` under `tol`; prints one summary line per tensor.
+    pub fn check(&mut self, name: &str, got: &[f64], want: &[f64], tol: Tol) {
+        self.checked += 1;
+        if got.len() != want.len() {
+            self.failures.push(format!(
+                "{name}: length {} vs reference {}",
+                got.len(),
+                want.len()
+            ));
+            return;
+        }
+        let mut bad = Vec::new();
+        let (mut d2, mut w2, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let d = (g - w).abs();
+            // NaN in either fails: the comparison is false.
+            let within = d <= tol.rtol * w.abs() + tol.atol;
+            if !within {
+                bad.push(i);
+            }
+            if d.is_finite() {
+                max_abs = max_abs.max(d);
+            }
+            d2 += (g - w) * (g - w);
+            w2 += w * w;
+        }
+        let rel = if w2 > 0.0 {
+            (d2 / w2).sqrt()
+        } else {
+            d2.sqrt()
+        };
+        let norm_ok = w2 == 0.0 || rel <= tol.norm_rtol;
+        println!(
+            "  {name:<48} n={:<8} max|d|={max_abs:.3e} ||d||/||ref||={rel:.3e} {}",
+            got.len(),
+            if bad.is_empty() && norm_ok {
+                "ok"
+            } else {
+                "MISMATCH"
+            }
+        );
+        if !bad.is_empty() || !norm_ok {
+            let mut m = format!(
+                "{name}: {} of {} elements outside |d| <= {:e} |ref| + {:e}; ||d||/||ref|| = {rel:.3e} (limit {:e}); first mismatches:",
+                bad.len(),
+                got.len(),
+                tol.rtol,
+                tol.atol,
+                tol.norm_rtol
+            );
+            for &i in bad.iter().take(8) {
+                m += &format!(
+                    "\n      [{i}] got {:.9e} want {:.9e} (diff {:.3e})",
+                    got[i],
+                    want[i],
+                    got[i] - want[i]
+                );
+            }
+            self.failures.push(m);
+        }
+    }
+
+    pub fn check_f32(&mut self, name: &str, got: &[f32], want: &[f32], tol: Tol) {
+        let g: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+        let w: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        self.check(name, &g, &w, tol);
+    }
+
+    /// Exact equality (bit for bit as f32), e.g. for noise and dropout masks.
+    pub fn check_exact(&mut self, name: &str, got: &[f32], want: &[f32]) {
+        self.checked += 1;
+        let bad: Vec<usize> = (0..got.len().min(want.len()))
+            .filter(|&i| got[i].to_bits() != want[i].to_bits())
+            .collect();
+        let ok = bad.is_empty() && got.len() == want.len();
+        println!(
+            "  {name:<48} n={:<8} exact: {}",
+            got.len(),
+            if ok { "ok" } else { "MISMATCH" }
+        );
+        if !ok {
+            let mut m = format!(
+                "{name}: {} of {} elements differ (lengths {} / {}); first:",
+                bad.len(),
+                got.len(),
+                got.len(),
+                want.len()
+            );
+            for &i in bad.iter().take(8) {
+                m += &format!("\n      [{i}] got {:e} want {:e}", got[i], want[i]);
+            }
+            self.failures.push(m);
+        }
+    }
+
+    /// Panic with every failure, if any.
+    pub fn finish(self) {
+        if !self.failures.is_empty() {
+            panic!(
+                "{}: {} of {} tensors mismatch the CPU reference:\n  {}",
+                self.context,
+                self.failures.len(),
+                self.checked,
+                self.failures.join("\n  ")
+            );
+        }
+    }
+}

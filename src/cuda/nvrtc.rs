@@ -1,0 +1,367 @@
+//! The kernel sources (kernels/*.cu, embedded at build time) and their run-time compilation with
+//! NVRTC for one GPU architecture, cached in memory per (architecture, source hash) and on disk
+//! (`$SCVI_RS_KERNEL_CACHE`, else `$XDG_CACHE_HOME/scvi-rs/kernels`, else
+//! `~/.cache/scvi-rs/kernels`; a cache that cannot be written is skipped silently).
+//!
+//! Each `.cu` file includes `common.cuh`; NVRTC gets the header as an in-memory include, so no file
+//! system path is needed. A GPU's own architecture (`sm_90` for an H100) gives a CUBIN, loaded
+//! without the driver's PTX JIT (which refuses PTX from an NVRTC newer than the driver); an
+//! architecture newer than this NVRTC knows gets PTX for the newest one it knows, for the driver to
+//! JIT.
+
+use super::libs::{self, Lib};
+use crate::error::{Error, Result};
+use cudarc::nvrtc::sys as nv;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The shared header.
+pub const COMMON_CUH: &str = include_str!("../../kernels/common.cuh");
+
+/// One kernel file and its entry points.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelFile {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub entries: &'static [&'static str],
+}
+
+/// Every kernel file, with the entry points the engine loads from it.
+pub const KERNEL_FILES: &[KernelFile] = &[
+    KernelFile {
+        name: "sparse.cu",
+        source: include_str!("../../kernels/sparse.cu"),
+        entries: &[
+            "sparse_log1p_linear_fwd",
+            "sparse_log1p_linear_bwd",
+            "transpose_fwd",
+        ],
+    },
+    KernelFile {
+        name: "fc.cu",
+        source: include_str!("../../kernels/fc.cu"),
+        entries: &[
+            "fc_post_fwd",
+            "fc_post_bwd",
+            "layer_norm_fwd",
+            "layer_norm_bwd",
+        ],
+    },
+    KernelFile {
+        name: "latent.cu",
+        source: include_str!("../../kernels/latent.cu"),
+        entries: &[
+            "reparam_kl_fwd",
+            "reparam_kl_bwd",
+            "library_fwd",
+            "library_bwd",
+        ],
+    },
+    KernelFile {
+        name: "output.cu",
+        source: include_str!("../../kernels/output.cu"),
+        entries: &["decoder_output_fwd", "decoder_output_bwd", "column_sum_bwd"],
+    },
+    KernelFile {
+        name: "adam.cu",
+        source: include_str!("../../kernels/adam.cu"),
+        entries: &["adam_step"],
+    },
+];
+
+/// What NVRTC produced: a CUBIN for a real architecture or PTX for a virtual one.
+#[derive(Clone, Debug)]
+pub enum Image {
+    Cubin(Vec<u8>),
+    Ptx(String),
+}
+
+impl Image {
+    pub fn len(&self) -> usize {
+        match self {
+            Image::Cubin(b) => b.len(),
+            Image::Ptx(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// 64-bit FNV-1a (the cache key; not cryptographic, only change detection).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// NVRTC's version, e.g. (12, 9).
+pub fn version() -> Result<(i32, i32)> {
+    libs::require(Lib::Nvrtc)?;
+    let (mut a, mut b): (c_int, c_int) = (0, 0);
+    // SAFETY: NVRTC is loaded (checked above); the out-pointers are valid.
+    let r = unsafe { nv::nvrtcVersion(&mut a, &mut b) };
+    check(r, "nvrtcVersion")?;
+    Ok((a, b))
+}
+
+/// The real architectures this NVRTC can compile for (e.g. [50, 52, ..., 90, 100, 120]).
+pub fn supported_archs() -> Result<Vec<i32>> {
+    libs::require(Lib::Nvrtc)?;
+    let mut n: c_int = 0;
+    // SAFETY: NVRTC is loaded; `n` is a valid out-pointer.
+    check(
+        unsafe { nv::nvrtcGetNumSupportedArchs(&mut n) },
+        "nvrtcGetNumSupportedArchs",
+    )?;
+    let mut v = vec![0 as c_int; n.max(0) as usize];
+    // SAFETY: `v` has room for the `n` entries NVRTC writes.
+    check(
+        unsafe { nv::nvrtcGetSupportedArchs(v.as_mut_ptr()) },
+        "nvrtcGetSupportedArchs",
+    )?;
+    Ok(v)
+}
+
+fn check(r: nv::nvrtcResult, what: &str) -> Result<()> {
+    if r == nv::nvrtcResult::NVRTC_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Cuda(format!("{what} failed: {r:?}")))
+    }
+}
+
+/// The `--gpu-architecture` for a device of compute capability `cc` (e.g. 90): its own `sm_XX`
+/// when NVRTC knows it, else `compute_YY` for the newest YY <= XX that NVRTC knows.
+pub fn arch_for(cc: i32) -> Result<String> {
+    let archs = supported_archs()?;
+    if archs.contains(&cc) {
+        return Ok(format!("sm_{cc}"));
+    }
+    archs
+        .iter()
+        .copied()
+        .filter(|&a| a <= cc)
+        .max()
+        .map(|a| format!("compute_{a}"))
+        .ok_or_else(|| {
+            Error::Cuda(format!(
+                "this NVRTC cannot compile for compute capability {}.{} (it knows {:?})",
+                cc / 10,
+                cc % 10,
+                archs
+            ))
+        })
+}
+
+/// Options every compile uses. Full-precision division and square roots (the defaults), no fast
+/// math: the kernels are checked against the CPU reference at f32 rounding.
+fn options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "-default-device".to_string(),
+        "-lineinfo".to_string(),
+    ]
+}
+
+type CacheKey = (String, u64);
+fn memory_cache() -> &'static Mutex<HashMap<CacheKey, Arc<Image>>> {
+    static C: OnceLock<Mutex<HashMap<CacheKey, Arc<Image>>>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn disk_cache_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("SCVI_RS_KERNEL_CACHE") {
+        return Some(PathBuf::from(d));
+    }
+    if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("scvi-rs/kernels"));
+    }
+    std::env::var("HOME")
+        .ok()
+        .map(|h| PathBuf::from(h).join(".cache/scvi-rs/kernels"))
+}
+
+/// Compile `file` for `arch` (e.g. "sm_90"), through the caches.
+pub fn compile_cached(file: &KernelFile, arch: &str) -> Result<Arc<Image>> {
+    let ver = version()?;
+    let opts = options(arch);
+    let hash = fnv1a(&[
+        file.source.as_bytes(),
+        COMMON_CUH.as_bytes(),
+        opts.join(" ").as_bytes(),
+        format!("nvrtc {}.{}", ver.0, ver.1).as_bytes(),
+    ]);
+    let key = (arch.to_string(), hash);
+    if let Some(img) = memory_cache()
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&key).cloned())
+    {
+        return Ok(img);
+    }
+    let real = arch.starts_with("sm_");
+    let stem = file.name.trim_end_matches(".cu");
+    let disk = disk_cache_dir().map(|d| {
+        d.join(format!(
+            "{stem}-{arch}-{hash:016x}.{}",
+            if real { "cubin" } else { "ptx" }
+        ))
+    });
+    let cached = disk
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| {
+            if b.is_empty() {
+                None
+            } else if real {
+                Some(Image::Cubin(b))
+            } else {
+                String::from_utf8(b).ok().map(Image::Ptx)
+            }
+        });
+    let img = Arc::new(match cached {
+        Some(i) => i,
+        None => {
+            let i = compile(file, arch)?;
+            if let Some(p) = &disk {
+                let bytes: &[u8] = match &i {
+                    Image::Cubin(b) => b,
+                    Image::Ptx(s) => s.as_bytes(),
+                };
+                write_atomically(p, bytes);
+            }
+            i
+        }
+    });
+    if let Ok(mut c) = memory_cache().lock() {
+        c.insert(key, img.clone());
+    }
+    Ok(img)
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Compile `file` for `arch` with NVRTC, no caching: a CUBIN for `sm_XX`, PTX for `compute_XX`.
+/// A compile error comes back as [`Error::Cuda`] with NVRTC's log.
+pub fn compile(file: &KernelFile, arch: &str) -> Result<Image> {
+    libs::require(Lib::Nvrtc)?;
+    let src = CString::new(file.source)
+        .map_err(|_| Error::Cuda(format!("{}: source contains a NUL byte", file.name)))?;
+    let name = CString::new(file.name).map_err(|_| Error::Cuda("bad kernel name".into()))?;
+    let hdr = CString::new(COMMON_CUH).map_err(|_| Error::Cuda("common.cuh: NUL byte".into()))?;
+    let hdr_name = CString::new("common.cuh").map_err(|_| Error::Cuda("bad header".into()))?;
+    let headers = [hdr.as_ptr()];
+    let header_names = [hdr_name.as_ptr()];
+    let mut prog: nv::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: all strings are NUL-terminated and outlive the program (destroyed below); the header
+    // arrays have the one entry announced.
+    check(
+        unsafe {
+            nv::nvrtcCreateProgram(
+                &mut prog,
+                src.as_ptr(),
+                name.as_ptr(),
+                1,
+                headers.as_ptr(),
+                header_names.as_ptr(),
+            )
+        },
+        "nvrtcCreateProgram",
+    )?;
+    let result = compile_program(prog, file, arch);
+    // SAFETY: `prog` was created above and is destroyed once.
+    unsafe {
+        let _ = nv::nvrtcDestroyProgram(&mut prog);
+    }
+    result
+}
+
+fn compile_program(prog: nv::nvrtcProgram, file: &KernelFile, arch: &str) -> Result<Image> {
+    let opts: Vec<CString> = options(arch)
+        .into_iter()
+        .map(|o| CString::new(o).unwrap_or_default())
+        .collect();
+    let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    // SAFETY: `prog` is live; `ptrs` holds `ptrs.len()` NUL-terminated options that outlive the call.
+    let r = unsafe { nv::nvrtcCompileProgram(prog, ptrs.len() as c_int, ptrs.as_ptr()) };
+    if r != nv::nvrtcResult::NVRTC_SUCCESS {
+        let log = program_log(prog).unwrap_or_default();
+        return Err(Error::Cuda(format!(
+            "kernel {} failed to compile for {arch} ({r:?}):\n{}",
+            file.name,
+            log.trim_end()
+        )));
+    }
+    let mut size: usize = 0;
+    if arch.starts_with("sm_") {
+        // SAFETY: `prog` compiled; `size` is a valid out-pointer and the buffer has `size` bytes.
+        check(
+            unsafe { nv::nvrtcGetCUBINSize(prog, &mut size) },
+            "nvrtcGetCUBINSize",
+        )?;
+        let mut buf = vec![0u8; size];
+        check(
+            unsafe { nv::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char) },
+            "nvrtcGetCUBIN",
+        )?;
+        Ok(Image::Cubin(buf))
+    } else {
+        // SAFETY: as above, for the PTX text (NUL-terminated, `size` includes the NUL).
+        check(
+            unsafe { nv::nvrtcGetPTXSize(prog, &mut size) },
+            "nvrtcGetPTXSize",
+        )?;
+        let mut buf = vec![0u8; size];
+        check(
+            unsafe { nv::nvrtcGetPTX(prog, buf.as_mut_ptr() as *mut c_char) },
+            "nvrtcGetPTX",
+        )?;
+        while buf.last() == Some(&0) {
+            buf.pop();
+        }
+        String::from_utf8(buf)
+            .map(Image::Ptx)
+            .map_err(|_| Error::Cuda("NVRTC returned PTX that is not UTF-8".into()))
+    }
+}
+
+fn program_log(prog: nv::nvrtcProgram) -> Option<String> {
+    let mut size: usize = 0;
+    // SAFETY: `prog` is live; the buffer has the `size` bytes NVRTC announced.
+    unsafe {
+        if nv::nvrtcGetProgramLogSize(prog, &mut size) != nv::nvrtcResult::NVRTC_SUCCESS {
+            return None;
+        }
+        let mut buf = vec![0u8; size.max(1)];
+        if nv::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut c_char)
+            != nv::nvrtcResult::NVRTC_SUCCESS
+        {
+            return None;
+        }
+        Some(
+            CStr::from_bytes_until_nul(&buf)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
+    }
+}

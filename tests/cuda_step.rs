@@ -1,0 +1,397 @@
+//! One whole training step of the GPU engine against the CPU reference (`CpuEngine`, f32), on
+//! fresh random weights, BatchNorm statistics and counts, with the same Philox noise and dropout:
+//! every loss part, the per-cell losses, the posterior, z, every parameter gradient and every
+//! BatchNorm running-statistics update, at 1e-4 relative (norm of the difference over the norm of
+//! the reference, per tensor), for every option the CPU engine has. Then a few Adam steps and an
+//! evaluation pass against `CpuTrainer`, and `encode`.
+//!
+//! Each test runs on the GPU when there is one (else prints why it skips) and on the host emulation
+//! of the kernels (kernels/common.cuh, `SCVI_EMU`), which checks the engine's orchestration and the
+//! kernels' arithmetic on any machine with a C++ compiler. Seeds are fresh each run and printed;
+//! `SCVI_RS_TEST_SEED` repeats one.
+
+use scvi_rs::batch::Minibatch;
+use scvi_rs::cpu::engine::NoiseBuffers;
+use scvi_rs::cpu::{CpuEngine, Mode};
+use scvi_rs::cuda::harness::{emulated_or_skip, gpu_or_skip, Checker, Tol};
+use scvi_rs::cuda::{CudaEngine, Gpu};
+use scvi_rs::engine::{CpuTrainer, Engine};
+use scvi_rs::model::config::{
+    Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement,
+};
+use scvi_rs::model::init::ModelState;
+use scvi_rs::model::layout::Layout;
+use scvi_rs::rng::Philox;
+use scvi_rs::train::AdamConfig;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n.max(1)
+    }
+}
+
+fn test_seed() -> u64 {
+    std::env::var("SCVI_RS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// PyTorch's initialisation, then BatchNorm affine parameters and running statistics, px_r and
+/// the library prior moved off their defaults so that every term is exercised.
+fn random_state(cfg: &ModelConfig, rng: &mut Rng) -> ModelState<f32> {
+    let layout = Layout::new(cfg);
+    let mut s = ModelState::<f32>::init(layout.clone(), rng.next());
+    for t in &layout.params {
+        let is_bn = t.name.contains(".fc_layers.") && t.name.contains(".1.");
+        if is_bn || t.name == "px_r" {
+            let leaf_w = t.name.ends_with("weight");
+            for v in &mut s.params[t.range()] {
+                let u = rng.uniform() as f32;
+                *v = if is_bn && leaf_w {
+                    0.5 + u
+                } else {
+                    2.0 * u - 1.0
+                };
+            }
+        }
+    }
+    for t in &layout.buffers {
+        for v in &mut s.buffers[t.range()] {
+            let u = rng.uniform() as f32;
+            *v = if t.name.ends_with("running_var") {
+                0.5 + u
+            } else if t.name.ends_with("running_mean") {
+                0.4 * u - 0.2
+            } else if t.name.ends_with("num_batches_tracked") {
+                3.0
+            } else if t.name.contains("library_log_means") {
+                6.0 + u
+            } else {
+                0.3 + 0.5 * u
+            };
+        }
+    }
+    s
+}
+
+fn random_batch(cfg: &ModelConfig, b: usize, rng: &mut Rng) -> Minibatch {
+    let g = cfg.n_input;
+    let mut x = vec![0.0f64; b * g];
+    for i in 0..b {
+        let density = 0.1 + 0.4 * rng.uniform();
+        for j in 0..g {
+            if rng.uniform() < density {
+                let u = rng.uniform();
+                x[i * g + j] = (1.0 + (-u.ln() * 4.0)).floor();
+            }
+        }
+        x[i * g + rng.below(g)] += 1.0;
+    }
+    let batch = (0..b).map(|_| rng.below(cfg.n_batch) as u32).collect();
+    let labels = (0..b).map(|_| rng.below(cfg.n_labels) as u32).collect();
+    Minibatch::from_dense(&x, g, batch, labels)
+}
+
+fn small(g: usize) -> ModelConfig {
+    ModelConfig {
+        n_input: g,
+        n_hidden: 32,
+        n_latent: 6,
+        ..ModelConfig::default()
+    }
+}
+
+/// The configurations: every likelihood, dispersion, latent distribution, normalisation placement,
+/// covariate injection and library mode appears in at least one.
+fn configs(g: usize) -> Vec<(&'static str, ModelConfig)> {
+    vec![
+        ("zinb-gene (defaults)", small(g)),
+        (
+            "nb-gene_batch-ln-2layers-layernorm-encode_covariates",
+            ModelConfig {
+                n_batch: 3,
+                n_layers: 2,
+                gene_likelihood: GeneLikelihood::Nb,
+                dispersion: Dispersion::GeneBatch,
+                latent_distribution: LatentDistribution::Ln,
+                use_layer_norm: NormPlacement::Both,
+                use_batch_norm: NormPlacement::Encoder,
+                encode_covariates: true,
+                ..small(g)
+            },
+        ),
+        (
+            "poisson-latent_library-batchnorm_decoder-no_deep_inject",
+            ModelConfig {
+                n_batch: 2,
+                n_layers: 2,
+                gene_likelihood: GeneLikelihood::Poisson,
+                use_batch_norm: NormPlacement::Decoder,
+                deeply_inject_covariates: false,
+                use_observed_lib_size: false,
+                ..small(g)
+            },
+        ),
+        (
+            "zinb-gene_cell-latent_library-no_norm",
+            ModelConfig {
+                n_batch: 2,
+                dispersion: Dispersion::GeneCell,
+                use_batch_norm: NormPlacement::None,
+                use_observed_lib_size: false,
+                dropout_rate: 0.3,
+                ..small(g)
+            },
+        ),
+        (
+            "zinb-gene_label-layernorm_encoder",
+            ModelConfig {
+                n_labels: 4,
+                dispersion: Dispersion::GeneLabel,
+                use_layer_norm: NormPlacement::Encoder,
+                ..small(g)
+            },
+        ),
+    ]
+}
+
+/// Whether a tensor's exact gradient is zero (a Linear bias that feeds a BatchNorm): its computed
+/// value is rounding only, so only an absolute bound makes sense.
+fn feeds_batch_norm(layout: &Layout, name: &str) -> bool {
+    if !name.ends_with(".0.bias") || !name.contains(".fc_layers.") {
+        return false;
+    }
+    let bn = name.replace(".0.bias", ".1.weight");
+    layout.param(&bn).is_some()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+const REL: f64 = 1e-4;
+
+/// One forward + backward on both engines; compare everything.
+fn step_matches(gpu_fn: &dyn Fn() -> Gpu, what: &str) {
+    let seed = test_seed();
+    println!("{what}: seed {seed} (SCVI_RS_TEST_SEED={seed} repeats it)");
+    let mut rng = Rng(seed);
+    let g = 150 + rng.below(60);
+    let mut failures = Vec::new();
+    for (name, cfg) in configs(g) {
+        let b = 20 + rng.below(12);
+        println!("{what} / {name}: B={b} G={g}");
+        let state = random_state(&cfg, &mut rng);
+        let batch = random_batch(&cfg, b, &mut rng);
+        let run_seed = rng.next();
+        let step = rng.next() % 1000;
+        let kl_weight = 0.3 + 0.7 * rng.uniform();
+        let layout = state.layout.clone();
+
+        // CPU reference.
+        let philox = Philox::new(run_seed);
+        let mut noise = NoiseBuffers::<f32>::default();
+        noise.draw(&philox, step, b, cfg.n_latent);
+        let mut cpu_state = state.clone();
+        let mut cpu = CpuEngine::<f32>::new(layout.clone());
+        let mut cpu_grads = vec![0f32; layout.n_param_elems];
+        let cp = cpu
+            .forward_backward(
+                &mut cpu_state,
+                Some(&mut cpu_grads),
+                &batch,
+                &noise.as_step(Some((philox, step))),
+                kl_weight,
+                Mode::Train,
+            )
+            .expect("cpu step");
+
+        // GPU.
+        let mut eng =
+            CudaEngine::new(gpu_fn(), &state, run_seed, AdamConfig::default()).expect("gpu engine");
+        let gp = eng
+            .forward_backward(&batch, step, kl_weight, Mode::Train, true)
+            .expect("gpu step");
+        let mut c = Checker::new(format!("{what} / {name} (seed {seed})"));
+        let loss_tol = Tol::new(1e-5, 1e-6, 1e-5);
+        c.check(
+            "loss parts (loss, rec, kl_z, kl_l)",
+            &[gp.loss, gp.reconstruction_sum, gp.kl_z_sum, gp.kl_l_sum],
+            &[cp.loss, cp.reconstruction_sum, cp.kl_z_sum, cp.kl_l_sum],
+            loss_tol,
+        );
+        let (r, kz, kl) = eng.per_cell_losses(b);
+        let (cr, ckz, ckl) = cpu.per_cell(b);
+        c.check("per-cell reconstruction loss", &r, cr, loss_tol);
+        c.check("per-cell KL_z", &kz, ckz, Tol::new(1e-4, 1e-6, 1e-5));
+        c.check("per-cell KL_l", &kl, ckl, Tol::new(1e-4, 1e-6, 1e-5));
+        let (eps_z, _) = eng.noise().expect("noise");
+        c.check_exact(
+            "eps_z (Philox normals)",
+            &eps_z,
+            &noise.eps_z[..b * cfg.n_latent],
+        );
+        let (qm, qv) = eng.posterior().expect("posterior");
+        let (cqm, cqv) = cpu.posterior(b);
+        let act = Tol::new(1e-3, 1e-5, REL);
+        c.check_f32("q_m", &qm, cqm, act);
+        c.check_f32("q_v", &qv, cqv, act);
+        let (z, _) = eng.z_and_library().expect("z");
+        let (cz, _) = cpu.z_and_scale(b);
+        c.check_f32("z", &z, cz, act);
+
+        // Gradients, per tensor.
+        let gg = eng.gradients().expect("gradients");
+        let scale = cp.loss.abs().max(1.0);
+        for t in &layout.params {
+            let (a, w) = (f64s(&gg[t.range()]), f64s(&cpu_grads[t.range()]));
+            let tol = if feeds_batch_norm(&layout, &t.name) {
+                Tol::new(0.0, 1e-5 * scale, f64::INFINITY)
+            } else {
+                let m = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                Tol::new(1e-2, 1e-4 * m + 1e-7 * scale, REL)
+            };
+            c.check(&format!("grad {}", t.name), &a, &w, tol);
+        }
+        // Running statistics (and num_batches_tracked) after the training-mode forward pass.
+        let gs = eng.state();
+        for t in &layout.buffers {
+            c.check_f32(
+                &format!("buffer {}", t.name),
+                &gs.buffers[t.range()],
+                &cpu_state.buffers[t.range()],
+                Tol::new(1e-5, 1e-6, 1e-5),
+            );
+        }
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.finish())) {
+            failures.push(
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "mismatch".into()),
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Several Adam steps through the `Engine` interface, then an evaluation pass and `encode`.
+fn training_matches(gpu_fn: &dyn Fn() -> Gpu, what: &str) {
+    let seed = test_seed();
+    println!("{what}: seed {seed}");
+    let mut rng = Rng(seed);
+    let g = 120 + rng.below(40);
+    let mut failures = Vec::new();
+    for (name, cfg) in configs(g).into_iter().take(4) {
+        let state = random_state(&cfg, &mut rng);
+        let run_seed = rng.next();
+        let adam = AdamConfig::default();
+        let mut cpu = CpuTrainer::<f32>::new(state.clone(), adam, run_seed);
+        let mut gpu = CudaEngine::new(gpu_fn(), &state, run_seed, adam).expect("gpu engine");
+        let mut c = Checker::new(format!("{what} / {name} (seed {seed})"));
+        let mut losses = (Vec::new(), Vec::new());
+        for step in 0..3u64 {
+            let batch = random_batch(&cfg, 16 + rng.below(8), &mut rng);
+            let kl = 0.5;
+            losses
+                .0
+                .push(gpu.train_step(&batch, step, kl).expect("gpu").loss);
+            losses
+                .1
+                .push(cpu.train_step(&batch, step, kl).expect("cpu").loss);
+        }
+        c.check(
+            "train losses",
+            &losses.0,
+            &losses.1,
+            Tol::new(1e-4, 1e-6, 1e-4),
+        );
+        let (gs, cs) = (gpu.state(), cpu.state());
+        // After 3 Adam steps of lr 1e-3 the parameters differ by rounding of the updates only.
+        c.check_f32(
+            "params after 3 Adam steps",
+            &gs.params,
+            &cs.params,
+            Tol::new(1e-4, 1e-6, 1e-6),
+        );
+        c.check_f32(
+            "buffers after 3 steps",
+            &gs.buffers,
+            &cs.buffers,
+            Tol::new(1e-4, 1e-6, 1e-5),
+        );
+        let batch = random_batch(&cfg, 9, &mut rng);
+        let ge = gpu.eval_loss(&batch, 1 << 48, 1.0).expect("gpu eval");
+        let ce = cpu.eval_loss(&batch, 1 << 48, 1.0).expect("cpu eval");
+        c.check(
+            "eval loss parts",
+            &[ge.loss, ge.reconstruction_sum, ge.kl_z_sum, ge.kl_l_sum],
+            &[ce.loss, ce.reconstruction_sum, ce.kl_z_sum, ce.kl_l_sum],
+            Tol::new(1e-4, 1e-6, 1e-4),
+        );
+        let (gm, gv) = gpu.encode(&batch).expect("gpu encode");
+        let (cm, cv) = cpu.encode(&batch).expect("cpu encode");
+        c.check_f32("encode q_m", &gm, &cm, Tol::new(1e-3, 1e-5, 1e-4));
+        c.check_f32("encode q_v", &gv, &cv, Tol::new(1e-3, 1e-5, 1e-4));
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.finish())) {
+            failures.push(
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "mismatch".into()),
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn step_matches_cpu_on_gpu() {
+    let test = "step_matches_cpu_on_gpu";
+    if gpu_or_skip(test).is_none() {
+        return;
+    }
+    step_matches(&|| gpu_or_skip(test).expect("gpu"), "gpu");
+}
+
+#[test]
+fn step_matches_cpu_emulated() {
+    let test = "step_matches_cpu_emulated";
+    if emulated_or_skip(test).is_none() {
+        return;
+    }
+    step_matches(&|| emulated_or_skip(test).expect("emu"), "emulated");
+}
+
+#[test]
+fn training_matches_cpu_on_gpu() {
+    let test = "training_matches_cpu_on_gpu";
+    if gpu_or_skip(test).is_none() {
+        return;
+    }
+    training_matches(&|| gpu_or_skip(test).expect("gpu"), "gpu");
+}
+
+#[test]
+fn training_matches_cpu_emulated() {
+    let test = "training_matches_cpu_emulated";
+    if emulated_or_skip(test).is_none() {
+        return;
+    }
+    training_matches(&|| emulated_or_skip(test).expect("emu"), "emulated");
+}
