@@ -27,6 +27,12 @@ enum Cmd {
     Embed(EmbedCmd),
     /// The ELBO of a model on a subset of cells, as JSON (scvi-tools' get_elbo sign).
     Elbo(ElboCmd),
+    /// Convert an .h5ad, 10x .h5 or 10x MTX folder into a memory-mapped store (optionally selecting genes).
+    Convert(scvi_rs::cli_data::ConvertArgs),
+    /// Describe a data set (store, .h5ad, 10x) as JSON, or list its genes.
+    Info(scvi_rs::cli_data::InfoArgs),
+    /// Write a simulated data set (a store, or .h5ad when the name ends in .h5ad).
+    Simulate(scvi_rs::cli_data::SimulateArgs),
     /// Report the CPU, the CUDA libraries and GPUs, and compile every kernel
     Doctor(cli::doctor::DoctorCmd),
 }
@@ -38,6 +44,9 @@ fn main() {
         Cmd::Train(c) => cli::model_cmds::run_train(c),
         Cmd::Embed(c) => cli::model_cmds::run_embed(c),
         Cmd::Elbo(c) => cli::model_cmds::run_elbo(c),
+        Cmd::Convert(c) => scvi_rs::cli_data::run_convert(c),
+        Cmd::Info(c) => scvi_rs::cli_data::run_info(c),
+        Cmd::Simulate(c) => scvi_rs::cli_data::run_simulate(c),
         Cmd::Doctor(c) => cli::doctor::run_doctor(c),
     };
     if let Err(e) = result {

@@ -205,3 +205,34 @@ fn bad_inputs_fail_clearly_without_partial_output() {
     assert!(!z.exists());
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn stores_and_10x_inputs_train_and_embed() {
+    let d = tmpdir("stores");
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    // simulate -> store -> info -> train -> embed, and the same through .h5ad.
+    ok(&run(&["simulate", "--cells", "300", "--genes", "60", "--batches", "2", "--seed", "1", "--out", &p("sim.store")]));
+    let o = run(&["info", &p("sim.store")]);
+    ok(&o);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((info["n_cells"].as_u64(), info["n_genes"].as_u64()), (Some(300), Some(60)), "{info}");
+    ok(&train(Path::new(&p("sim.store")), &d.join("m_store"), &["--batch-key", "batch"]));
+    ok(&run(&["embed", &p("m_store"), &p("sim.store"), "--out", &p("z_store.npy")]));
+    ok(&run(&["simulate", "--cells", "300", "--genes", "60", "--batches", "2", "--seed", "1", "--out", &p("sim.h5ad")]));
+    ok(&run(&["embed", &p("m_store"), &p("sim.h5ad"), "--out", &p("z_h5ad.npy")]));
+    assert_eq!(std::fs::read(p("z_store.npy")).unwrap(), std::fs::read(p("z_h5ad.npy")).unwrap(), "store and h5ad give the same cells");
+    // The same seed and thread count train the same model from a store as from the .h5ad.
+    ok(&train(Path::new(&p("sim.h5ad")), &d.join("m_h5ad"), &["--batch-key", "batch"]));
+    assert_eq!(std::fs::read(d.join("m_store/model.safetensors")).unwrap(), std::fs::read(d.join("m_h5ad/model.safetensors")).unwrap());
+    // convert from .h5ad (with a layer), and 10x inputs straight into training.
+    ok(&run(&["convert", fixture("cli/small.h5ad").to_str().unwrap(), &p("small.store"), "--layer", "counts"]));
+    ok(&train(Path::new(&p("small.store")), &d.join("m_small"), &["--batch-key", "stim"]));
+    for tenx in ["tenx/v3.h5", "tenx/mtx_v3", "tenx/v2.h5", "tenx/mtx_v2"] {
+        let o = train(&fixture(tenx), &d.join(tenx.replace('/', "_")), &["--batch-size", "4"]);
+        // Tiny 10x fixtures may hold cells without counts; then the refusal must name one.
+        let err = stderr(&o);
+        assert!(o.status.success() || err.contains("zero total counts"), "{tenx}: {err}");
+    }
+    fails_with(&["train", &p("nothing.store"), "--out", &p("m2")], &["nothing.store"]);
+    std::fs::remove_dir_all(&d).ok();
+}

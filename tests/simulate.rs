@@ -122,7 +122,7 @@ fn labels_are_categorical_and_cell_types_separable() {
         assert!(batch.iter().filter(|&&x| x == b).count() > 700);
     }
     for t in 0..6 {
-        assert!(ctype.iter().any(|&x| x == t), "type {t} never drawn");
+        assert!(ctype.contains(&t), "type {t} never drawn");
     }
     // Nearest centroid on log1p of normalised counts, centroids from the first half, tested on the
     // second half: a crude model, so a good latent model does at least as well.
@@ -139,8 +139,8 @@ fn labels_are_categorical_and_cell_types_separable() {
     let half = d.n_cells() / 2;
     let mut cent = vec![vec![0f64; g_n]; 6];
     let mut cnt = [0f64; 6];
-    for i in 0..half {
-        let t = ctype[i] as usize;
+    for (i, &t) in ctype.iter().enumerate().take(half) {
+        let t = t as usize;
         for (c, x) in cent[t].iter_mut().zip(norm_row(i)) {
             *c += x;
         }
@@ -152,7 +152,7 @@ fn labels_are_categorical_and_cell_types_separable() {
         }
     }
     let mut right = 0;
-    for i in half..d.n_cells() {
+    for (i, &t) in ctype.iter().enumerate().skip(half) {
         let x = norm_row(i);
         let best = (0..6)
             .min_by(|&a, &b| {
@@ -161,7 +161,7 @@ fn labels_are_categorical_and_cell_types_separable() {
                 da.partial_cmp(&db).unwrap()
             })
             .unwrap();
-        right += (best == ctype[i] as usize) as usize;
+        right += (best == t as usize) as usize;
     }
     let acc = right as f64 / (d.n_cells() - half) as f64;
     assert!(acc > 0.9, "nearest-centroid accuracy {acc}");

@@ -155,10 +155,13 @@ fn flip(path: &Path, at: usize) {
     std::fs::write(path, b).unwrap();
 }
 
+/// (what, how to damage the store, a word the error must contain).
+type Damage = (&'static str, Box<dyn Fn(&Path)>, &'static str);
+
 #[test]
 fn corrupt_or_truncated_store_is_an_error() {
     let dir = tmpdir("corrupt");
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    let cases: Vec<Damage> = vec![
         (
             "truncated data",
             Box::new(|p| {
@@ -242,7 +245,11 @@ fn bad_rows_leave_no_store() {
     let p = dir.join("bad.store");
     let count = |d: &Path| std::fs::read_dir(d).unwrap().count();
 
+    // A temporary directory left by a killed conversion (no such process) is cleaned up.
+    let stale = dir.join(".bad.store.tmp-999999999");
+    std::fs::create_dir_all(&stale).unwrap();
     let mut w = StoreWriter::create(&p, 3, "bad").unwrap();
+    assert!(!stale.exists(), "stale temporary directory kept");
     let mut neg = CsrMatrix::with_cols(3);
     neg.push_row([(1, -2.0)]);
     let e = w.append(&neg).unwrap_err().to_string();
@@ -304,4 +311,350 @@ fn bad_rows_leave_no_store() {
     .unwrap();
     assert_eq!(Store::open(&s).unwrap().n_cells(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------------
+// The data commands, end to end through their library functions.
+
+use scvi_rs::cli_data::{info_json, run_convert, run_simulate, ConvertArgs, SimulateArgs};
+use scvi_rs::data::hvg::highly_variable_genes_seurat_v3;
+
+fn convert_args(input: &Path, output: &Path) -> ConvertArgs {
+    ConvertArgs {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        layer: None,
+        n_top_genes: None,
+        hvg_batch_key: None,
+        genes: None,
+        chunk_rows: Some(2),
+    }
+}
+
+fn tenx(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tenx")
+        .join(name)
+}
+
+#[test]
+fn convert_mtx_with_gene_list() {
+    let dir = tmpdir("genes");
+    let list = dir.join("genes.txt");
+    std::fs::write(&list, "# wanted\nGeneD\nENSG02\n\nGeneA-1\n").unwrap();
+    let out = dir.join("x.store");
+    let mut a = convert_args(&tenx("mtx_v3"), &out);
+    a.genes = Some(list.clone());
+    run_convert(&a).unwrap();
+    let s = Store::open(&out).unwrap();
+    assert_eq!(s.gene_names(), ["GeneD", "GeneB", "GeneA-1"]);
+    let ids = &s.var().iter().find(|(k, _)| k == "gene_ids").unwrap().1;
+    assert_eq!(ids, &["ENSG05", "ENSG02", "ENSG03"]);
+    // Cells x (GeneD, GeneB, GeneA-1), from the fixture's matrix.
+    let want: [&[(u32, f32)]; 4] = [&[], &[(1, 2.0), (2, 3.0)], &[], &[(0, 7.0)]];
+    for (i, w) in want.iter().enumerate() {
+        let (j, v) = s.matrix().row(i);
+        let got: Vec<(u32, f32)> = j.iter().copied().zip(v.iter().copied()).collect();
+        assert_eq!(&got[..], *w, "row {i}");
+    }
+    s.verify().unwrap();
+    // Genes that are not there are named.
+    std::fs::write(&list, "GeneD\nNOPE1\nNOPE2\n").unwrap();
+    let e = run_convert(&a).unwrap_err().to_string();
+    assert!(
+        e.contains("NOPE1") && e.contains("NOPE2") && e.contains("2 of the 3"),
+        "{e}"
+    );
+    // The earlier store is untouched by the failed conversion.
+    assert_eq!(Store::open(&out).unwrap().n_genes(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn convert_10x_h5_and_store_to_store() {
+    let dir = tmpdir("h5conv");
+    let a = dir.join("a.store");
+    run_convert(&convert_args(&tenx("v3.h5"), &a)).unwrap();
+    let b = dir.join("b.store");
+    run_convert(&convert_args(&a, &b)).unwrap();
+    let (sa, sb) = (Store::open(&a).unwrap(), Store::open(&b).unwrap());
+    assert_eq!(
+        sa.gene_names(),
+        ["GeneA", "GeneB", "GeneA-1", "GeneC", "GeneD"]
+    );
+    assert_eq!(sa.header().values.n_empty_cells, 1);
+    assert_eq!(sb.gene_names(), sa.gene_names());
+    assert_eq!(sb.var(), sa.var());
+    for i in 0..4 {
+        assert_eq!(sa.matrix().row(i), sb.matrix().row(i));
+    }
+    let v = info_json(&b, true).unwrap();
+    assert_eq!(v["n_cells"], 4);
+    assert_eq!(v["n_genes"], 5);
+    assert_eq!(v["nnz"], 7);
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["verified"], true);
+    // --layer on a store is refused.
+    let mut bad = convert_args(&a, &dir.join("c.store"));
+    bad.layer = Some("counts".into());
+    assert!(run_convert(&bad).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn simulate_then_convert_with_hvg_streams_like_in_memory() {
+    let dir = tmpdir("hvgconv");
+    let sim = dir.join("sim.store");
+    run_simulate(&SimulateArgs {
+        cells: 3000,
+        genes: 400,
+        batches: 3,
+        cell_types: 4,
+        seed: 9,
+        library_median: None,
+        out: sim.clone(),
+    })
+    .unwrap();
+    let v = info_json(&sim, false).unwrap();
+    assert_eq!(v["n_cells"], 3000);
+    let obs = v["obs"].as_array().unwrap();
+    assert_eq!(obs[0]["name"], "batch");
+    assert_eq!(obs[0]["categories"].as_array().unwrap().len(), 3);
+    assert_eq!(obs[1]["name"], "cell_type");
+
+    let out = dir.join("hvg.store");
+    let mut a = convert_args(&sim, &out);
+    a.n_top_genes = Some(60);
+    a.hvg_batch_key = Some("batch".into());
+    a.chunk_rows = Some(257);
+    run_convert(&a).unwrap();
+    let s = Store::open(&out).unwrap();
+    assert_eq!(s.n_genes(), 60);
+
+    let d = Store::open(&sim).unwrap().into_dataset();
+    let (codes, cats) = d
+        .obs_column("batch")
+        .unwrap()
+        .to_categorical("batch")
+        .unwrap();
+    let res =
+        highly_variable_genes_seurat_v3(d.counts.as_ref(), Some((codes, cats.len())), 60).unwrap();
+    let chosen: Vec<&String> = d
+        .gene_names
+        .iter()
+        .zip(&res.highly_variable)
+        .filter(|(_, &h)| h)
+        .map(|(g, _)| g)
+        .collect();
+    let stored: Vec<&String> = s.gene_names().iter().collect();
+    assert_eq!(stored, chosen, "streamed HVG differs from in-memory HVG");
+    // The genes keep their original order and the counts are the original columns.
+    let pos: std::collections::HashMap<&str, u32> = d
+        .gene_names
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.as_str(), i as u32))
+        .collect();
+    for i in [0, 1234, 2999] {
+        let (j, v) = s.matrix().row(i);
+        let (j0, v0) = d.counts.row(i);
+        for (&g, &x) in j.iter().zip(v) {
+            let old = pos[s.gene_names()[g as usize].as_str()];
+            let k = j0.iter().position(|&c| c == old).unwrap();
+            assert_eq!(v0[k], x);
+        }
+    }
+    // Unknown batch key, and .h5ad output of simulate.
+    a.hvg_batch_key = Some("nope".into());
+    assert!(run_convert(&a).unwrap_err().to_string().contains("nope"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn simulate_writes_h5ad_that_reads_back() {
+    let dir = tmpdir("simh5ad");
+    let p = dir.join("sim.h5ad");
+    let args = SimulateArgs {
+        cells: 700,
+        genes: 150,
+        batches: 3,
+        cell_types: 4,
+        seed: 3,
+        library_median: None,
+        out: p.clone(),
+    };
+    run_simulate(&args).unwrap();
+    let d = scvi_rs::data::h5ad::read_h5ad(&p, &Default::default()).unwrap();
+    let want = scvi_rs::data::simulate::simulate(&args.config());
+    assert_eq!(d.gene_names, want.gene_names);
+    assert_eq!(d.cell_names, want.cell_names);
+    assert_eq!(d.obs, want.obs);
+    assert_eq!(d.counts.nnz(), want.counts.nnz());
+    for i in 0..700 {
+        assert_eq!(d.counts.row(i), want.counts.row(i), "row {i}");
+    }
+    // And on to a store, through the h5ad path of convert.
+    let s = dir.join("sim.store");
+    run_convert(&convert_args(&p, &s)).unwrap();
+    assert_eq!(Store::open(&s).unwrap().nnz(), want.counts.nnz());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "temporary files left: {left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn convert_csc_dense_and_layer_h5ad() {
+    // The h5ad reader's fixtures: a CSC X, a dense X, and a counts layer.
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h5ad");
+    let dir = tmpdir("cscconv");
+    for (file, layer) in [
+        ("csc.h5ad", None),
+        ("dense.h5ad", None),
+        ("layer_counts.h5ad", Some("counts")),
+    ] {
+        let p = fx.join(file);
+        if !p.exists() {
+            eprintln!("skipping {file}: not found");
+            continue;
+        }
+        let want = scvi_rs::data::h5ad::read_h5ad(
+            &p,
+            &scvi_rs::data::h5ad::H5adOptions {
+                layer: layer.map(str::to_string),
+            },
+        )
+        .unwrap();
+        let out = dir.join(format!("{file}.store"));
+        let mut a = convert_args(&p, &out);
+        a.layer = layer.map(str::to_string);
+        a.chunk_rows = None;
+        run_convert(&a).unwrap();
+        let s = Store::open(&out).unwrap();
+        assert_eq!(s.n_cells(), want.n_cells(), "{file}");
+        for i in 0..want.n_cells() {
+            let (j, v) = want.counts.row(i);
+            // The store drops explicit zeros.
+            let kept: Vec<(u32, f32)> = j
+                .iter()
+                .copied()
+                .zip(v.iter().copied())
+                .filter(|p| p.1 != 0.0)
+                .collect();
+            let (sj, sv) = s.matrix().row(i);
+            let got: Vec<(u32, f32)> = sj.iter().copied().zip(sv.iter().copied()).collect();
+            assert_eq!(got, kept, "{file} row {i}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn convert_10x_to_h5ad() {
+    let dir = tmpdir("toh5ad");
+    let out = dir.join("pbmc.h5ad");
+    run_convert(&convert_args(&tenx("v3.h5"), &out)).unwrap();
+    let d = scvi_rs::data::h5ad::read_h5ad(&out, &Default::default()).unwrap();
+    assert_eq!(
+        d.gene_names,
+        ["GeneA", "GeneB", "GeneA-1", "GeneC", "GeneD"]
+    );
+    assert_eq!(d.cell_names, ["AAAC-1", "AAAG-1", "AAAT-1", "AACA-1"]);
+    assert_eq!(
+        d.counts.row(3),
+        (&[0u32, 3, 4][..], &[4.0f32, 1.0, 7.0][..])
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn convert_h5ad_matches_reader() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/kang_ifnb_hvg2k.h5ad");
+    if !p.exists() {
+        eprintln!("skipping: {} not found", p.display());
+        return;
+    }
+    let dir = tmpdir("h5ad");
+    let out = dir.join("kang.store");
+    let mut a = convert_args(&p, &out);
+    a.chunk_rows = Some(4096);
+    run_convert(&a).unwrap();
+    let s = Store::open(&out).unwrap();
+    let d = scvi_rs::data::h5ad::read_h5ad(&p, &Default::default()).unwrap();
+    assert_eq!(s.n_cells(), d.n_cells());
+    assert_eq!(s.nnz(), d.counts.nnz());
+    assert_eq!(s.gene_names(), &d.gene_names[..]);
+    assert_eq!(s.cell_names(), &d.cell_names[..]);
+    assert_eq!(s.obs(), &d.obs[..]);
+    for i in (0..d.n_cells()).step_by(97) {
+        assert_eq!(s.matrix().row(i), d.counts.row(i));
+    }
+    let v = info_json(&out, false).unwrap();
+    let stim = v["obs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "stim")
+        .unwrap();
+    assert_eq!(stim["categories"], serde_json::json!(["CTRL", "STIM"]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Benchmarks, run by hand under `/usr/bin/time -v` (see BENCHMARKS.md):
+/// `SCVI_BENCH_OUT=/tmp/sim.store SCVI_BENCH_CELLS=1000000 cargo test --release --test store bench_simulate -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_simulate() {
+    let out = PathBuf::from(std::env::var("SCVI_BENCH_OUT").expect("SCVI_BENCH_OUT"));
+    let cells = std::env::var("SCVI_BENCH_CELLS")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(1_000_000);
+    run_simulate(&SimulateArgs {
+        cells,
+        genes: 2000,
+        batches: 4,
+        cell_types: 8,
+        seed: 0,
+        library_median: None,
+        out,
+    })
+    .unwrap();
+}
+
+/// `SCVI_BENCH_IN=x.h5ad SCVI_BENCH_OUT=/tmp/x.store cargo test --release --test store bench_convert -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_convert() {
+    let input = PathBuf::from(std::env::var("SCVI_BENCH_IN").expect("SCVI_BENCH_IN"));
+    let out = PathBuf::from(std::env::var("SCVI_BENCH_OUT").expect("SCVI_BENCH_OUT"));
+    let mut a = convert_args(&input, &out);
+    a.chunk_rows = std::env::var("SCVI_BENCH_CHUNK")
+        .ok()
+        .map(|s| s.parse().unwrap());
+    if let Ok(n) = std::env::var("SCVI_BENCH_HVG") {
+        a.n_top_genes = Some(n.parse().unwrap());
+        a.hvg_batch_key = std::env::var("SCVI_BENCH_HVG_KEY").ok();
+    }
+    run_convert(&a).unwrap();
+}
+
+/// `SCVI_BENCH_IN=/tmp/sim.store cargo test --release --test store bench_open -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_open() {
+    let p = PathBuf::from(std::env::var("SCVI_BENCH_IN").expect("SCVI_BENCH_IN"));
+    let t = std::time::Instant::now();
+    let s = Store::open(&p).unwrap();
+    let open = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    s.verify().unwrap();
+    eprintln!(
+        "open {:.3} s ({} cells, {} non-zeros), verify {:.1} s",
+        open,
+        s.n_cells(),
+        s.nnz(),
+        t.elapsed().as_secs_f64()
+    );
 }

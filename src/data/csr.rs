@@ -14,6 +14,10 @@ pub trait SparseRows: Send + Sync {
     /// Column indices (strictly increasing) and values of row `i`.
     fn row(&self, i: usize) -> (&[u32], &[f32]);
 
+    /// Give back memory the rows read so far hold that can be re-read on demand (the resident
+    /// pages of a memory-mapped file). The default, for matrices in memory, does nothing.
+    fn release(&self) {}
+
     /// Sum of the values of row `i` (the observed library size).
     fn row_sum(&self, i: usize) -> f64 {
         self.row(i).1.iter().map(|&v| v as f64).sum()

@@ -32,9 +32,11 @@ pub fn open_dataset(path: &Path, layer: Option<&str>) -> Result<Opened> {
             let warnings = summary.warning(&data.source, &field).into_iter().collect();
             Ok(Opened { data, warnings })
         }
-        _ => Err(Error::format(
-            path,
-            "unrecognised input: expected an .h5ad file",
-        )),
+        // A store, a 10x .h5 file or a 10x MTX folder (the store's reader tells them apart and
+        // says what it expected when the input is none of them).
+        _ => Ok(Opened {
+            data: crate::store::input::load_dataset(path, layer)?,
+            warnings: Vec::new(),
+        }),
     }
 }

@@ -93,12 +93,12 @@ pub struct InputMeta {
 }
 
 enum Body {
-    Store(Store),
+    Store(Box<Store>),
     H5ad {
         path: PathBuf,
         opts: H5adOptions,
     },
-    TenxH5(TenxH5),
+    TenxH5(Box<TenxH5>),
     /// MTX is read whole (its entries come in any order).
     TenxMtx(CsrMatrix),
 }
@@ -111,6 +111,8 @@ pub struct Input {
     pub n_genes: usize,
     /// Stored values, when known without reading the matrix (not for a dense `.h5ad`).
     pub nnz: Option<u64>,
+    /// How an `.h5ad` stores the matrix read (`csr_matrix`, `csc_matrix`, `array`), when known.
+    pub layout: Option<String>,
     body: Body,
 }
 
@@ -144,7 +146,8 @@ impl Input {
                     n_cells: s.n_cells(),
                     n_genes: s.n_genes(),
                     nnz: Some(s.nnz()),
-                    body: Body::Store(s),
+                    layout: None,
+                    body: Body::Store(Box::new(s)),
                 }
             }
             InputFormat::H5ad => {
@@ -179,6 +182,7 @@ impl Input {
                         ),
                     ));
                 }
+                let layout = layer.is_none().then(|| summary.x_encoding.clone());
                 let meta = InputMeta {
                     gene_names,
                     cell_names,
@@ -193,6 +197,7 @@ impl Input {
                     n_cells,
                     n_genes,
                     nnz,
+                    layout,
                     body: Body::H5ad {
                         path: path.to_path_buf(),
                         opts,
@@ -214,8 +219,9 @@ impl Input {
                     n_cells: t.n_cells(),
                     n_genes: t.n_genes(),
                     nnz: None,
+                    layout: None,
                     meta,
-                    body: Body::TenxH5(t),
+                    body: Body::TenxH5(Box::new(t)),
                 }
             }
             InputFormat::TenxMtx => {
@@ -238,6 +244,7 @@ impl Input {
                     n_cells: counts.n_rows,
                     n_genes: counts.n_cols,
                     nnz: Some(counts.nnz()),
+                    layout: None,
                     meta,
                     body: Body::TenxMtx(counts),
                 }
@@ -261,8 +268,12 @@ impl Input {
     ) -> Result<()> {
         let chunk_rows = chunk_rows.max(1);
         match &self.body {
-            Body::Store(s) => rows_of(s.matrix(), chunk_rows, f),
-            Body::TenxMtx(m) => rows_of(m, chunk_rows, f),
+            Body::Store(s) => {
+                let m = s.matrix();
+                m.advise(false);
+                rows_of(m, chunk_rows, f, |r0, r1| m.release_rows(r0, r1))
+            }
+            Body::TenxMtx(m) => rows_of(m, chunk_rows, f, |_, _| {}),
             Body::TenxH5(t) => t.for_each_row_chunk(chunk_rows, f),
             Body::H5ad { path, opts } => {
                 let mut seen = 0usize;
@@ -306,7 +317,7 @@ impl Input {
     pub fn into_dataset(self) -> Result<Dataset> {
         let meta = self.meta;
         let counts: Box<dyn SparseRows> = match self.body {
-            Body::Store(s) => return Ok(s.into_dataset()),
+            Body::Store(s) => return Ok((*s).into_dataset()),
             Body::TenxMtx(m) => {
                 let mut checks = CountChecks::new(&meta.source, &meta.field);
                 checks.check_chunk(0, &m)?;
@@ -321,6 +332,7 @@ impl Input {
                     n_cells: self.n_cells,
                     n_genes: self.n_genes,
                     nnz: self.nnz,
+                    layout: None,
                     body,
                 };
                 let mut all = CsrMatrix::with_cols(self.n_genes);
@@ -354,11 +366,12 @@ fn warn_non_integer(checks: CountChecks, meta: &InputMeta) -> Result<()> {
     Ok(())
 }
 
-/// Chunks of an in-memory or mapped matrix.
+/// Chunks of an in-memory or mapped matrix; `done(r0, r1)` after each chunk is handed on.
 fn rows_of(
     m: &dyn SparseRows,
     chunk_rows: usize,
     mut f: impl FnMut(usize, CsrMatrix) -> Result<()>,
+    done: impl Fn(usize, usize),
 ) -> Result<()> {
     let n = m.n_rows();
     let mut r0 = 0;
@@ -373,6 +386,7 @@ fn rows_of(
             c.n_rows += 1;
         }
         f(r0, c)?;
+        done(r0, r1);
         r0 = r1;
     }
     Ok(())

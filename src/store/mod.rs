@@ -24,6 +24,7 @@
 //! interrupted conversion never leaves a half-written store behind.
 
 mod format;
+pub mod h5ad_writer;
 mod hash;
 pub mod input;
 mod writer;
@@ -151,9 +152,49 @@ impl MappedCsr {
     }
 }
 
+impl MappedCsr {
+    /// Drop this process's resident pages of rows `r0..r1` (gene indices and values; the row
+    /// pointers stay). The pages stay in the kernel's page cache, so reading the rows again costs a
+    /// minor fault, not a disk read; what shrinks is the process's resident set, which otherwise
+    /// grows by every page of the matrix ever touched. Call it on rows that have been consumed
+    /// (conversion does, chunk by chunk; a training loader can once per epoch). A hint: errors are
+    /// ignored.
+    pub fn release_rows(&self, r0: usize, r1: usize) {
+        let p = self.indptr();
+        if r0 >= r1 || r1 >= p.len() {
+            return;
+        }
+        let (a, b) = (p[r0] as usize, p[r1] as usize);
+        for m in [&self.indices, &self.data]
+            .into_iter()
+            .filter_map(|m| m.map.as_ref())
+        {
+            let (off, end) = (a * 4, (b * 4).min(m.len()));
+            if end > off {
+                // SAFETY: the map is a read-only MAP_SHARED mapping of a file (memmap2's
+                // `Mmap::map`), and stores are never written after they are made. MADV_DONTNEED
+                // on such a mapping only drops page-table entries: a later access faults the same
+                // bytes back in from the page cache, so slices handed out by `row` stay valid and
+                // keep their contents (unlike anonymous or private-written pages, which it zeroes).
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, end - off)
+                };
+            }
+        }
+    }
+
+    /// [`release_rows`](Self::release_rows) over the whole matrix.
+    pub fn release_all(&self) {
+        self.release_rows(0, self.n_rows);
+    }
+}
+
 impl SparseRows for MappedCsr {
     fn n_rows(&self) -> usize {
         self.n_rows
+    }
+    fn release(&self) {
+        self.release_all();
     }
     fn n_cols(&self) -> usize {
         self.n_cols
@@ -359,45 +400,46 @@ impl Store {
             self.path.join(format::INDICES_FILE),
             self.path.join(format::DATA_FILE),
         );
-        let (a, b) = rayon::join(
-            || hash::hex(par_hash(m.indices.bytes())),
-            || hash::hex(par_hash(m.data.bytes())),
-        );
-        if a != f.indices.checksum {
-            return Err(Error::format(
-                &ix,
-                "checksum mismatch: the store is corrupt",
-            ));
-        }
-        if b != f.data.checksum {
-            return Err(Error::format(
-                &dt,
-                "checksum mismatch: the store is corrupt",
-            ));
-        }
+        // One pass in blocks of rows: hash the block's bytes, check its rows (in parallel), then
+        // release its pages, so the resident set stays at a block whatever the size of the store.
+        let (mut hi, mut hd) = (Hasher64::new(), Hasher64::new());
+        let (ib, db) = (m.indices.bytes(), m.data.bytes());
+        let p = m.indptr();
         let n_genes = m.n_cols as u64;
-        let bad = (0..m.n_rows).into_par_iter().find_first(|&i| {
-            let (idx, val) = m.row(i);
-            idx.windows(2).any(|w| w[1] <= w[0])
-                || idx.last().is_some_and(|&j| j as u64 >= n_genes)
-                || val.iter().any(|&v| !(v.is_finite() && v >= 0.0))
-        });
+        const BLOCK: usize = 1 << 16;
+        let mut bad = None;
+        let mut r0 = 0;
+        while r0 < m.n_rows && bad.is_none() {
+            let r1 = (r0 + BLOCK).min(m.n_rows);
+            let (a, b) = (p[r0] as usize * 4, p[r1] as usize * 4);
+            rayon::join(|| hi.update(&ib[a..b]), || hd.update(&db[a..b]));
+            bad = (r0..r1).into_par_iter().find_first(|&i| {
+                let (idx, val) = m.row(i);
+                idx.windows(2).any(|w| w[1] <= w[0])
+                    || idx.last().is_some_and(|&j| j as u64 >= n_genes)
+                    || val.iter().any(|&v| !(v.is_finite() && v >= 0.0))
+            });
+            m.release_rows(r0, r1);
+            r0 = r1;
+        }
         if let Some(i) = bad {
             return Err(Error::format(
                 &ix,
                 format!("row {i} has unsorted or out-of-range gene indices, or a bad value"),
             ));
         }
+        if hash::hex(hi.finish()) != f.indices.checksum {
+            return Err(Error::format(
+                &ix,
+                "checksum mismatch: the store is corrupt",
+            ));
+        }
+        if hash::hex(hd.finish()) != f.data.checksum {
+            return Err(Error::format(
+                &dt,
+                "checksum mismatch: the store is corrupt",
+            ));
+        }
         Ok(())
     }
-}
-
-/// wfnv64 is sequential by construction; hashing is memory-bound at several GB/s, so this is just
-/// the streaming hasher (kept as a function so a chunked variant can replace it in a new version).
-fn par_hash(bytes: &[u8]) -> u64 {
-    let mut h = Hasher64::new();
-    for c in bytes.chunks(1 << 24) {
-        h.update(c);
-    }
-    h.finish()
 }

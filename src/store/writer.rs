@@ -67,8 +67,63 @@ fn le_bytes<T: Copy>(s: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
 }
 
+/// Rows on their way to the disk: row end offsets (global), gene indices, values.
+type Batch = (Vec<u64>, Vec<u32>, Vec<f32>);
+
+/// The three matrix files, written by a background thread so that reading or generating the next
+/// chunk overlaps with writing this one.
+struct Sink {
+    indptr: Out,
+    indices: Out,
+    data: Out,
+}
+
+impl Sink {
+    fn write(&mut self, (ptrs, idx, val): &Batch) -> Result<()> {
+        self.indptr.write(le_bytes(ptrs))?;
+        self.indices.write(le_bytes(idx))?;
+        self.data.write(le_bytes(val))
+    }
+
+    /// Flush, sync; the checksums of indptr, indices, data.
+    fn close(self) -> Result<[String; 3]> {
+        Ok([
+            self.indptr.close()?,
+            self.indices.close()?,
+            self.data.close()?,
+        ])
+    }
+}
+
+/// Chunks in flight between the caller and the writing thread (bounds the extra memory).
+const IN_FLIGHT: usize = 2;
+
+/// Remove `.<name>.tmp-<pid>` directories left by conversions that were killed (their process
+/// is gone). Only on Linux, where `/proc/<pid>` says whether a process lives; errors are ignored.
+fn remove_stale_temporaries(parent: &Path, name: &str) {
+    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(pid) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Writes a store under a temporary name; [`StoreWriter::finish`] renames it into place. Dropping
 /// the writer without finishing removes the temporary directory.
+///
+/// Rows are checked in [`append`](Self::append) (errors come back at once, naming the cell and
+/// gene) and written by a background thread with at most two chunks in flight.
 pub struct StoreWriter {
     final_path: PathBuf,
     tmp: PathBuf,
@@ -76,9 +131,8 @@ pub struct StoreWriter {
     n_genes: usize,
     n_rows: usize,
     nnz: u64,
-    indptr: Option<Out>,
-    indices: Option<Out>,
-    data: Option<Out>,
+    tx: Option<std::sync::mpsc::SyncSender<Batch>>,
+    thread: Option<std::thread::JoinHandle<Result<[String; 3]>>>,
     checks: Option<CountChecks>,
     values: ValueSummary,
     done: bool,
@@ -113,6 +167,7 @@ impl StoreWriter {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
+        remove_stale_temporaries(&parent, &name);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = StoreWriter {
             final_path: path.to_path_buf(),
@@ -121,17 +176,26 @@ impl StoreWriter {
             n_genes,
             n_rows: 0,
             nnz: 0,
-            indptr: None,
-            indices: None,
-            data: None,
+            tx: None,
+            thread: None,
             checks: Some(CountChecks::new(source, "counts")),
             values: ValueSummary::default(),
             done: false,
         };
-        w.indptr = Some(Out::create(tmp.join(format::INDPTR_FILE))?);
-        w.indices = Some(Out::create(tmp.join(format::INDICES_FILE))?);
-        w.data = Some(Out::create(tmp.join(format::DATA_FILE))?);
-        w.indptr.as_mut().unwrap().write(&0u64.to_le_bytes())?;
+        let mut sink = Sink {
+            indptr: Out::create(tmp.join(format::INDPTR_FILE))?,
+            indices: Out::create(tmp.join(format::INDICES_FILE))?,
+            data: Out::create(tmp.join(format::DATA_FILE))?,
+        };
+        sink.indptr.write(&0u64.to_le_bytes())?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(IN_FLIGHT);
+        w.thread = Some(std::thread::spawn(move || {
+            for batch in rx {
+                sink.write(&batch)?;
+            }
+            sink.close()
+        }));
+        w.tx = Some(tx);
         Ok(w)
     }
 
@@ -147,8 +211,14 @@ impl StoreWriter {
         self.nnz
     }
 
-    /// Append the rows of `chunk`: checked (structure, gene count, values), explicit zeros dropped.
+    /// Append the rows of `chunk` (copied; see [`append_owned`](Self::append_owned)).
     pub fn append(&mut self, chunk: &CsrMatrix) -> Result<()> {
+        self.append_owned(chunk.clone())
+    }
+
+    /// Append the rows of `chunk`: checked (structure, gene count, values), explicit zeros
+    /// dropped, then handed to the writing thread.
+    pub fn append_owned(&mut self, chunk: CsrMatrix) -> Result<()> {
         if chunk.n_cols != self.n_genes {
             return Err(Error::Shape(format!(
                 "{}: rows from {} have {} genes, the store has {}",
@@ -164,14 +234,14 @@ impl StoreWriter {
             ))
         })?;
         if let Some(c) = self.checks.as_mut() {
-            c.check_chunk(self.n_rows, chunk)?;
+            c.check_chunk(self.n_rows, &chunk)?;
         }
         let base = self.nnz;
-        let has_zero = chunk.data.contains(&0.0);
-        let mut ptrs = Vec::with_capacity(chunk.n_rows);
-        if has_zero {
+        let p0 = chunk.indptr[0];
+        let (ptrs, idx, val) = if chunk.data.contains(&0.0) {
             let mut idx = Vec::with_capacity(chunk.indices.len());
             let mut val = Vec::with_capacity(chunk.data.len());
+            let mut ptrs = Vec::with_capacity(chunk.n_rows);
             for i in 0..chunk.n_rows {
                 let (a, b) = (chunk.indptr[i] as usize, chunk.indptr[i + 1] as usize);
                 for k in a..b {
@@ -182,33 +252,61 @@ impl StoreWriter {
                 }
                 ptrs.push(base + idx.len() as u64);
             }
-            self.write_rows(&ptrs, &idx, &val)
+            (ptrs, idx, val)
         } else {
-            ptrs.extend(
-                chunk.indptr[1..]
-                    .iter()
-                    .map(|&p| base + p - chunk.indptr[0]),
-            );
-            self.write_rows(&ptrs, &chunk.indices, &chunk.data)
-        }
-    }
-
-    fn write_rows(&mut self, ptrs: &[u64], idx: &[u32], val: &[f32]) -> Result<()> {
+            let a = p0 as usize;
+            let b = *chunk.indptr.last().unwrap() as usize;
+            let ptrs = chunk.indptr[1..].iter().map(|&p| base + p - p0).collect();
+            let (mut idx, mut val) = (chunk.indices, chunk.data);
+            if a != 0 || b != idx.len() {
+                idx = idx[a..b].to_vec();
+                val = val[a..b].to_vec();
+            }
+            (ptrs, idx, val)
+        };
         let mut prev = self.nnz;
-        for &p in ptrs {
+        for &p in &ptrs {
             self.values.n_empty_cells += (p == prev) as u64;
             prev = p;
         }
-        for &v in val {
-            self.values.total += v as f64;
-            self.values.max = self.values.max.max(v as f64);
+        let (mut total, mut max) = (0f64, self.values.max);
+        for &v in &val {
+            total += v as f64;
+            max = max.max(v as f64);
         }
-        self.indptr.as_mut().unwrap().write(le_bytes(ptrs))?;
-        self.indices.as_mut().unwrap().write(le_bytes(idx))?;
-        self.data.as_mut().unwrap().write(le_bytes(val))?;
+        self.values.total += total;
+        self.values.max = max;
         self.n_rows += ptrs.len();
         self.nnz += idx.len() as u64;
+        let sent = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.send((ptrs, idx, val)).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            // The writing thread stopped: its error says why.
+            return Err(self.join().err().unwrap_or_else(|| {
+                Error::Data(format!("{}: the store writer stopped", self.source))
+            }));
+        }
         Ok(())
+    }
+
+    /// Stop the writing thread and collect the checksums of the matrix files.
+    fn join(&mut self) -> Result<[String; 3]> {
+        self.tx.take();
+        match self.thread.take() {
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(Error::Data(format!(
+                    "{}: the store writing thread panicked",
+                    self.source
+                )))
+            }),
+            None => Err(Error::Data(format!(
+                "{}: the store writer already stopped",
+                self.source
+            ))),
+        }
     }
 
     /// Write the metadata and the header, sync, and rename the store into place. Errors if the
@@ -256,9 +354,7 @@ impl StoreWriter {
             self.values.n_non_integer = c.finish()?.n_non_integer;
         }
 
-        let indptr_sum = self.indptr.take().unwrap().close()?;
-        let indices_sum = self.indices.take().unwrap().close()?;
-        let data_sum = self.data.take().unwrap().close()?;
+        let [indptr_sum, indices_sum, data_sum] = self.join()?;
 
         let mut mb = MetaBuilder::default();
         let gene_names = mb.strings(&meta.gene_names);
@@ -336,10 +432,9 @@ impl StoreWriter {
 impl Drop for StoreWriter {
     fn drop(&mut self) {
         if !self.done {
-            // Close the files first, then remove the half-written store; errors are moot here.
-            self.indptr.take();
-            self.indices.take();
-            self.data.take();
+            // Stop the writing thread (closing the files), then remove the half-written store;
+            // errors are moot here.
+            let _ = self.join();
             let _ = std::fs::remove_dir_all(&self.tmp);
         }
     }

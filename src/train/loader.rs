@@ -14,6 +14,11 @@ pub struct Covariates<'a> {
     pub labels: &'a [u32],
 }
 
+/// Minibatches between two calls of [`SparseRows::release`]: a memory-mapped store's resident pages
+/// are given back this often, so the process's memory does not grow towards the store's size over an
+/// epoch (the pages stay in the OS page cache; re-reading them is cheap).
+const RELEASE_EVERY: usize = 256;
+
 /// Call `f` on consecutive minibatches of `order` (cells in the order given), `batch_size` at a time,
 /// the last one possibly smaller. `f` runs on the calling thread; gathering runs one minibatch ahead.
 pub fn for_each_minibatch(
@@ -31,9 +36,13 @@ pub fn for_each_minibatch(
     }
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            for cells in order.chunks(batch_size) {
+            for (k, cells) in order.chunks(batch_size).enumerate() {
                 let Ok(mut mb) = empty_rx.recv() else { return };
                 mb.gather(x, cells, cov.batch, cov.labels);
+                // The gathered minibatch is a copy: the mapped rows can go.
+                if (k + 1) % RELEASE_EVERY == 0 {
+                    x.release();
+                }
                 if full_tx.send(mb).is_err() {
                     return;
                 }
