@@ -236,3 +236,16 @@ fn stores_and_10x_inputs_train_and_embed() {
     fails_with(&["train", &p("nothing.store"), "--out", &p("m2")], &["nothing.store"]);
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn max_steps_stops_mid_epoch() {
+    let d = tmpdir("maxsteps");
+    // 216 training cells = 2 minibatches per epoch; 3 steps end in the second epoch.
+    ok(&train(&fixture("cli/small.h5ad"), &d.join("m"), &["--max-epochs", "10", "--max-steps", "3", "--batch-key", "stim"]));
+    let bytes = std::fs::read(d.join("m/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let nbt = st.tensor("z_encoder.encoder.fc_layers.Layer 0.1.num_batches_tracked").unwrap();
+    assert_eq!(i64::from_le_bytes(nbt.data().try_into().unwrap()), 3);
+    assert_eq!(std::fs::read_to_string(d.join("m/history.csv")).unwrap().lines().count(), 3);
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -135,6 +135,9 @@ pub struct TrainArgs {
     pub early_stopping_patience: usize,
     #[arg(long, default_value_t = 0.0)]
     pub early_stopping_min_delta: f64,
+    /// Stop after this many training steps in all, even mid-epoch (for benchmarks).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
 }
 
 impl TrainArgs {
@@ -153,6 +156,7 @@ impl TrainArgs {
             early_stopping: self.early_stopping,
             early_stopping_patience: self.early_stopping_patience,
             early_stopping_min_delta: self.early_stopping_min_delta,
+            max_steps: self.max_steps,
             ..TrainConfig::default()
         }
     }

@@ -41,6 +41,8 @@ pub struct TrainConfig {
     pub early_stopping: bool,
     pub early_stopping_patience: usize,
     pub early_stopping_min_delta: f64,
+    /// Stop after this many training steps in all (Lightning's `max_steps`), even mid-epoch.
+    pub max_steps: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -57,13 +59,15 @@ impl Default for TrainConfig {
             early_stopping: false,
             early_stopping_patience: 45,
             early_stopping_min_delta: 0.0,
+            max_steps: None,
         }
     }
 }
 
 /// scvi-tools' `get_max_epochs_heuristic(n_obs)`.
 pub fn default_max_epochs(n_cells: usize) -> usize {
-    let e = (20000.0 / n_cells.max(1) as f64 * 400.0).round() as usize;
+    // Python's round() halves to even.
+    let e = (20000.0 / n_cells.max(1) as f64 * 400.0).round_ties_even() as usize;
     e.clamp(1, 400)
 }
 
@@ -144,7 +148,14 @@ pub fn fit(
         let t0 = Instant::now();
         let kl_weight = cfg.kl_weight(epoch);
         let perm = rng.permutation(Stream::Shuffle, epoch as u64, split.train.len());
-        let order: Vec<usize> = perm.iter().map(|&i| split.train[i]).collect();
+        let mut order: Vec<usize> = perm.iter().map(|&i| split.train[i]).collect();
+        if let Some(max) = cfg.max_steps {
+            let left = max.saturating_sub(step as usize);
+            if left == 0 {
+                break;
+            }
+            order.truncate(left * cfg.batch_size);
+        }
         let mut train = LossSums::default();
         for_each_minibatch(x, cov, &order, cfg.batch_size, |mb| {
             if mb.len() < 2 {
