@@ -236,7 +236,11 @@ impl Scvi {
         if !self.meta.model.use_observed_lib_size {
             return Ok(());
         }
-        for &c in cells {
+        for (k, &c) in cells.iter().enumerate() {
+            // A pass over a memory-mapped store: give its pages back as it goes.
+            if k % 16384 == 16383 {
+                data.counts.release();
+            }
             if data.counts.row(c).1.iter().all(|&v| v == 0.0) {
                 let name = data.cell_names.get(c).cloned().unwrap_or_default();
                 return Err(Error::Data(format!(
@@ -247,6 +251,7 @@ impl Scvi {
                 )));
             }
         }
+        data.counts.release();
         Ok(())
     }
 

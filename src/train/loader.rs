@@ -14,10 +14,12 @@ pub struct Covariates<'a> {
     pub labels: &'a [u32],
 }
 
-/// Minibatches between two calls of [`SparseRows::release`]: a memory-mapped store's resident pages
-/// are given back this often, so the process's memory does not grow towards the store's size over an
-/// epoch (the pages stay in the OS page cache; re-reading them is cheap).
-const RELEASE_EVERY: usize = 256;
+/// Minibatches between two calls of [`SparseRows::release`]. Each row read from a memory-mapped
+/// store faults in the pages around it too (the kernel's fault-around, ~64 KiB per array), about
+/// 16 MB per minibatch of random rows at 2,000 genes, so the resident set would grow towards the
+/// store's size within an epoch; giving the pages back every few minibatches bounds it to ~130 MB.
+/// The pages stay in the OS page cache, so reading them again is cheap.
+const RELEASE_EVERY: usize = 8;
 
 /// Call `f` on consecutive minibatches of `order` (cells in the order given), `batch_size` at a time,
 /// the last one possibly smaller. `f` runs on the calling thread; gathering runs one minibatch ahead.
