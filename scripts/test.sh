@@ -2,7 +2,8 @@
 # The test suite, as README.md gives it. Makes libnvrtc findable (the nvidia-cuda-nvrtc-cu12 wheel
 # in .venv-nvrtc) so the kernel-compilation test compiles every CUDA kernel even on a machine with
 # no GPU and no CUDA toolkit; if that cannot be set up, that test prints why it skips (unless
-# SCVI_RS_REQUIRE_NVRTC=1, as CI sets, which turns the skip into a failure).
+# SCVI_RS_REQUIRE_NVRTC=1, as CI sets, which turns the skip into a failure). Ends with one line
+# summing up every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if dir="$(bash scripts/ci/setup_nvrtc.sh)"; then
@@ -10,4 +11,13 @@ if dir="$(bash scripts/ci/setup_nvrtc.sh)"; then
 else
   echo "note: NVRTC could not be set up; the kernel compile test will skip" >&2
 fi
-cargo test --release "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --lib --bins --tests --examples "$@" 2>&1 | tee "$log" || status=$?
+# Tests that return early for want of a GPU or of the shared data sets print "skipped:"; libtest
+# counts them as passed, so they are moved to the skipped column here (ignored tests too).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+     /skipped: / { s += 1 }
+     END { printf "\nTotal: %d passed, %d failed, %d skipped\n", p - s, f, g + s }' "$log"
+exit "$status"

@@ -392,8 +392,10 @@ fn shared_data(name: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        println!(
-            "skipped: {} is absent (see /work/shared/data/README.md)",
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: {} is absent (the shared data sets are not beside this checkout)",
             p.display()
         );
         None

@@ -18,7 +18,14 @@ fn shared(name: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("skipping: {} not found", p.display());
+        {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: {} not found (the shared data sets are not beside this checkout)",
+                p.display()
+            );
+        }
         None
     }
 }

@@ -517,7 +517,13 @@ fn convert_csc_dense_and_layer_h5ad() {
     ] {
         let p = fx.join(file);
         if !p.exists() {
-            eprintln!("skipping {file}: not found");
+            {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped: {file} not found (the shared data sets are not beside this checkout)"
+                );
+            }
             continue;
         }
         let want = scvi_rs::data::h5ad::read_h5ad(
@@ -573,7 +579,14 @@ fn convert_10x_to_h5ad() {
 fn convert_h5ad_matches_reader() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/kang_ifnb_hvg2k.h5ad");
     if !p.exists() {
-        eprintln!("skipping: {} not found", p.display());
+        {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: {} not found (the shared data sets are not beside this checkout)",
+                p.display()
+            );
+        }
         return;
     }
     let dir = tmpdir("h5ad");
