@@ -42,7 +42,27 @@ pub trait Float:
     fn max(self, other: Self) -> Self;
     fn is_finite(self) -> bool;
 
-    /// `C = alpha * A B + beta * C` for strided matrices (m x k times k x n), single-threaded.
+    /// `e^x` as the element-wise kernels compute it: `f64::exp` in f64; in f32 the branch-free
+    /// [`exp_f32`](crate::math::special::exp_f32) (max 2 ulp), which vectorises.
+    fn vexp(self) -> Self;
+    /// `ln x` for the kernels: `f64::ln` / [`ln_f32`](crate::math::special::ln_f32) (max 2 ulp).
+    fn vln(self) -> Self;
+    /// `e^x` where `x <= 88.3` is known and values below 1.2e-38 do not matter: `f64::exp` /
+    /// [`exp_f32_fast`](crate::math::special::exp_f32_fast) (max 2 ulp, no special cases).
+    fn vexp_fast(self) -> Self;
+    /// `ln x` where `x` is known positive, normal and finite: `f64::ln` /
+    /// [`ln_f32_fast`](crate::math::special::ln_f32_fast).
+    fn vln_fast(self) -> Self;
+    /// `ln(1 + x)` for the kernels: `f64::ln_1p` / [`ln_1p_f32`](crate::math::special::ln_1p_f32).
+    fn vln_1p(self) -> Self;
+    /// `(lgamma(x), digamma(x))` for x > 0: libm's `lgamma` and [`digamma`] in f64,
+    /// [`lgamma_digamma_f32`](crate::math::special::lgamma_digamma_f32) in f32.
+    ///
+    /// [`digamma`]: crate::math::special::digamma
+    fn lgamma_digamma(self) -> (Self, Self);
+
+    /// `C = alpha * A B + beta * C` for strided matrices (m x k times k x n), single-threaded
+    /// (faer's kernels, `Par::Seq`; `beta = 0` does not read C).
     /// Strides are in elements: `rs*` between rows, `cs*` between columns.
     ///
     /// # Safety
@@ -68,7 +88,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:expr, $gemm:path) => {
+    ($t:ty, $name:expr, $exp:path, $ln:path, $expf:path, $lnf:path, $ln1p:path, $lgdg:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -105,6 +125,30 @@ macro_rules! impl_float {
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }
+            #[inline(always)]
+            fn vexp(self) -> Self {
+                $exp(self)
+            }
+            #[inline(always)]
+            fn vln(self) -> Self {
+                $ln(self)
+            }
+            #[inline(always)]
+            fn vexp_fast(self) -> Self {
+                $expf(self)
+            }
+            #[inline(always)]
+            fn vln_fast(self) -> Self {
+                $lnf(self)
+            }
+            #[inline(always)]
+            fn vln_1p(self) -> Self {
+                $ln1p(self)
+            }
+            #[inline(always)]
+            fn lgamma_digamma(self) -> (Self, Self) {
+                $lgdg(self)
+            }
             unsafe fn gemm_raw(
                 m: usize,
                 k: usize,
@@ -121,12 +165,62 @@ macro_rules! impl_float {
                 rsc: isize,
                 csc: isize,
             ) {
-                // SAFETY: the caller guarantees the pointers and strides describe valid matrices.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+                use faer::linalg::matmul::matmul;
+                use faer::{Accum, MatMut, MatRef, Par};
+                if m == 0 || n == 0 {
+                    return;
+                }
+                // SAFETY: the caller guarantees the pointers and strides describe valid matrices
+                // and that c does not alias a or b.
+                unsafe {
+                    let lhs = MatRef::from_raw_parts(a, m, k, rsa, csa);
+                    let rhs = MatRef::from_raw_parts(b, k, n, rsb, csb);
+                    let mut dst = MatMut::from_raw_parts_mut(c, m, n, rsc, csc);
+                    let accum = if beta == 0.0 {
+                        Accum::Replace
+                    } else {
+                        if beta != 1.0 {
+                            for i in 0..m {
+                                for j in 0..n {
+                                    let p = c.offset(i as isize * rsc + j as isize * csc);
+                                    *p *= beta;
+                                }
+                            }
+                        }
+                        Accum::Add
+                    };
+                    // Single-threaded: the engine splits the work over its own threads.
+                    matmul(dst.as_mut(), accum, lhs, rhs, alpha, Par::Seq);
+                }
             }
         }
     };
 }
 
-impl_float!(f32, "F32", matrixmultiply::sgemm);
-impl_float!(f64, "F64", matrixmultiply::dgemm);
+use crate::math::special;
+
+#[inline(always)]
+fn lgamma_digamma_f64(x: f64) -> (f64, f64) {
+    (special::lgamma(x), special::digamma(x))
+}
+
+impl_float!(
+    f32,
+    "F32",
+    special::exp_f32,
+    special::ln_f32,
+    special::exp_f32_fast,
+    special::ln_f32_fast,
+    special::ln_1p_f32,
+    special::lgamma_digamma_f32
+);
+impl_float!(
+    f64,
+    "F64",
+    f64::exp,
+    f64::ln,
+    f64::exp,
+    f64::ln,
+    f64::ln_1p,
+    lgamma_digamma_f64
+);

@@ -15,9 +15,11 @@ use super::fc::{
     fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats, DropoutKey,
     FcCache, FcGrads, FcParams, Mode,
 };
-use super::gemm::add_column_sums;
-use super::output::{decoder_output, OutputPlanes, ThetaSource};
-use super::sparse::{sparse_log1p_linear_backward, sparse_log1p_linear_forward};
+use super::gemm::{gemm, MatRef};
+use super::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
+use super::sparse::{
+    sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
+};
 use crate::batch::Minibatch;
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -26,6 +28,7 @@ use crate::model::init::ModelState;
 use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
 use crate::rng::{Philox, Stream};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// `q_v = exp(u) + VAR_EPS` (scvi-tools' `Encoder.var_eps`).
 pub const VAR_EPS: f64 = 1e-4;
@@ -97,9 +100,9 @@ struct EncoderWork<T> {
 }
 
 /// The CPU engine for one model layout; its buffers grow to the largest minibatch seen and are
-/// reused, so a warmed-up step allocates nothing but small per-layer statistics.
+/// reused, so a warmed-up step allocates nothing.
 pub struct CpuEngine<T> {
-    layout: Layout,
+    layout: Arc<Layout>,
     z_enc: EncoderWork<T>,
     l_enc: EncoderWork<T>,
     dec_layers: Vec<FcCache<T>>,
@@ -110,7 +113,10 @@ pub struct CpuEngine<T> {
     d_hd: Vec<T>,
     d_hd2: Vec<T>,
     planes: OutputPlanes<T>,
-    theta_table: Vec<T>,
+    theta_table: ThetaTable<T>,
+    /// `log1p` of the minibatch's counts (shared by both encoders) and the sparse layer's scratch.
+    input: SparseInput<T>,
+    sparse: SparseScratch<T>,
     library: Vec<T>,
     kl_z: Vec<f64>,
     kl_l: Vec<f64>,
@@ -133,7 +139,7 @@ fn split_mut<T, const N: usize>(buf: &mut [T], ranges: [Range<usize>; N]) -> [&m
 impl<T: Float> CpuEngine<T> {
     pub fn new(layout: Layout) -> Self {
         CpuEngine {
-            layout,
+            layout: Arc::new(layout),
             z_enc: EncoderWork::default(),
             l_enc: EncoderWork::default(),
             dec_layers: Vec::new(),
@@ -143,7 +149,9 @@ impl<T: Float> CpuEngine<T> {
             d_hd: Vec::new(),
             d_hd2: Vec::new(),
             planes: OutputPlanes::default(),
-            theta_table: Vec::new(),
+            theta_table: ThetaTable::default(),
+            input: SparseInput::default(),
+            sparse: SparseScratch::default(),
             library: Vec::new(),
             kl_z: Vec::new(),
             kl_l: Vec::new(),
@@ -247,12 +255,14 @@ impl<T: Float> CpuEngine<T> {
     pub fn encode(&mut self, state: &mut ModelState<T>, batch: &Minibatch) -> Result<()> {
         self.check_batch(batch, Mode::Eval)?;
         self.reserve(batch.len());
-        let ids = self.layout.z_encoder.clone();
+        let layout = self.layout.clone();
+        self.input.prepare(batch);
         encoder_forward(
             &mut self.z_enc,
-            &ids,
+            &layout.z_encoder,
             state,
             batch,
+            (&self.input, &mut self.sparse),
             Mode::Eval,
             None,
             Stream::EncoderDropout,
@@ -288,11 +298,13 @@ impl<T: Float> CpuEngine<T> {
         };
 
         // Encoders.
+        self.input.prepare(batch);
         encoder_forward(
             &mut self.z_enc,
             &layout.z_encoder,
             state,
             batch,
+            (&self.input, &mut self.sparse),
             mode,
             dropout,
             Stream::EncoderDropout,
@@ -325,12 +337,13 @@ impl<T: Float> CpuEngine<T> {
                 &layout.l_encoder,
                 state,
                 batch,
+                (&self.input, &mut self.sparse),
                 mode,
                 dropout,
                 Stream::LibraryEncoderDropout,
             );
-            let means = state.buffer(layout.library_log_means.unwrap()).to_vec();
-            let vars = state.buffer(layout.library_log_vars.unwrap()).to_vec();
+            let means = state.buffer(layout.library_log_means.unwrap());
+            let vars = state.buffer(layout.library_log_vars.unwrap());
             for i in 0..b {
                 let (m, v) = (self.l_enc.q_m[i], self.l_enc.q_v[i]);
                 let sd = v.sqrt();
@@ -358,70 +371,61 @@ impl<T: Float> CpuEngine<T> {
         );
         let hd = &self.dec_layers.last().unwrap().out;
         let dec = &layout.decoder;
-        linear_forward(
+        // The heads' products only: their biases are added by the output kernel as it reads the
+        // rows (one pass less over the [B, G] planes).
+        let h = cfg.n_hidden;
+        head_product(
             &mut self.planes.scale,
             hd,
-            &[],
             state.param(dec.scale.weight),
-            state.param(dec.scale.bias),
             b,
-            cfg.n_hidden,
-            0,
+            h,
             g,
         );
+        let mut biases = HeadBiases {
+            rho: state.param(dec.scale.bias),
+            pi: None,
+            r: None,
+        };
         if cfg.gene_likelihood.has_pi() {
-            linear_forward(
+            head_product(
                 &mut self.planes.pi,
                 hd,
-                &[],
                 state.param(dec.dropout.weight),
-                state.param(dec.dropout.bias),
                 b,
-                cfg.n_hidden,
-                0,
+                h,
                 g,
             );
+            biases.pi = Some(state.param(dec.dropout.bias));
         }
         let theta = if !cfg.gene_likelihood.has_theta() {
             ThetaSource::None
         } else if cfg.dispersion == Dispersion::GeneCell {
-            linear_forward(
-                &mut self.planes.r,
-                hd,
-                &[],
-                state.param(dec.r.weight),
-                state.param(dec.r.bias),
-                b,
-                cfg.n_hidden,
-                0,
-                g,
-            );
+            head_product(&mut self.planes.r, hd, state.param(dec.r.weight), b, h, g);
+            biases.r = Some(state.param(dec.r.bias));
             ThetaSource::Cell
         } else {
             let px_r = state.param(layout.px_r.unwrap());
-            self.theta_table.clear();
-            self.theta_table.extend(px_r.iter().map(|v| v.exp()));
-            match cfg.dispersion {
-                Dispersion::Gene => ThetaSource::Gene(&self.theta_table),
-                Dispersion::GeneBatch => ThetaSource::PerCategory {
-                    theta: &self.theta_table,
-                    n_cat: cfg.n_batch,
-                    codes: &batch.batch,
-                },
-                _ => ThetaSource::PerCategory {
-                    theta: &self.theta_table,
-                    n_cat: cfg.n_labels,
-                    codes: &batch.labels,
-                },
+            let (n_cat, codes) = match cfg.dispersion {
+                Dispersion::Gene => (1, None),
+                Dispersion::GeneBatch => (cfg.n_batch, Some(&batch.batch[..])),
+                _ => (cfg.n_labels, Some(&batch.labels[..])),
+            };
+            self.theta_table.fill(px_r, g, n_cat);
+            ThetaSource::Table {
+                table: &self.theta_table,
+                codes,
             }
         };
-        let grad_scale = if grads.is_some() { 1.0 / b as f64 } else { 0.0 };
+        let grad_scale = 1.0 / b as f64;
         decoder_output(
             &mut self.planes,
             batch,
             cfg.gene_likelihood,
             theta,
+            biases,
             &self.library[..b],
+            grads.is_some(),
             grad_scale,
         );
         let rec_sum: f64 = self.planes.reconstruction[..b].iter().sum();
@@ -444,6 +448,7 @@ impl<T: Float> CpuEngine<T> {
             &layout,
             &dec.scale,
             &self.planes.d_rho,
+            Some(&self.planes.sum_d_rho),
             hd,
             state,
             &mut self.d_hd,
@@ -456,6 +461,7 @@ impl<T: Float> CpuEngine<T> {
                 &layout,
                 &dec.dropout,
                 &self.planes.pi,
+                Some(&self.planes.sum_d_pi),
                 hd,
                 state,
                 &mut self.d_hd,
@@ -470,6 +476,7 @@ impl<T: Float> CpuEngine<T> {
                     &layout,
                     &dec.r,
                     &self.planes.r,
+                    None,
                     hd,
                     state,
                     &mut self.d_hd,
@@ -481,7 +488,10 @@ impl<T: Float> CpuEngine<T> {
                 let dpx = &mut grads[t.range()];
                 let dr = &self.planes.r;
                 match cfg.dispersion {
-                    Dispersion::Gene => add_column_sums(dpx, dr, b, g, g),
+                    Dispersion::Gene => dpx[..g]
+                        .iter_mut()
+                        .zip(&self.planes.sum_d_r[..g])
+                        .for_each(|(o, &v)| *o += v),
                     Dispersion::GeneBatch | Dispersion::GeneLabel => {
                         let (codes, k) = if cfg.dispersion == Dispersion::GeneBatch {
                             (&batch.batch, cfg.n_batch)
@@ -541,11 +551,12 @@ impl<T: Float> CpuEngine<T> {
             state,
             grads,
             batch,
+            (&self.input, &mut self.sparse),
             mode,
         );
         if !cfg.use_observed_lib_size {
-            let means = state.buffer(layout.library_log_means.unwrap()).to_vec();
-            let vars = state.buffer(layout.library_log_vars.unwrap()).to_vec();
+            let means = state.buffer(layout.library_log_means.unwrap());
+            let vars = state.buffer(layout.library_log_vars.unwrap());
             let inv_b = T::from_f64(1.0 / b as f64);
             for i in 0..b {
                 let (m, v, u) = (self.l_enc.q_m[i], self.l_enc.q_v[i], self.l_enc.u[i]);
@@ -563,11 +574,26 @@ impl<T: Float> CpuEngine<T> {
                 state,
                 grads,
                 batch,
+                (&self.input, &mut self.sparse),
                 mode,
             );
         }
         Ok(parts)
     }
+}
+
+/// `y = x W^T` for a decoder head (`x` `[B, H]`, W `[G, H]`), without the bias.
+fn head_product<T: Float>(y: &mut [T], x: &[T], weight: &[T], b: usize, h: usize, g: usize) {
+    gemm(
+        b,
+        h,
+        g,
+        MatRef::rows(x, h),
+        MatRef::cols(weight, h),
+        T::ZERO,
+        y,
+        g,
+    );
 }
 
 fn softmax_in_place<T: Float>(v: &mut [T]) {
@@ -670,11 +696,13 @@ fn fc_post<T: Float>(
     fc_post_forward(cache, lin, ids, &fp, stats, mode, key, b);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn encoder_forward<T: Float>(
     w: &mut EncoderWork<T>,
     ids: &EncoderIds,
     state: &mut ModelState<T>,
     batch: &Minibatch,
+    (input, sparse): (&SparseInput<T>, &mut SparseScratch<T>),
     mode: Mode,
     dropout: Option<(Philox, u64)>,
     stream: Stream,
@@ -684,10 +712,12 @@ fn encoder_forward<T: Float>(
     sparse_log1p_linear_forward(
         &mut w.lin,
         batch,
+        input,
         state.param(first.linear.weight),
         state.param(first.linear.bias),
         first.n_cat,
         first.linear.n_out,
+        sparse,
     );
     fc_post(
         &mut w.layers[0],
@@ -764,6 +794,7 @@ fn head_backward<T: Float>(
     layout: &Layout,
     ids: &LinearIds,
     d: &[T],
+    bias_sums: Option<&[T]>,
     x: &[T],
     state: &ModelState<T>,
     dx: &mut [T],
@@ -782,6 +813,7 @@ fn head_backward<T: Float>(
         accumulate,
         dw,
         db,
+        bias_sums,
         d,
         x,
         &[],
@@ -815,7 +847,7 @@ fn fc_stack_backward<T: Float>(
         let ids = &layers[i];
         let p = layer_params(state, ids);
         let mut g = layer_grads(grads, layout, ids);
-        fc_post_backward(d, &caches[i], ids, &p, &mut g, mode, b);
+        fc_post_backward(d, &mut caches[i], ids, &p, &mut g, mode, b);
         let x = if i == 0 { x0 } else { &caches[i - 1].out };
         let dx = if i == 0 {
             dx0.as_deref_mut()
@@ -827,6 +859,7 @@ fn fc_stack_backward<T: Float>(
             false,
             g.weight,
             g.bias,
+            None,
             d,
             x,
             &batch.batch,
@@ -881,28 +914,30 @@ fn encoder_backward<T: Float>(
     state: &ModelState<T>,
     grads: &mut [T],
     batch: &Minibatch,
+    (input, sparse): (&SparseInput<T>, &mut SparseScratch<T>),
     mode: Mode,
 ) {
     let b = batch.len();
     let layout = &state.layout;
     let h = &w.layers.last().unwrap().out;
     head_backward(
-        grads, layout, &ids.mean, &w.d_q_m, h, state, &mut w.d_h, false, b,
+        grads, layout, &ids.mean, &w.d_q_m, None, h, state, &mut w.d_h, false, b,
     );
     head_backward(
-        grads, layout, &ids.var, &w.d_u, h, state, &mut w.d_h, true, b,
+        grads, layout, &ids.var, &w.d_u, None, h, state, &mut w.d_h, true, b,
     );
     // Layers above the first are dense.
     for i in (1..ids.layers.len()).rev() {
         let lids = &ids.layers[i];
         let p = layer_params(state, lids);
         let mut g = layer_grads(grads, layout, lids);
-        fc_post_backward(&mut w.d_h, &w.layers[i], lids, &p, &mut g, mode, b);
+        fc_post_backward(&mut w.d_h, &mut w.layers[i], lids, &p, &mut g, mode, b);
         linear_backward(
             Some(&mut w.d_h2[..]),
             false,
             g.weight,
             g.bias,
+            None,
             &w.d_h,
             &w.layers[i - 1].out,
             &batch.batch,
@@ -917,13 +952,15 @@ fn encoder_backward<T: Float>(
     let first = &ids.layers[0];
     let p = layer_params(state, first);
     let mut g = layer_grads(grads, layout, first);
-    fc_post_backward(&mut w.d_h, &w.layers[0], first, &p, &mut g, mode, b);
+    fc_post_backward(&mut w.d_h, &mut w.layers[0], first, &p, &mut g, mode, b);
     sparse_log1p_linear_backward(
         g.weight,
         g.bias,
         &w.d_h,
         batch,
+        input,
         first.n_cat,
         first.linear.n_out,
+        sparse,
     );
 }

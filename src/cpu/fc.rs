@@ -14,7 +14,6 @@ use super::gemm::{add_column_sums, gemm, MatRef};
 use crate::float::Float;
 use crate::model::layout::FcLayerIds;
 use crate::rng::{Philox, Stream};
-use rayon::prelude::*;
 
 pub const BN_EPS: f64 = 1e-3;
 pub const BN_MOMENTUM: f64 = 0.01;
@@ -42,6 +41,14 @@ pub struct FcCache<T> {
     pub mask: Vec<T>,
     /// The layer's output `[B, out]`.
     pub out: Vec<T>,
+    /// Scratch: batch statistics (f64), the mean in T, BatchNorm's parameter gradients, dropout
+    /// uniforms. Kept here so that a step allocates nothing.
+    stat_mean: Vec<f64>,
+    stat_var: Vec<f64>,
+    mean_t: Vec<T>,
+    dgamma: Vec<T>,
+    dbeta: Vec<T>,
+    uniforms: Vec<f64>,
 }
 
 impl<T: Float> FcCache<T> {
@@ -57,6 +64,13 @@ impl<T: Float> FcCache<T> {
         }
         self.bn_inv_std.resize(n_out, T::ZERO);
         self.ln_inv_std.resize(b, T::ZERO);
+        for v in [&mut self.stat_mean, &mut self.stat_var] {
+            v.resize(n_out, 0.0);
+        }
+        for v in [&mut self.mean_t, &mut self.dgamma, &mut self.dbeta] {
+            v.resize(n_out, T::ZERO);
+        }
+        self.uniforms.resize(b * n_out, 0.0);
     }
 }
 
@@ -154,13 +168,14 @@ pub fn fc_post_forward<T: Float>(
     let n = ids.linear.n_out;
     let lin = &mut lin[..b * n];
     if ids.batch_norm.is_some() {
-        let gamma = params.bn_weight.expect("batch norm weight");
-        let beta = params.bn_bias.expect("batch norm bias");
+        let gamma = &params.bn_weight.expect("batch norm weight")[..n];
+        let beta = &params.bn_bias.expect("batch norm bias")[..n];
         let stats = stats.expect("batch norm statistics");
-        let mut mean = vec![0.0f64; n];
-        let mut var = vec![0.0f64; n];
+        let (mean, var) = (&mut cache.stat_mean[..n], &mut cache.stat_var[..n]);
         match mode {
             Mode::Train => {
+                mean.iter_mut().for_each(|m| *m = 0.0);
+                var.iter_mut().for_each(|v| *v = 0.0);
                 for row in lin.chunks(n) {
                     for (m, &v) in mean.iter_mut().zip(row) {
                         *m += v.to_f64();
@@ -168,7 +183,7 @@ pub fn fc_post_forward<T: Float>(
                 }
                 mean.iter_mut().for_each(|m| *m /= b as f64);
                 for row in lin.chunks(n) {
-                    for ((s, &v), &m) in var.iter_mut().zip(row).zip(&mean) {
+                    for ((s, &v), &m) in var.iter_mut().zip(row).zip(mean.iter()) {
                         let d = v.to_f64() - m;
                         *s += d * d;
                     }
@@ -187,58 +202,66 @@ pub fn fc_post_forward<T: Float>(
                 }
             }
             Mode::Eval => {
-                mean.iter_mut().zip(stats.mean.iter()).for_each(|(m, s)| *m = s.to_f64());
-                var.iter_mut().zip(stats.var.iter()).for_each(|(v, s)| *v = s.to_f64());
+                mean.iter_mut()
+                    .zip(stats.mean.iter())
+                    .for_each(|(m, s)| *m = s.to_f64());
+                var.iter_mut()
+                    .zip(stats.var.iter())
+                    .for_each(|(v, s)| *v = s.to_f64());
             }
         }
-        for (inv, v) in cache.bn_inv_std.iter_mut().zip(&var) {
+        let inv_std = &mut cache.bn_inv_std[..n];
+        for (inv, v) in inv_std.iter_mut().zip(var.iter()) {
             *inv = T::from_f64(1.0 / (v + BN_EPS).sqrt());
         }
-        let mean_t: Vec<T> = mean.iter().map(|&m| T::from_f64(m)).collect();
-        lin.par_chunks_mut(n)
-            .zip(cache.bn_xhat.par_chunks_mut(n))
-            .for_each(|(row, xh)| {
-                for j in 0..n {
-                    let v = (row[j] - mean_t[j]) * cache.bn_inv_std[j];
-                    xh[j] = v;
-                    row[j] = gamma[j] * v + beta[j];
-                }
-            });
+        let mean_t = &mut cache.mean_t[..n];
+        mean_t
+            .iter_mut()
+            .zip(mean.iter())
+            .for_each(|(t, &m)| *t = T::from_f64(m));
+        for (row, xh) in lin.chunks_mut(n).zip(cache.bn_xhat.chunks_mut(n)) {
+            for j in 0..n {
+                let v = (row[j] - mean_t[j]) * inv_std[j];
+                xh[j] = v;
+                row[j] = gamma[j] * v + beta[j];
+            }
+        }
     }
     if ids.layer_norm {
-        lin.par_chunks_mut(n)
-            .zip(cache.ln_inv_std.par_iter_mut())
-            .for_each(|(row, inv)| {
-                let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / n as f64;
-                let var = row.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n as f64;
-                let r = 1.0 / (var + LN_EPS).sqrt();
-                *inv = T::from_f64(r);
-                let (mean, r) = (T::from_f64(mean), T::from_f64(r));
-                row.iter_mut().for_each(|v| *v = (*v - mean) * r);
-            });
+        for (row, inv) in lin.chunks_mut(n).zip(cache.ln_inv_std.iter_mut()) {
+            let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / n as f64;
+            let var = row.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n as f64;
+            let r = 1.0 / (var + LN_EPS).sqrt();
+            *inv = T::from_f64(r);
+            let (mean, r) = (T::from_f64(mean), T::from_f64(r));
+            row.iter_mut().for_each(|v| *v = (*v - mean) * r);
+        }
     }
     cache.pre_act[..b * n].copy_from_slice(lin);
     let use_dropout = mode == Mode::Train && ids.dropout > 0.0;
+    let out = &mut cache.out[..b * n];
     if use_dropout {
+        // Element i of the layer's stream, as `Philox::uniform_at` numbers them; four per block.
         let key = dropout.expect("dropout key");
         let p = ids.dropout;
         let scale = T::from_f64(1.0 / (1.0 - p));
-        cache.mask[..b * n]
-            .par_chunks_mut(n)
-            .enumerate()
-            .for_each(|(i, row)| {
-                for (j, m) in row.iter_mut().enumerate() {
-                    let u = key
-                        .rng
-                        .uniform_at(key.stream, key.index, (i * n + j) as u64);
-                    *m = if u >= p { scale } else { T::ZERO };
-                }
-            });
-    }
-    let out = &mut cache.out[..b * n];
-    for (i, (o, &v)) in out.iter_mut().zip(lin.iter()).enumerate() {
-        let r = if v > T::ZERO { v } else { T::ZERO };
-        *o = if use_dropout { r * cache.mask[i] } else { r };
+        let u = &mut cache.uniforms[..b * n];
+        key.rng.fill_uniform(key.stream, key.index, u);
+        let mask = &mut cache.mask[..b * n];
+        for (((m, o), &u), &v) in mask
+            .iter_mut()
+            .zip(out.iter_mut())
+            .zip(u.iter())
+            .zip(lin.iter())
+        {
+            *m = if u >= p { scale } else { T::ZERO };
+            let r = if v > T::ZERO { v } else { T::ZERO };
+            *o = r * *m;
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(lin.iter()) {
+            *o = if v > T::ZERO { v } else { T::ZERO };
+        }
     }
 }
 
@@ -246,7 +269,7 @@ pub fn fc_post_forward<T: Float>(
 /// output on entry and the gradient of the Linear output on exit.
 pub fn fc_post_backward<T: Float>(
     d: &mut [T],
-    cache: &FcCache<T>,
+    cache: &mut FcCache<T>,
     ids: &FcLayerIds,
     params: &FcParams<T>,
     grads: &mut FcGrads<T>,
@@ -256,25 +279,30 @@ pub fn fc_post_backward<T: Float>(
     let n = ids.linear.n_out;
     let d = &mut d[..b * n];
     let use_dropout = mode == Mode::Train && ids.dropout > 0.0;
-    for (i, v) in d.iter_mut().enumerate() {
-        if use_dropout {
-            *v *= cache.mask[i];
+    let pre = &cache.pre_act[..b * n];
+    if use_dropout {
+        for ((v, &m), &p) in d.iter_mut().zip(&cache.mask[..b * n]).zip(pre) {
+            *v = if p <= T::ZERO { T::ZERO } else { *v * m };
         }
-        if cache.pre_act[i] <= T::ZERO {
-            *v = T::ZERO;
+    } else {
+        for (v, &p) in d.iter_mut().zip(pre) {
+            if p <= T::ZERO {
+                *v = T::ZERO;
+            }
         }
     }
     if ids.layer_norm {
-        d.par_chunks_mut(n)
-            .zip(cache.pre_act[..b * n].par_chunks(n))
-            .zip(cache.ln_inv_std.par_iter())
-            .for_each(|((dr, y), &r)| normalisation_backward_row(dr, y, r));
+        for ((dr, y), &r) in d.chunks_mut(n).zip(pre.chunks(n)).zip(&cache.ln_inv_std) {
+            normalisation_backward_row(dr, y, r);
+        }
     }
     if ids.batch_norm.is_some() {
-        let gamma = params.bn_weight.expect("batch norm weight");
+        let gamma = &params.bn_weight.expect("batch norm weight")[..n];
+        let inv_std = &cache.bn_inv_std[..n];
         // dgamma = sum_b d xhat, dbeta = sum_b d; then d <- d * gamma.
-        let mut dgamma = vec![T::ZERO; n];
-        let mut dbeta = vec![T::ZERO; n];
+        let (dgamma, dbeta) = (&mut cache.dgamma[..n], &mut cache.dbeta[..n]);
+        dgamma.iter_mut().for_each(|v| *v = T::ZERO);
+        dbeta.iter_mut().for_each(|v| *v = T::ZERO);
         for (dr, xr) in d.chunks(n).zip(cache.bn_xhat.chunks(n)) {
             for j in 0..n {
                 dgamma[j] += dr[j] * xr[j];
@@ -282,30 +310,29 @@ pub fn fc_post_backward<T: Float>(
             }
         }
         if let Some(g) = grads.bn_weight.as_deref_mut() {
-            g.iter_mut().zip(&dgamma).for_each(|(g, v)| *g += *v);
+            g.iter_mut().zip(dgamma.iter()).for_each(|(g, v)| *g += *v);
         }
         if let Some(g) = grads.bn_bias.as_deref_mut() {
-            g.iter_mut().zip(&dbeta).for_each(|(g, v)| *g += *v);
+            g.iter_mut().zip(dbeta.iter()).for_each(|(g, v)| *g += *v);
         }
         match mode {
             Mode::Train => {
                 // With dxhat = d gamma: sum dxhat = gamma dbeta, sum dxhat xhat = gamma dgamma.
                 let inv_b = T::ONE / T::from_usize(b);
+                let bt = T::from_usize(b);
                 for (dr, xr) in d.chunks_mut(n).zip(cache.bn_xhat.chunks(n)) {
                     for j in 0..n {
                         let dx = dr[j] * gamma[j];
-                        dr[j] = cache.bn_inv_std[j]
+                        dr[j] = inv_std[j]
                             * inv_b
-                            * (T::from_usize(b) * dx
-                                - gamma[j] * dbeta[j]
-                                - xr[j] * gamma[j] * dgamma[j]);
+                            * (bt * dx - gamma[j] * dbeta[j] - xr[j] * gamma[j] * dgamma[j]);
                     }
                 }
             }
             Mode::Eval => {
                 for dr in d.chunks_mut(n) {
                     for j in 0..n {
-                        dr[j] *= gamma[j] * cache.bn_inv_std[j];
+                        dr[j] *= gamma[j] * inv_std[j];
                     }
                 }
             }
@@ -327,14 +354,16 @@ fn normalisation_backward_row<T: Float>(dy: &mut [T], y: &[T], r: T) {
     }
 }
 
-/// Linear backward: `dW[:, :n_in] += d^T x`, `dW[:, n_in + cat] += d`, `db += sum_b d`, and
-/// `dx = d W[:, :n_in]` (or `dx += ...` with `accumulate_dx`) when `dx` is given.
+/// Linear backward: `dW[:, :n_in] += d^T x`, `dW[:, n_in + cat] += d`, `db += sum_b d` (or
+/// `db += bias_sums` when the caller has these column sums already), and `dx = d W[:, :n_in]` (or
+/// `dx += ...` with `accumulate_dx`) when `dx` is given.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward<T: Float>(
     dx: Option<&mut [T]>,
     accumulate_dx: bool,
     dweight: &mut [T],
     dbias: &mut [T],
+    bias_sums: Option<&[T]>,
     d: &[T],
     x: &[T],
     cats: &[u32],
@@ -362,7 +391,13 @@ pub fn linear_backward<T: Float>(
             }
         }
     }
-    add_column_sums(dbias, d, b, n_out, n_out);
+    match bias_sums {
+        Some(sums) => dbias[..n_out]
+            .iter_mut()
+            .zip(&sums[..n_out])
+            .for_each(|(o, &v)| *o += v),
+        None => add_column_sums(dbias, d, b, n_out, n_out),
+    }
     if let Some(dx) = dx {
         let beta = if accumulate_dx { T::ONE } else { T::ZERO };
         gemm(

@@ -1,8 +1,10 @@
-//! Dense products for the engine, parallel over tiles of the output with rayon.
+//! Dense products for the engine, parallel over fixed tiles with rayon.
 //!
-//! Each output element is computed by exactly one single-threaded `matrixmultiply` call with the
-//! whole inner dimension, so the result does not depend on the number of threads or on how the
-//! output is tiled: same seed, same numbers, on 1 thread or 64.
+//! Each tile is one single-threaded call of the GEMM library (faer, `Par::Seq`), so the library's
+//! threads never compete with rayon's. The tiles depend on the shape only, never on the number of
+//! threads, so the result is the same on 1 thread or 64: an output with a long side is cut into
+//! slabs of `TILE` rows or columns; a small output with a long inner dimension (`dh = d W`,
+//! `128 x 2000 x 128`) is cut along `k` into chunks of `K_TILE`, whose products are summed in order.
 
 use crate::float::Float;
 use rayon::prelude::*;
@@ -47,8 +49,18 @@ impl<T> SendPtr<T> {
     }
 }
 
-/// Minimum work (m*n*k) per tile before splitting pays for itself.
-const MIN_TILE_WORK: usize = 1 << 17;
+/// Rows or columns per output slab.
+const TILE: usize = 512;
+/// Inner-dimension chunk for small outputs.
+const K_TILE: usize = 512;
+/// Outputs at most this large (elements) with `k >= 2 K_TILE` are split along k.
+const SMALL_OUT: usize = 128 * 256;
+
+thread_local! {
+    /// Partial products of the k-split, per calling thread (f64 words, reused: no allocation once
+    /// warm).
+    static PARTIAL: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// `C[m, n] = A[m, k] B[k, n] + beta C`, C row-major with leading dimension `ldc`.
 #[allow(clippy::too_many_arguments)]
@@ -65,56 +77,100 @@ pub fn gemm<T: Float>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        m == 0 || c.len() >= (m - 1) * ldc + n,
-        "gemm: output too small"
-    );
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm: output too small");
     check_extent(a, m, k, "A");
     check_extent(b, k, n, "B");
-    let threads = rayon::current_num_threads();
-    let work = m * n * k.max(1);
-    let max_tiles = (work / MIN_TILE_WORK).clamp(1, threads * 2);
-    // Split the longer side of the output.
-    let (tiles_m, tiles_n) = if m >= n {
-        (max_tiles.min(m), 1)
-    } else {
-        (1, max_tiles.min(n))
-    };
-    let tile_m = m.div_ceil(tiles_m);
-    let tile_n = n.div_ceil(tiles_n);
     let cp = SendPtr(c.as_mut_ptr());
-    let run = |ti: usize, tj: usize| {
-        let (i0, j0) = (ti * tile_m, tj * tile_n);
-        if i0 >= m || j0 >= n {
-            return;
-        }
-        let (mm, nn) = ((m - i0).min(tile_m), (n - j0).min(tile_n));
-        // SAFETY: A, B and C extents were checked above; tiles are disjoint blocks of C.
+    // One call: C[i0.., j0..] (mm x nn) = A[i0.., k0..k0+kk] B[k0..k0+kk, j0..] + beta C.
+    let call = |i0: usize,
+                j0: usize,
+                mm: usize,
+                nn: usize,
+                k0: usize,
+                kk: usize,
+                beta: T,
+                out: SendPtr<T>,
+                ldo: usize| {
+        // SAFETY: A, B and C extents were checked above; callers pass disjoint output blocks.
         unsafe {
             T::gemm_raw(
                 mm,
-                k,
+                kk,
                 nn,
                 T::ONE,
-                a.data.as_ptr().add(i0 * a.rs),
+                a.data.as_ptr().add(i0 * a.rs + k0 * a.cs),
                 a.rs as isize,
                 a.cs as isize,
-                b.data.as_ptr().add(j0 * b.cs),
+                b.data.as_ptr().add(k0 * b.rs + j0 * b.cs),
                 b.rs as isize,
                 b.cs as isize,
                 beta,
-                cp.get().add(i0 * ldc + j0),
-                ldc as isize,
+                out.get(),
+                ldo as isize,
                 1,
             );
         }
     };
-    if tiles_m * tiles_n == 1 {
-        run(0, 0);
+    if m * n <= SMALL_OUT && k >= 2 * K_TILE {
+        // Split k: chunk 0 into C (with beta), the others into partial products, summed in order.
+        let chunks = k.div_ceil(K_TILE);
+        let words = ((chunks - 1) * m * n * std::mem::size_of::<T>()).div_ceil(8);
+        PARTIAL.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            if buf.len() < words {
+                buf.resize(words, 0.0);
+            }
+            // SAFETY: T is f32 or f64 (the only Float types): size and alignment at most f64's.
+            let part: &mut [T] = unsafe {
+                std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut T, (chunks - 1) * m * n)
+            };
+            let pp = SendPtr(part.as_mut_ptr());
+            (0..chunks).into_par_iter().for_each(|q| {
+                let k0 = q * K_TILE;
+                let kk = (k - k0).min(K_TILE);
+                if q == 0 {
+                    call(0, 0, m, n, k0, kk, beta, cp, ldc);
+                } else {
+                    // SAFETY: partial q - 1 is its own m * n block of `part`.
+                    let out = SendPtr(unsafe { pp.get().add((q - 1) * m * n) });
+                    call(0, 0, m, n, k0, kk, T::ZERO, out, n);
+                }
+            });
+            for q in 1..chunks {
+                let src = &part[(q - 1) * m * n..q * m * n];
+                for i in 0..m {
+                    for (o, &v) in c[i * ldc..i * ldc + n]
+                        .iter_mut()
+                        .zip(&src[i * n..(i + 1) * n])
+                    {
+                        *o += v;
+                    }
+                }
+            }
+        });
+        return;
+    }
+    // Slabs along the longer side of the output.
+    let (tiles_m, tiles_n) = if m >= n {
+        (m.div_ceil(TILE), 1)
     } else {
-        (0..tiles_m * tiles_n)
-            .into_par_iter()
-            .for_each(|t| run(t / tiles_n, t % tiles_n));
+        (1, n.div_ceil(TILE))
+    };
+    let run = |t: usize| {
+        let (ti, tj) = (t / tiles_n, t % tiles_n);
+        let (i0, j0) = (ti * TILE.min(m), tj * TILE.min(n));
+        let (mm, nn) = (
+            if tiles_m > 1 { (m - i0).min(TILE) } else { m },
+            if tiles_n > 1 { (n - j0).min(TILE) } else { n },
+        );
+        // SAFETY: the block starts inside C (checked extent).
+        let out = SendPtr(unsafe { cp.get().add(i0 * ldc + j0) });
+        call(i0, j0, mm, nn, 0, k, beta, out, ldc);
+    };
+    if tiles_m * tiles_n == 1 {
+        run(0);
+    } else {
+        (0..tiles_m * tiles_n).into_par_iter().for_each(run);
     }
 }
 
@@ -147,6 +203,53 @@ pub fn add_column_sums<T: Float>(out: &mut [T], x: &[T], m: usize, n: usize, ld:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The slab and k-split paths against a naive product (small integers: exact in f64), with
+    /// beta 0 and 1, on 1 and 3 threads.
+    #[test]
+    fn tiled_and_split_products_are_exact() {
+        for &(m, k, n) in &[
+            (130, 1100, 120),
+            (600, 40, 70),
+            (50, 30, 1300),
+            (3, 2000, 5),
+        ] {
+            let a: Vec<f64> = (0..m * k).map(|i| ((i * 7) % 13) as f64 - 6.0).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| ((i * 5) % 11) as f64 - 5.0).collect();
+            for beta in [0.0, 1.0] {
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut c = vec![f64::NAN; m * n];
+                    if beta == 1.0 {
+                        c.iter_mut().for_each(|v| *v = 2.0);
+                    }
+                    pool.install(|| {
+                        gemm(
+                            m,
+                            k,
+                            n,
+                            MatRef::rows(&a, k),
+                            MatRef::rows(&b, n),
+                            beta,
+                            &mut c,
+                            n,
+                        )
+                    });
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f64 =
+                                (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f64>()
+                                    + 2.0 * beta;
+                            assert_eq!(c[i * n + j], want, "{m}x{k}x{n} beta {beta}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn gemm_matches_naive_for_all_layouts() {

@@ -1,0 +1,225 @@
+//! Criterion benches of the CPU engine on the Kang data (or simulated data of its shape): the whole
+//! training step and each fused stage, one 128-cell minibatch at a time, with scvi-tools' default
+//! model. `cargo bench --bench cpu_step`; the thread count is rayon's (`RAYON_NUM_THREADS`).
+//! `benches/cpu_floor.rs` puts the same stages next to the FLOP count and the GEMM floor.
+
+mod common;
+
+use common::BATCH_SIZE;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use scvi_rs::cpu::engine::NoiseBuffers;
+use scvi_rs::cpu::gemm::{gemm, MatRef};
+use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
+use scvi_rs::cpu::sparse::{
+    sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
+};
+use scvi_rs::cpu::{CpuEngine, Mode};
+use scvi_rs::engine::{CpuTrainer, Engine};
+use scvi_rs::model::init::ModelState;
+use scvi_rs::model::{GeneLikelihood, Layout};
+use scvi_rs::rng::{Philox, Stream};
+use scvi_rs::train::adam::{Adam, AdamConfig};
+use std::time::Duration;
+
+fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut u = vec![0.0f64; n];
+    Philox::new(key).fill_uniform(Stream::Init, 0, &mut u);
+    u.iter().map(|&v| lo + (hi - lo) * v as f32).collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let bd = common::load();
+    let mbs = bd.minibatches(8);
+    let cfg = bd.config();
+    let (b, g, h, l) = (BATCH_SIZE, cfg.n_input, cfg.n_hidden, cfg.n_latent);
+    let layout = Layout::new(&cfg);
+    let state = ModelState::<f32>::init(layout.clone(), 0);
+
+    let mut step = c.benchmark_group("step");
+    step.throughput(Throughput::Elements(b as u64));
+    let mut trainer = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
+    let mut k = 0u64;
+    step.bench_function("train_step (forward_backward + Adam)", |bench| {
+        bench.iter(|| {
+            trainer
+                .train_step(&mbs[k as usize % mbs.len()], k, 0.5)
+                .unwrap();
+            k += 1;
+        })
+    });
+    let mut engine = CpuEngine::<f32>::new(layout.clone());
+    let mut st = state.clone();
+    let mut grads = vec![0.0f32; layout.n_param_elems];
+    let mut noise = NoiseBuffers::<f32>::default();
+    let rng = Philox::new(0);
+    let mut k = 0u64;
+    step.bench_function("forward_backward", |bench| {
+        bench.iter(|| {
+            let mb = &mbs[k as usize % mbs.len()];
+            noise.draw(&rng, k, mb.len(), l);
+            engine
+                .forward_backward(
+                    &mut st,
+                    Some(&mut grads),
+                    mb,
+                    &noise.as_step(Some((rng, k))),
+                    0.5,
+                    Mode::Train,
+                )
+                .unwrap();
+            k += 1;
+        })
+    });
+    let mut k = 0u64;
+    step.bench_function("validation forward (eval_loss)", |bench| {
+        bench.iter(|| {
+            trainer
+                .eval_loss(&mbs[k as usize % mbs.len()], k, 0.5)
+                .unwrap();
+            k += 1;
+        })
+    });
+    step.finish();
+
+    let mut stage = c.benchmark_group("stage");
+    stage.throughput(Throughput::Elements(b as u64));
+    // The fused decoder output.
+    let mut planes = OutputPlanes::<f32>::default();
+    planes.resize(b, g);
+    let rho = uniform(b * g, 8, -3.0, 3.0);
+    let pi = uniform(b * g, 9, -4.0, 2.0);
+    let px_r = uniform(g, 10, -1.0, 2.0);
+    let (bias_rho, bias_pi) = (uniform(g, 14, -0.1, 0.1), uniform(g, 15, -0.1, 0.1));
+    let biases = HeadBiases {
+        rho: &bias_rho,
+        pi: Some(&bias_pi),
+        r: None,
+    };
+    let mut table = ThetaTable::default();
+    table.fill(&px_r, g, 1);
+    let lib: Vec<Vec<f32>> = mbs
+        .iter()
+        .map(|m| m.log_library.iter().map(|&v| v as f32).collect())
+        .collect();
+    for (name, grads) in [
+        ("output: softmax + ZINB + gradients", true),
+        ("output: forward only", false),
+    ] {
+        let mut k = 0;
+        stage.bench_function(name, |bench| {
+            bench.iter(|| {
+                let i = k % mbs.len();
+                planes.scale[..b * g].copy_from_slice(&rho);
+                planes.pi[..b * g].copy_from_slice(&pi);
+                let theta = ThetaSource::Table {
+                    table: &table,
+                    codes: None,
+                };
+                decoder_output(
+                    &mut planes,
+                    &mbs[i],
+                    GeneLikelihood::Zinb,
+                    theta,
+                    biases,
+                    &lib[i],
+                    grads,
+                    1.0 / b as f64,
+                );
+                k += 1;
+            })
+        });
+    }
+    // The sparse first layer.
+    let w1 = uniform(h * g, 11, -0.05, 0.05);
+    let b1 = uniform(h, 12, -0.05, 0.05);
+    let d = uniform(b * h, 16, -1e-3, 1e-3);
+    let mut y = vec![0.0f32; b * h];
+    let (mut dw1, mut db1) = (vec![0.0f32; h * g], vec![0.0f32; h]);
+    let mut input = SparseInput::<f32>::default();
+    let mut scratch = SparseScratch::default();
+    let mut k = 0;
+    stage.bench_function("sparse first layer: log1p + forward", |bench| {
+        bench.iter(|| {
+            let mb = &mbs[k % mbs.len()];
+            input.prepare(mb);
+            sparse_log1p_linear_forward(&mut y, mb, &input, &w1, &b1, 0, h, &mut scratch);
+            k += 1;
+        })
+    });
+    let mut k = 0;
+    stage.bench_function("sparse first layer: log1p + backward", |bench| {
+        bench.iter(|| {
+            let mb = &mbs[k % mbs.len()];
+            input.prepare(mb);
+            sparse_log1p_linear_backward(&mut dw1, &mut db1, &d, mb, &input, 0, h, &mut scratch);
+            k += 1;
+        })
+    });
+    // The three products of one output head (the GEMM library through the engine's tiling).
+    let x = uniform(b * h, 1, -1.0, 1.0);
+    let w = uniform(g * h, 2, -0.1, 0.1);
+    let dd = uniform(b * g, 3, -1e-3, 1e-3);
+    let mut yy = vec![0.0f32; b * g];
+    let mut dw = vec![0.0f32; g * h];
+    let mut dx = vec![0.0f32; b * h];
+    stage.bench_function("GEMM head forward y = h W^T", |bench| {
+        bench.iter(|| {
+            gemm(
+                b,
+                h,
+                g,
+                MatRef::rows(&x, h),
+                MatRef::cols(&w, h),
+                0.0,
+                &mut yy,
+                g,
+            )
+        })
+    });
+    stage.bench_function("GEMM head dW += d^T h", |bench| {
+        bench.iter(|| {
+            gemm(
+                g,
+                b,
+                h,
+                MatRef::cols(&dd, g),
+                MatRef::rows(&x, h),
+                1.0,
+                &mut dw,
+                h,
+            )
+        })
+    });
+    stage.bench_function("GEMM head dh = d W", |bench| {
+        bench.iter(|| {
+            gemm(
+                b,
+                g,
+                h,
+                MatRef::rows(&dd, g),
+                MatRef::rows(&w, h),
+                0.0,
+                &mut dx,
+                h,
+            )
+        })
+    });
+    // Adam over the whole parameter buffer.
+    let mut params = vec![0.01f32; layout.n_param_elems];
+    let pgrads = uniform(layout.n_param_elems, 13, -1e-3, 1e-3);
+    let mut adam = Adam::<f32>::new(AdamConfig::default(), &layout);
+    stage.bench_function("Adam", |bench| {
+        bench.iter(|| adam.update(&mut params, &pgrads))
+    });
+    stage.finish();
+}
+
+criterion_group! {
+    name = cpu;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(cpu);
