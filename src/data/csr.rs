@@ -18,6 +18,10 @@ pub trait SparseRows: Send + Sync {
     /// pages of a memory-mapped file). The default, for matrices in memory, does nothing.
     fn release(&self) {}
 
+    /// Say that rows will be read in random order (training), so a memory-mapped matrix stops
+    /// reading ahead and mapping neighbouring pages. The default does nothing.
+    fn expect_random_access(&self) {}
+
     /// Sum of the values of row `i` (the observed library size).
     fn row_sum(&self, i: usize) -> f64 {
         self.row(i).1.iter().map(|&v| v as f64).sum()

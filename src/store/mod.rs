@@ -196,6 +196,9 @@ impl SparseRows for MappedCsr {
     fn release(&self) {
         self.release_all();
     }
+    fn expect_random_access(&self) {
+        self.advise(true);
+    }
     fn n_cols(&self) -> usize {
         self.n_cols
     }

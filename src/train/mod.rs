@@ -139,6 +139,7 @@ pub fn fit(
 ) -> Result<History> {
     cfg.validate()?;
     let max_epochs = cfg.epochs_for(x.n_rows());
+    x.expect_random_access();
     let rng = Philox::new(cfg.seed);
     let mut history = History::default();
     let mut step = 0u64;
