@@ -2,6 +2,7 @@
 //! `train()` + `get_latent_representation()` / `get_elbo()`, and the model directory.
 
 use crate::batch::Minibatch;
+use crate::cpu::engine::softmax_in_place;
 use crate::data::{Dataset, SparseRows};
 use crate::engine::{CpuTrainer, Engine};
 use crate::error::{Error, Result};
@@ -340,6 +341,8 @@ impl Scvi {
         };
         let ln = self.meta.model.latent_distribution == LatentDistribution::Ln;
         let rng = Philox::new(0);
+        // Scratch for the logistic-normal Monte Carlo mean, reused across cells.
+        let (mut eps, mut z, mut acc) = (Vec::new(), vec![0f64; l], vec![0f64; l]);
         train::for_each_minibatch(
             data.counts.as_ref(),
             &cov,
@@ -353,22 +356,20 @@ impl Scvi {
                         dst.copy_from_slice(&m[i * l..(i + 1) * l]);
                         continue;
                     }
-                    let mut acc = vec![0f64; l];
-                    let mut eps = vec![0f64; l * mc_samples.max(1)];
+                    let n_mc = mc_samples.max(1);
+                    eps.resize(l * n_mc, 0.0);
                     rng.fill_normal(Stream::Latent, cell as u64, &mut eps);
-                    for s in 0..mc_samples.max(1) {
-                        let z: Vec<f64> = (0..l)
-                            .map(|k| {
-                                m[i * l + k] as f64 + (v[i * l + k] as f64).sqrt() * eps[s * l + k]
-                            })
-                            .collect();
-                        let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                        let e: Vec<f64> = z.iter().map(|x| (x - mx).exp()).collect();
-                        let sum: f64 = e.iter().sum();
-                        acc.iter_mut().zip(&e).for_each(|(a, x)| *a += x / sum);
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    for s in 0..n_mc {
+                        for k in 0..l {
+                            z[k] =
+                                m[i * l + k] as f64 + (v[i * l + k] as f64).sqrt() * eps[s * l + k];
+                        }
+                        softmax_in_place(&mut z);
+                        acc.iter_mut().zip(&z).for_each(|(a, x)| *a += x);
                     }
                     for (d, a) in dst.iter_mut().zip(&acc) {
-                        *d = (a / mc_samples.max(1) as f64) as f32;
+                        *d = (a / n_mc as f64) as f32;
                     }
                 }
                 Ok(())

@@ -596,7 +596,9 @@ fn head_product<T: Float>(y: &mut [T], x: &[T], weight: &[T], b: usize, h: usize
     );
 }
 
-fn softmax_in_place<T: Float>(v: &mut [T]) {
+/// `v <- softmax(v)`, as torch computes it: `exp(v - max) / sum`. The logistic-normal latent uses it
+/// in the step and in `Scvi::latent_representation`.
+pub fn softmax_in_place<T: Float>(v: &mut [T]) {
     let mx = v
         .iter()
         .fold(T::from_f64(f64::NEG_INFINITY), |m, &x| m.max(x));
