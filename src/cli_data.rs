@@ -9,21 +9,27 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::atomic::{check_output, OutputKind};
 use crate::data::hvg::SeuratV3;
 use crate::data::simulate::{self, SimConfig};
 use crate::data::{CsrMatrix, ObsColumn};
+use crate::interrupt;
 use crate::store::h5ad_writer::H5adWriter;
 use crate::store::input::{Input, InputFormat};
-use crate::store::{Store, StoreMeta, StoreWriter};
+use crate::store::{Store, StoreMeta, StoreWriter, STORE_DIR};
 
 /// `scvi-rs convert INPUT OUTPUT.store`: write any input as a memory-mapped store.
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
     /// Input: an .h5ad file, a 10x .h5 file, a 10x MTX folder or a store.
     pub input: PathBuf,
-    /// The store to write (a directory, e.g. atlas.store); an existing store there is replaced.
-    /// A name ending in .h5ad writes an AnnData file instead.
+    /// The store to write (a directory, e.g. atlas.store); a name ending in .h5ad writes an
+    /// AnnData file instead.
     pub output: PathBuf,
+    /// Replace OUTPUT if it exists (only a store or file that scvi-rs can replace: never a folder
+    /// of other files).
+    #[arg(long)]
+    pub force: bool,
     /// Read the counts from `layers/<LAYER>` of an .h5ad instead of X.
     #[arg(long)]
     pub layer: Option<String>,
@@ -80,6 +86,9 @@ pub struct SimulateArgs {
     /// Where to write: an .h5ad file when the name ends in .h5ad, else a store (directory).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out if it exists (only a store or file that scvi-rs can replace).
+    #[arg(long)]
+    pub force: bool,
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -213,8 +222,23 @@ pub fn default_chunk_rows(input: &Input) -> usize {
     SMALL
 }
 
+/// The kind of output a path names: an `.h5ad` file by its name, else a store.
+fn output_kind(path: &Path) -> OutputKind {
+    if is_h5ad_name(path) {
+        OutputKind::FILE
+    } else {
+        STORE_DIR
+    }
+}
+
 pub fn run_convert(args: &ConvertArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    check_output(
+        &args.output,
+        &output_kind(&args.output),
+        args.force,
+        "OUTPUT",
+    )?;
     let input = Input::open(&args.input, args.layer.as_deref())?;
     let meta = &input.meta;
     let chunk_rows = args
@@ -339,12 +363,10 @@ pub fn run_convert(args: &ConvertArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let (n_cells, nnz) = if is_h5ad_name(&args.output) {
         // An .h5ad output (e.g. to hand a gene subset or a 10x matrix to Python).
-        if args.output.exists() && args.output.is_dir() {
-            bail!("{}: is a directory", args.output.display());
-        }
-        let mut w = H5adWriter::create(&args.output, n_out, &meta.source)?;
+        let mut w = H5adWriter::create(&args.output, n_out, &meta.source, args.force)?;
         let mut nnz = 0u64;
         input.for_each_chunk(chunk_rows, |_, c| {
+            interrupt::check()?;
             let c = transform(c);
             nnz += c.indices.len() as u64;
             w.append_owned(c)
@@ -352,9 +374,12 @@ pub fn run_convert(args: &ConvertArgs) -> anyhow::Result<()> {
         w.finish(store_meta())?;
         (input.n_cells as u64, nnz)
     } else {
-        let mut w = StoreWriter::create(&args.output, n_out, &meta.source)?;
+        let mut w = StoreWriter::create(&args.output, n_out, &meta.source, args.force)?;
         w.set_field(&meta.field);
-        input.for_each_chunk(chunk_rows, |_, c| w.append_owned(transform(c)))?;
+        input.for_each_chunk(chunk_rows, |_, c| {
+            interrupt::check()?;
+            w.append_owned(transform(c))
+        })?;
         let header = w.finish(store_meta())?;
         if header.values.n_non_integer > 0 {
             eprintln!(
@@ -508,7 +533,7 @@ fn is_h5ad_name(path: &Path) -> bool {
 
 /// Write a simulated data set, in constant memory (one chunk of rows plus per-cell labels and
 /// names): an `.h5ad` when the name ends in `.h5ad`, else a store. Returns (cells, nnz).
-pub fn write_simulated(cfg: &SimConfig, out: &Path) -> crate::Result<(u64, u64)> {
+pub fn write_simulated(cfg: &SimConfig, out: &Path, force: bool) -> crate::Result<(u64, u64)> {
     cfg.validate()?;
     let source = format!(
         "simulated: {} cells, {} genes, {} batches, {} cell types, seed {}",
@@ -522,17 +547,21 @@ pub fn write_simulated(cfg: &SimConfig, out: &Path) -> crate::Result<(u64, u64)>
         notes: vec![format!("{cfg:?}")],
     };
     if is_h5ad_name(out) {
-        let mut w = H5adWriter::create(out, cfg.n_genes, &source)?;
+        let mut w = H5adWriter::create(out, cfg.n_genes, &source, force)?;
         let mut nnz = 0u64;
         simulate::simulate_rows(cfg, |_, chunk| {
+            interrupt::check()?;
             nnz += chunk.indices.len() as u64;
             w.append_owned(chunk)
         })?;
         w.finish(meta())?;
         Ok((cfg.n_cells as u64, nnz))
     } else {
-        let mut w = StoreWriter::create(out, cfg.n_genes, &source)?;
-        simulate::simulate_rows(cfg, |_, chunk| w.append_owned(chunk))?;
+        let mut w = StoreWriter::create(out, cfg.n_genes, &source, force)?;
+        simulate::simulate_rows(cfg, |_, chunk| {
+            interrupt::check()?;
+            w.append_owned(chunk)
+        })?;
         let h = w.finish(meta())?;
         Ok((h.n_cells, h.nnz))
     }
@@ -541,7 +570,8 @@ pub fn write_simulated(cfg: &SimConfig, out: &Path) -> crate::Result<(u64, u64)>
 pub fn run_simulate(args: &SimulateArgs) -> anyhow::Result<()> {
     let cfg = args.config();
     let t = Instant::now();
-    let (n_cells, nnz) = write_simulated(&cfg, &args.out)?;
+    check_output(&args.out, &output_kind(&args.out), args.force, "--out")?;
+    let (n_cells, nnz) = write_simulated(&cfg, &args.out, args.force)?;
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "wrote {}: {n_cells} cells x {} genes, {nnz} non-zeros ({:.0} per cell) in {secs:.1} s \

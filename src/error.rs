@@ -27,11 +27,23 @@ pub enum Error {
     /// The GPU engine: a missing driver or library, a bad device, out of memory, a kernel failure.
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// A stop was requested (Ctrl-C, SIGTERM; see `crate::interrupt`) and the work stopped at a
+    /// safe point. `signal` is the signal's number (2 for SIGINT).
+    #[error("interrupted")]
+    Interrupted { signal: i32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The exit status a command line reports for this error: 128 + the signal for an
+    /// interruption (130 for Ctrl-C), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Interrupted { signal } => 128 + signal,
+            _ => 1,
+        }
+    }
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),

@@ -1,6 +1,7 @@
 //! scvi-rs: scVI (single-cell variational inference, Lopez et al. 2018) with a hand-written CPU
 //! engine, computing exactly what scvi-tools' `SCVI` computes.
 
+pub mod atomic;
 pub mod batch;
 pub mod cli_data;
 pub mod cpu;
@@ -9,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod float;
 pub mod infer;
+pub mod interrupt;
 pub mod math;
 pub mod model;
 pub mod rng;

@@ -39,6 +39,9 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    if let Err(e) = scvi_rs::interrupt::install() {
+        eprintln!("warning: {e}; Ctrl-C will stop without cleaning up");
+    }
     let result = match &cli.cmd {
         Cmd::Demo(c) => cli::demo::run_demo(c),
         Cmd::Train(c) => cli::model_cmds::run_train(c),
@@ -50,7 +53,16 @@ fn main() {
         Cmd::Doctor(c) => cli::doctor::run_doctor(c),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let code = match e.downcast_ref::<scvi_rs::Error>() {
+            Some(lib @ scvi_rs::Error::Interrupted { .. }) => {
+                eprintln!("stopped: interrupted; no output was written");
+                lib.exit_code()
+            }
+            _ => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        };
+        std::process::exit(code);
     }
 }

@@ -1,13 +1,14 @@
 //! The model as a user holds it: scvi-tools' `SCVI.setup_anndata` + `SCVI(adata, ...)` +
 //! `train()` + `get_latent_representation()` / `get_elbo()`, and the model directory.
 
+use crate::atomic::AtomicDir;
 use crate::batch::Minibatch;
 use crate::cpu::engine::softmax_in_place;
 use crate::data::{Dataset, SparseRows};
 use crate::engine::{CpuTrainer, Engine};
 use crate::error::{Error, Result};
 use crate::model::init::ModelState;
-use crate::model::io::{state_from_safetensors, state_to_safetensors, StagedDir, WEIGHTS_FILE};
+use crate::model::io::{state_from_safetensors, state_to_safetensors, MODEL_DIR, WEIGHTS_FILE};
 use crate::model::{LatentDistribution, Layout, ModelConfig};
 use crate::rng::{Philox, Stream};
 use crate::train::{self, Covariates, EpochRecord, History, Split, TrainConfig};
@@ -311,6 +312,12 @@ impl Scvi {
             cfg,
             on_epoch,
         )?;
+        if history.epochs.is_empty() {
+            // Nothing was learned: never hand back (and so never save) untrained weights.
+            return Err(Error::Config(
+                "no training step ran; nothing to save (check --max-steps and --max-epochs)".into(),
+            ));
+        }
         self.state = engine.state();
         self.meta.train = Some(cfg.clone());
         self.meta.n_cells_trained = split.train.len();
@@ -349,6 +356,7 @@ impl Scvi {
             &order,
             1024,
             |mb: &Minibatch| {
+                crate::interrupt::check()?;
                 let (m, v) = engine.encode(mb)?;
                 for (i, &cell) in mb.cells.iter().enumerate() {
                     let dst = &mut out[cell * l..(cell + 1) * l];
@@ -410,9 +418,18 @@ impl Scvi {
         })
     }
 
-    /// Write the model directory (see `model::io`); refuses an existing `dir` unless `force`.
+    /// Write the model directory (see `model::io`). An existing `dir` is refused unless `force`,
+    /// and even then only a model directory that scvi-rs wrote is replaced (`crate::atomic`).
     pub fn save(&self, dir: &Path, force: bool) -> Result<()> {
-        let staged = StagedDir::new(dir, force)?;
+        let staged = AtomicDir::create(dir, &MODEL_DIR, force, "")?;
+        self.write_into(&staged)?;
+        staged.commit()
+    }
+
+    /// Write the model's files into a model directory being staged; the caller commits it. (The
+    /// command line stages `--out` before training, so an output that cannot be written fails
+    /// before the work, not after it.)
+    pub fn write_into(&self, staged: &AtomicDir) -> Result<()> {
         staged.write(WEIGHTS_FILE, &state_to_safetensors(&self.state)?)?;
         let json =
             serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::Config(e.to_string()))?;
@@ -431,7 +448,7 @@ impl Scvi {
                 &serde_json::to_vec(&f).map_err(|e| Error::Config(e.to_string()))?,
             )?;
         }
-        staged.commit()
+        Ok(())
     }
 
     /// Read a model directory written by `save`.

@@ -593,3 +593,162 @@ fn max_steps_stops_mid_epoch() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+// ------------------------------------------------------------------------------------------------
+// Nothing the program did not create is ever deleted or replaced.
+
+/// Every file under `dir` with its bytes, for before / after comparisons.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn outputs_never_replace_what_scvi_rs_did_not_write() {
+    let d = tmpdir("dataloss");
+    let small = fixture("cli/small.h5ad");
+    let s = small.to_str().unwrap();
+
+    // A folder that merely holds a header.json is a user's folder, not a store.
+    let proj = d.join("proj");
+    std::fs::create_dir_all(proj.join("sub")).unwrap();
+    std::fs::write(proj.join("header.json"), "{}").unwrap();
+    std::fs::write(proj.join("notes.txt"), "x").unwrap();
+    let before = snapshot(&proj);
+    let p = proj.to_str().unwrap();
+    fails_with(&["convert", s, p], &["proj", "already exists", "--force"]);
+    fails_with(
+        &["convert", s, p, "--force"],
+        &["proj", "refusing to replace it", "not a scvi-rs store"],
+    );
+    fails_with(
+        &[
+            "simulate", "--cells", "50", "--genes", "20", "--out", p, "--force",
+        ],
+        &["proj", "refusing"],
+    );
+    assert_eq!(before, snapshot(&proj), "a user's folder was changed");
+
+    // An existing .h5ad is kept without --force, replaced with it.
+    let h = d.join("user.h5ad");
+    std::fs::write(&h, "my data").unwrap();
+    let hs = h.to_str().unwrap();
+    fails_with(&["convert", s, hs], &["user.h5ad", "--force"]);
+    fails_with(
+        &["simulate", "--cells", "50", "--genes", "20", "--out", hs],
+        &["user.h5ad", "--force"],
+    );
+    assert_eq!(std::fs::read(&h).unwrap(), b"my data");
+    ok(&run(&["convert", s, hs, "--force"]));
+    assert_ne!(std::fs::read(&h).unwrap(), b"my data");
+
+    // A store that scvi-rs wrote is replaced with --force, and only then.
+    let st = d.join("a.store");
+    let sts = st.to_str().unwrap();
+    ok(&run(&["convert", s, sts]));
+    fails_with(&["convert", s, sts], &["a.store", "--force"]);
+    ok(&run(&[
+        "simulate", "--cells", "60", "--genes", "20", "--out", sts, "--force",
+    ]));
+    // ... but not once someone has put a file of their own in it.
+    std::fs::write(st.join("mine.txt"), "x").unwrap();
+    fails_with(&["convert", s, sts, "--force"], &["mine.txt", "refusing"]);
+    assert!(st.join("mine.txt").exists());
+
+    // A model directory is replaced only by a model that trained; a folder of the user's never.
+    let m = d.join("model");
+    let ms = m.to_str().unwrap();
+    ok(&train(&small, &m, &["--batch-key", "stim"]));
+    let good = snapshot(&m);
+    fails_with(
+        &["train", s, "--out", ms, "--force", "--max-steps", "0"],
+        &["max_steps"],
+    );
+    assert_eq!(good, snapshot(&m), "a good model was replaced");
+    let user = d.join("results");
+    std::fs::create_dir_all(&user).unwrap();
+    std::fs::write(user.join("figure.png"), "png").unwrap();
+    fails_with(
+        &["train", s, "--out", user.to_str().unwrap(), "--force"],
+        &["results", "refusing", "model directory"],
+    );
+    assert!(user.join("figure.png").exists());
+
+    // Outputs that cannot be written fail before any work, naming the user's path.
+    let nowhere = d.join("no/such/folder/model");
+    fails_with(
+        &["train", s, "--out", nowhere.to_str().unwrap()],
+        &["--out", "no/such/folder", "does not exist"],
+    );
+    let long = d.join("m".repeat(300));
+    fails_with(
+        &["train", s, "--out", long.to_str().unwrap()],
+        &["--out", "at most 255"],
+    );
+    fails_with(
+        &[
+            "embed",
+            ms,
+            s,
+            "--out",
+            d.join("x".repeat(280) + ".npy").to_str().unwrap(),
+        ],
+        &["--out", "at most 255"],
+    );
+
+    // Nothing but what the commands were asked to write is left in the folder.
+    let mut names: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.store", "model", "proj", "results", "user.h5ad"]);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn interrupting_a_writing_command_leaves_no_temporaries() {
+    let d = tmpdir("sigint");
+    for out in ["big.h5ad", "big.store"] {
+        let path = d.join(out);
+        let child = exe()
+            .args(["simulate", "--cells", "3000000", "--genes", "2000", "--out"])
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the temporary exists (the write has started), then interrupt.
+        let t0 = std::time::Instant::now();
+        while std::fs::read_dir(&d).unwrap().count() == 0 && t0.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let killed = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(130), "{out}: {err}");
+        assert!(err.contains("interrupted"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            0,
+            "{out}: an interrupted write left files behind"
+        );
+    }
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -49,7 +49,7 @@ fn small() -> (CsrMatrix, StoreMeta) {
 fn write_small(dir: &Path) -> PathBuf {
     let (m, meta) = small();
     let p = dir.join("s.store");
-    let mut w = StoreWriter::create(&p, 4, "test").unwrap();
+    let mut w = StoreWriter::create(&p, 4, "test", false).unwrap();
     // Two chunks, the second a slice whose indptr does not start at 0 after select_rows.
     w.append(&m.select_rows(&[0])).unwrap();
     w.append(&m.select_rows(&[1, 2])).unwrap();
@@ -113,7 +113,7 @@ fn round_trip_simulated_and_explicit_zeros() {
     };
     let d = simulate(&cfg);
     let p = dir.join("sim.store");
-    let mut w = StoreWriter::create(&p, 200, "sim").unwrap();
+    let mut w = StoreWriter::create(&p, 200, "sim", false).unwrap();
     // Feed rows in uneven chunks, with an explicit zero added to each row, which the store drops.
     let all: Vec<usize> = (0..d.n_cells()).collect();
     for rows in all.chunks(777) {
@@ -246,9 +246,9 @@ fn bad_rows_leave_no_store() {
     let count = |d: &Path| std::fs::read_dir(d).unwrap().count();
 
     // A temporary directory left by a killed conversion (no such process) is cleaned up.
-    let stale = dir.join(".bad.store.tmp-999999999");
+    let stale = dir.join(".scvi-rs-tmp.999999999.0.bad.store");
     std::fs::create_dir_all(&stale).unwrap();
-    let mut w = StoreWriter::create(&p, 3, "bad").unwrap();
+    let mut w = StoreWriter::create(&p, 3, "bad", false).unwrap();
     assert!(!stale.exists(), "stale temporary directory kept");
     let mut neg = CsrMatrix::with_cols(3);
     neg.push_row([(1, -2.0)]);
@@ -257,7 +257,7 @@ fn bad_rows_leave_no_store() {
     drop(w);
     assert_eq!(count(&dir), 0, "temporary directory left behind");
 
-    let mut w = StoreWriter::create(&p, 3, "bad").unwrap();
+    let mut w = StoreWriter::create(&p, 3, "bad", false).unwrap();
     let out_of_range = CsrMatrix {
         n_rows: 1,
         n_cols: 3,
@@ -272,16 +272,16 @@ fn bad_rows_leave_no_store() {
     assert_eq!(count(&dir), 0);
 
     // Empty matrix and all-zero matrix.
-    let w = StoreWriter::create(&p, 3, "empty").unwrap();
+    let w = StoreWriter::create(&p, 3, "empty", false).unwrap();
     let e = w.finish(StoreMeta::default()).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
-    let mut w = StoreWriter::create(&p, 3, "zeros").unwrap();
+    let mut w = StoreWriter::create(&p, 3, "zeros", false).unwrap();
     let mut z = CsrMatrix::with_cols(3);
     z.push_row([]);
     w.append(&z).unwrap();
     assert!(w.finish(StoreMeta::default()).is_err());
     // Metadata sizes that do not match.
-    let mut w = StoreWriter::create(&p, 3, "meta").unwrap();
+    let mut w = StoreWriter::create(&p, 3, "meta", false).unwrap();
     let mut one = CsrMatrix::with_cols(3);
     one.push_row([(0, 1.0)]);
     w.append(&one).unwrap();
@@ -298,10 +298,10 @@ fn bad_rows_leave_no_store() {
 
     // Refuses to overwrite something that is not a store; replaces a store.
     std::fs::write(&p, "precious").unwrap();
-    assert!(StoreWriter::create(&p, 3, "x").is_err());
+    assert!(StoreWriter::create(&p, 3, "x", false).is_err());
     std::fs::remove_file(&p).unwrap();
     let s = write_small(&dir);
-    let mut w = StoreWriter::create(&s, 3, "again").unwrap();
+    let mut w = StoreWriter::create(&s, 3, "again", true).unwrap();
     w.append(&one).unwrap();
     w.finish(StoreMeta {
         gene_names: vec!["a".into(), "b".into(), "c".into()],
@@ -328,6 +328,7 @@ fn convert_args(input: &Path, output: &Path) -> ConvertArgs {
         hvg_batch_key: None,
         genes: None,
         chunk_rows: Some(2),
+        force: false,
     }
 }
 
@@ -360,6 +361,7 @@ fn convert_mtx_with_gene_list() {
     s.verify().unwrap();
     // Genes that are not there are named.
     std::fs::write(&list, "GeneD\nNOPE1\nNOPE2\n").unwrap();
+    a.force = true;
     let e = run_convert(&a).unwrap_err().to_string();
     assert!(
         e.contains("NOPE1") && e.contains("NOPE2") && e.contains("2 of the 3"),
@@ -413,6 +415,7 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
         seed: 9,
         library_median: None,
         out: sim.clone(),
+        force: false,
     })
     .unwrap();
     let v = info_json(&sim, false).unwrap();
@@ -465,6 +468,7 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
         }
     }
     // Unknown batch key, and .h5ad output of simulate.
+    a.force = true;
     a.hvg_batch_key = Some("nope".into());
     assert!(run_convert(&a).unwrap_err().to_string().contains("nope"));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -482,6 +486,7 @@ fn simulate_writes_h5ad_that_reads_back() {
         seed: 3,
         library_median: None,
         out: p.clone(),
+        force: false,
     };
     run_simulate(&args).unwrap();
     let d = scvi_rs::data::h5ad::read_h5ad(&p, &Default::default()).unwrap();
@@ -632,6 +637,7 @@ fn bench_simulate() {
         seed: 0,
         library_median: None,
         out,
+        force: false,
     })
     .unwrap();
 }

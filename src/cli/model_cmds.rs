@@ -5,8 +5,10 @@ use super::{print_warnings, with_threads};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use scvi_rs::atomic::{check_output, AtomicDir, OutputKind};
 use scvi_rs::data::open::open_dataset;
 use scvi_rs::infer::output::write_matrix;
+use scvi_rs::model::io::MODEL_DIR;
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -82,12 +84,10 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 pub fn run_train(cmd: &TrainCmd) -> Result<()> {
-    if cmd.out.exists() && !cmd.force {
-        bail!(
-            "{} already exists; pass --force to overwrite it",
-            cmd.out.display()
-        );
-    }
+    let tcfg = cmd.train.config();
+    tcfg.validate()?;
+    // Stage the output first: one that cannot be written fails now, not after training.
+    let staged = AtomicDir::create(&cmd.out, &MODEL_DIR, cmd.force, "--out")?;
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let opened = open_dataset(&cmd.data, cmd.layer.as_deref())?;
@@ -98,7 +98,6 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
             labels_key: cmd.labels_key.clone(),
         };
         let mut model = Scvi::new(&data, setup, cmd.model.config(), cmd.train.seed)?;
-        let tcfg = cmd.train.config();
         eprintln!(
             "{}: {} cells x {} genes, {} batches; {} epochs on {}",
             data.source,
@@ -128,7 +127,8 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
         pb.finish();
         let secs = t0.elapsed().as_secs_f64();
         let epochs = model.history.epochs.len();
-        model.save(&cmd.out, cmd.force)?;
+        model.write_into(&staged)?;
+        staged.commit()?;
         let last = model.history.epochs.last().context("no epoch ran")?;
         eprintln!(
             "trained {epochs} epochs in {secs:.1} s ({:.2} s/epoch){}; elbo_train {:.3}{}; saved {}",
@@ -163,13 +163,8 @@ pub struct EmbedCmd {
 }
 
 pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
-    if cmd.out.exists() && !cmd.force {
-        bail!(
-            "{} already exists; pass --force to overwrite it",
-            cmd.out.display()
-        );
-    }
     check_output_ext(&cmd.out)?;
+    check_output(&cmd.out, &OutputKind::FILE, cmd.force, "--out")?;
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let model = Scvi::load(&cmd.model)?;
@@ -184,6 +179,7 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
             l,
             &opened.data.cell_names,
             "scVI_",
+            cmd.force,
         )?;
         eprintln!(
             "wrote {} ({} cells x {l})",

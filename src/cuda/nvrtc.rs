@@ -239,7 +239,11 @@ pub fn compile_cached(file: &KernelFile, arch: &str) -> Result<Arc<Image>> {
                     Image::Cubin(b) => b,
                     Image::Ptx(s) => s.as_bytes(),
                 };
-                write_atomically(p, bytes);
+                // A cache: a failed write only costs a compile next time.
+                if let Some(dir) = p.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let _ = crate::atomic::replace_file(p, bytes);
             }
             i
         }
@@ -248,17 +252,6 @@ pub fn compile_cached(file: &KernelFile, arch: &str) -> Result<Arc<Image>> {
         c.insert(key, img.clone());
     }
     Ok(img)
-}
-
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
-    let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
 }
 
 /// Compile `file` for `arch` with NVRTC, no caching: a CUBIN for `sm_XX`, PTX for `compute_XX`.

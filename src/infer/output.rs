@@ -1,8 +1,8 @@
 //! Writing a cells x dims matrix as `.npy` (little-endian f32, C order, numpy format 1.0) or `.csv`
 //! (a header, then the cell name and its values per line), atomically.
 
+use crate::atomic::write_file;
 use crate::error::{Error, Result};
-use crate::model::io::write_atomic;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -50,7 +50,8 @@ pub fn csv_text(
     s
 }
 
-/// Write by the extension of `path`: `.npy` or `.csv`.
+/// Write by the extension of `path`: `.npy` or `.csv`. An existing `path` is replaced only with
+/// `force` (see `crate::atomic`).
 pub fn write_matrix(
     path: &Path,
     values: &[f32],
@@ -58,12 +59,15 @@ pub fn write_matrix(
     cols: usize,
     row_names: &[String],
     prefix: &str,
+    force: bool,
 ) -> Result<()> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => write_atomic(path, &npy_bytes(values, rows, cols)),
-        Some("csv") => write_atomic(
+        Some("npy") => write_file(path, &npy_bytes(values, rows, cols), force, "--out"),
+        Some("csv") => write_file(
             path,
             csv_text(values, rows, cols, row_names, prefix).as_bytes(),
+            force,
+            "--out",
         ),
         _ => Err(Error::Config(format!(
             "{}: the output must end in .npy or .csv",

@@ -6,15 +6,17 @@
 //! - `history.csv`: one row per epoch, scvi-tools' column names;
 //! - `split.json`: the train and validation cell indices.
 //!
-//! A directory is written under a temporary name and renamed into place when complete, so a failed
-//! save leaves nothing half-written.
+//! A directory is written under a temporary name and renamed into place when complete (see
+//! `crate::atomic`), so a failed save leaves nothing half-written, and it replaces only a model
+//! directory that scvi-rs wrote.
 
 use super::init::ModelState;
 use super::layout::Layout;
+use crate::atomic::{only_files, OutputKind};
 use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
@@ -107,83 +109,29 @@ pub fn state_from_safetensors(
     Ok(state)
 }
 
-/// A directory being written: files go to `<dir>.tmp-<pid>`, renamed to `dir` by `commit`.
-pub struct StagedDir {
-    pub tmp: PathBuf,
-    pub target: PathBuf,
-}
+/// The files of a model directory.
+pub const MODEL_FILES: &[&str] = &[WEIGHTS_FILE, META_FILE, "history.csv", "split.json"];
+pub const META_FILE: &str = "model.json";
 
-impl StagedDir {
-    /// Refuses an existing `target` unless `force`.
-    pub fn new(target: &Path, force: bool) -> Result<Self> {
-        if target.exists() && !force {
-            return Err(Error::Config(format!(
-                "{} already exists; pass --force to overwrite it",
-                target.display()
-            )));
-        }
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "out".into());
-        let tmp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(StagedDir {
-            tmp,
-            target: target.to_path_buf(),
-        })
+/// A model directory as an output: replaced (with `--force`) only when it is one that scvi-rs
+/// wrote, holding nothing else.
+pub const MODEL_DIR: OutputKind = OutputKind {
+    what: "a scvi-rs model directory",
+    dir: true,
+    is_ours: is_model_dir,
+};
+
+/// Whether `dir` is a complete scvi-rs model directory holding only its own files.
+fn is_model_dir(dir: &Path) -> std::result::Result<(), String> {
+    let meta = std::fs::read(dir.join(META_FILE))
+        .map_err(|_| format!("it has no readable {META_FILE}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&meta).map_err(|_| format!("its {META_FILE} is not JSON"))?;
+    if v.get("scvi_rs_version").is_none() || v.get("format_version").is_none() {
+        return Err(format!("its {META_FILE} was not written by scvi-rs"));
     }
-
-    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let p = self.tmp.join(name);
-        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))
+    if !dir.join(WEIGHTS_FILE).is_file() {
+        return Err(format!("it has no {WEIGHTS_FILE}"));
     }
-
-    pub fn commit(self) -> Result<()> {
-        if self.target.exists() {
-            let old = self.target.with_file_name(format!(
-                ".{}.old-{}",
-                self.target
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy(),
-                std::process::id()
-            ));
-            std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
-            std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
-            let _ = if old.is_dir() {
-                std::fs::remove_dir_all(&old)
-            } else {
-                std::fs::remove_file(&old)
-            };
-        } else {
-            std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for StagedDir {
-    fn drop(&mut self) {
-        if self.tmp.exists() {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
-    }
-}
-
-/// Write `bytes` to `path` atomically (temporary name, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    only_files(dir, MODEL_FILES)
 }

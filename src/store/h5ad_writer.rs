@@ -12,11 +12,13 @@
 //! Rows stream in: `X/data` goes straight into the file, `X/indices` to a side file appended at the
 //! end (its position is unknown until the number of non-zeros is); memory is one chunk plus the
 //! row pointers (8 bytes per cell) and the annotations. The file is written under a temporary name
-//! and renamed when complete.
+//! and renamed when complete (`crate::atomic`).
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use crate::atomic::{AtomicFile, TempFile};
 
 use super::writer::StoreMeta;
 use crate::data::validate::CountChecks;
@@ -337,9 +339,8 @@ fn enc(t: &str, v: &str) -> [(&'static str, Attr); 2] {
 /// Streams rows into an `.h5ad`; [`finish`](Self::finish) writes the annotations and renames the
 /// file into place. Dropping it unfinished removes the temporary files.
 pub struct H5adWriter {
-    final_path: PathBuf,
-    tmp: PathBuf,
-    side: PathBuf,
+    target: Option<AtomicFile>,
+    side: TempFile,
     out: Option<Out>,
     indices: Option<BufWriter<File>>,
     data_addr: u64,
@@ -347,42 +348,30 @@ pub struct H5adWriter {
     n_genes: usize,
     source: String,
     checks: CountChecks,
-    done: bool,
 }
 
 impl H5adWriter {
-    pub fn create(path: &Path, n_genes: usize, source: &str) -> Result<H5adWriter> {
-        if path.is_dir() {
-            return Err(Error::Config(format!("{}: is a directory", path.display())));
-        }
+    /// Start an `.h5ad` of `n_genes` genes at `path`. An existing `path` is refused unless
+    /// `force` (see `crate::atomic`); it is replaced only by [`finish`](Self::finish).
+    pub fn create(path: &Path, n_genes: usize, source: &str, force: bool) -> Result<H5adWriter> {
         if n_genes > i32::MAX as usize {
             return Err(Error::Config(format!(
                 "{n_genes} genes: too many for int32 indices"
             )));
         }
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::Config(format!("{}: not a file name", path.display())))?
-            .to_string_lossy()
-            .into_owned();
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let side = parent.join(format!(".{name}.indices.tmp-{}", std::process::id()));
-        let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut target = AtomicFile::create(path, force, "")?;
+        let tmp = target.path().to_path_buf();
+        let f = target.file().try_clone().map_err(|e| Error::io(&tmp, e))?;
         let mut out = Out {
-            path: tmp.clone(),
+            path: tmp,
             w: BufWriter::with_capacity(1 << 20, f),
             pos: 0,
         };
         out.write(&[0u8; SUPERBLOCK_SIZE as usize])?;
         let data_addr = out.pos;
-        let sf = File::create(&side).map_err(|e| Error::io(&side, e))?;
+        let (side, sf) = TempFile::beside(path, "")?;
         Ok(H5adWriter {
-            final_path: path.to_path_buf(),
-            tmp,
+            target: Some(target),
             side,
             out: Some(out),
             indices: Some(BufWriter::with_capacity(1 << 20, sf)),
@@ -391,7 +380,6 @@ impl H5adWriter {
             n_genes,
             source: source.to_string(),
             checks: CountChecks::new(source, "X"),
-            done: false,
         })
     }
 
@@ -429,7 +417,7 @@ impl H5adWriter {
             .as_mut()
             .unwrap()
             .write_all(&idx)
-            .map_err(|e| Error::io(&self.side, e))?;
+            .map_err(|e| Error::io(self.side.path(), e))?;
         Ok(())
     }
 
@@ -459,17 +447,17 @@ impl H5adWriter {
         let mut out = self.out.take().unwrap();
         // X/indices: copy the side file after X/data.
         let mut side = self.indices.take().unwrap();
-        side.flush().map_err(|e| Error::io(&self.side, e))?;
+        side.flush().map_err(|e| Error::io(self.side.path(), e))?;
         drop(side);
         out.align8()?;
         let indices_addr = out.pos;
         {
-            let mut r = File::open(&self.side).map_err(|e| Error::io(&self.side, e))?;
+            let side = self.side.path();
+            let mut r = File::open(side).map_err(|e| Error::io(side, e))?;
             out.w.flush().map_err(|e| Error::io(&out.path, e))?;
             let n = std::io::copy(&mut r, &mut out.w).map_err(|e| Error::io(&out.path, e))?;
             out.pos += n;
         }
-        let _ = std::fs::remove_file(&self.side);
         let g = self.n_genes as u64;
         let data_oh = out.dataset_at(Dt::F32, &[nnz], self.data_addr, &[])?;
         let indices_oh = out.dataset_at(Dt::I32, &[nnz], indices_addr, &[])?;
@@ -606,11 +594,11 @@ impl H5adWriter {
         f.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io(&path, e))?;
         f.write_all(&sb).map_err(|e| Error::io(&path, e))?;
-        f.sync_all().map_err(|e| Error::io(&path, e))?;
         drop(f);
-        std::fs::rename(&self.tmp, &self.final_path).map_err(|e| Error::io(&self.final_path, e))?;
-        self.done = true;
-        Ok(())
+        self.target
+            .take()
+            .expect("an .h5ad writer holds its target until it finishes")
+            .commit()
     }
 }
 
@@ -684,11 +672,8 @@ fn column(out: &mut Out, name: &str, col: &ObsColumn) -> Result<Member> {
 
 impl Drop for H5adWriter {
     fn drop(&mut self) {
-        if !self.done {
-            self.out.take();
-            self.indices.take();
-            let _ = std::fs::remove_file(&self.tmp);
-            let _ = std::fs::remove_file(&self.side);
-        }
+        // Close the files; the temporaries' own drops remove them when unfinished.
+        self.out.take();
+        self.indices.take();
     }
 }

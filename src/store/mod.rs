@@ -53,6 +53,34 @@ pub fn is_store(path: &Path) -> bool {
     path.is_dir() && path.join(format::HEADER_FILE).is_file()
 }
 
+/// A store as an output: replaced (with `--force`) only when it is a complete store that scvi-rs
+/// wrote, holding nothing else.
+pub const STORE_DIR: crate::atomic::OutputKind = crate::atomic::OutputKind {
+    what: "a scvi-rs store",
+    dir: true,
+    is_ours: is_our_store,
+};
+
+fn is_our_store(dir: &Path) -> std::result::Result<(), String> {
+    let hpath = dir.join(format::HEADER_FILE);
+    let meta = std::fs::metadata(&hpath).map_err(|_| "it has no header.json".to_string())?;
+    if meta.len() > format::MAX_HEADER_BYTES {
+        return Err("its header.json is not a store header".into());
+    }
+    let bytes = std::fs::read(&hpath).map_err(|e| e.to_string())?;
+    format::Header::from_bytes(&hpath, &bytes).map_err(|e| e.to_string())?;
+    crate::atomic::only_files(
+        dir,
+        &[
+            format::HEADER_FILE,
+            format::INDPTR_FILE,
+            format::INDICES_FILE,
+            format::DATA_FILE,
+            format::META_FILE,
+        ],
+    )
+}
+
 /// A read-only mapped file (an empty file maps to an empty slice).
 struct Mapped {
     map: Option<Mmap>,

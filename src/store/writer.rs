@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, FileEntry, Files, Header, MetaBuilder, ValueSummary};
 use super::hash::{hex, Hasher64};
+use crate::atomic::AtomicDir;
 use crate::data::validate::CountChecks;
 use crate::data::{CsrMatrix, ObsColumn};
 use crate::error::{Error, Result};
@@ -98,34 +99,13 @@ impl Sink {
 /// Chunks in flight between the caller and the writing thread (bounds the extra memory).
 const IN_FLIGHT: usize = 2;
 
-/// Remove `.<name>.tmp-<pid>` directories left by conversions that were killed (their process
-/// is gone). Only on Linux, where `/proc/<pid>` says whether a process lives; errors are ignored.
-fn remove_stale_temporaries(parent: &Path, name: &str) {
-    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
-        return;
-    }
-    let prefix = format!(".{name}.tmp-");
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file_name = e.file_name();
-        let Some(pid) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
-            continue;
-        };
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
 /// Writes a store under a temporary name; [`StoreWriter::finish`] renames it into place. Dropping
 /// the writer without finishing removes the temporary directory.
 ///
 /// Rows are checked in [`append`](Self::append) (errors come back at once, naming the cell and
 /// gene) and written by a background thread with at most two chunks in flight.
 pub struct StoreWriter {
-    final_path: PathBuf,
+    staged: Option<AtomicDir>,
     tmp: PathBuf,
     source: String,
     n_genes: usize,
@@ -135,42 +115,22 @@ pub struct StoreWriter {
     thread: Option<std::thread::JoinHandle<Result<[String; 3]>>>,
     checks: Option<CountChecks>,
     values: ValueSummary,
-    done: bool,
 }
 
 impl StoreWriter {
     /// Start a store of `n_genes` genes at `path`. `source` names the input, for messages and the
-    /// header. An existing store at `path` is replaced at [`finish`](Self::finish); anything else
-    /// there is an error.
-    pub fn create(path: &Path, n_genes: usize, source: &str) -> Result<StoreWriter> {
-        if path.exists() && !super::is_store(path) {
-            return Err(Error::Config(format!(
-                "{}: exists and is not a scvi-rs store; refusing to overwrite it",
-                path.display()
-            )));
-        }
+    /// header. An existing `path` is refused unless `force`, and even then only a store that
+    /// scvi-rs wrote is replaced, at [`finish`](Self::finish) (see `crate::atomic`).
+    pub fn create(path: &Path, n_genes: usize, source: &str, force: bool) -> Result<StoreWriter> {
         if n_genes > u32::MAX as usize + 1 {
             return Err(Error::Config(format!(
                 "{n_genes} genes: at most 2^32 fit a store"
             )));
         }
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::Config(format!("{}: not a file name", path.display())))?
-            .to_string_lossy()
-            .into_owned();
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        }
-        remove_stale_temporaries(&parent, &name);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let staged = AtomicDir::create(path, &super::STORE_DIR, force, "")?;
+        let tmp = staged.path().to_path_buf();
         let mut w = StoreWriter {
-            final_path: path.to_path_buf(),
+            staged: Some(staged),
             tmp: tmp.clone(),
             source: source.to_string(),
             n_genes,
@@ -180,7 +140,6 @@ impl StoreWriter {
             thread: None,
             checks: Some(CountChecks::new(source, "counts")),
             values: ValueSummary::default(),
-            done: false,
         };
         let mut sink = Sink {
             indptr: Out::create(tmp.join(format::INDPTR_FILE))?,
@@ -412,30 +371,21 @@ impl StoreWriter {
         hf.write(&bytes)?;
         hf.close()?;
 
-        // Replace an existing store: only now that the new one is complete.
-        let fp = self.final_path.clone();
-        if fp.exists() {
-            if !super::is_store(&fp) {
-                return Err(Error::Config(format!(
-                    "{}: exists and is not a scvi-rs store; refusing to overwrite it",
-                    fp.display()
-                )));
-            }
-            std::fs::remove_dir_all(&fp).map_err(|e| Error::io(&fp, e))?;
-        }
-        std::fs::rename(&self.tmp, &fp).map_err(|e| Error::io(&fp, e))?;
-        self.done = true;
+        // Into place (replacing an older store of ours) only now that the new one is complete.
+        self.staged
+            .take()
+            .expect("a store writer is staged until it finishes")
+            .commit()?;
         Ok(header)
     }
 }
 
 impl Drop for StoreWriter {
     fn drop(&mut self) {
-        if !self.done {
-            // Stop the writing thread (closing the files), then remove the half-written store;
-            // errors are moot here.
+        if self.staged.is_some() {
+            // Stop the writing thread (closing the files) before the staged directory's own
+            // drop removes the half-written store; errors are moot here.
             let _ = self.join();
-            let _ = std::fs::remove_dir_all(&self.tmp);
         }
     }
 }

@@ -97,6 +97,9 @@ impl TrainConfig {
         if self.max_epochs == Some(0) {
             return Err(Error::Config("max_epochs must be at least 1".into()));
         }
+        if self.max_steps == Some(0) {
+            return Err(Error::Config("max_steps must be at least 1".into()));
+        }
         if self.min_kl_weight > self.max_kl_weight {
             return Err(Error::Config(
                 "min_kl_weight is larger than max_kl_weight".into(),
@@ -119,6 +122,7 @@ pub fn evaluate(
     let mut sums = LossSums::default();
     let mut k = 0u64;
     for_each_minibatch(x, cov, cells, batch_size, |mb| {
+        crate::interrupt::check()?;
         let p = engine.eval_loss(mb, step_base + k, kl_weight)?;
         k += 1;
         sums.add(&p);
@@ -162,6 +166,7 @@ pub fn fit(
             if mb.len() < 2 {
                 return Ok(()); // scvi-tools' split never leaves one; a BatchNorm cannot take it.
             }
+            crate::interrupt::check()?;
             let p = engine.train_step(mb, step, kl_weight)?;
             step += 1;
             if !p.loss.is_finite() {
