@@ -5,6 +5,8 @@ pub mod config;
 pub mod init;
 pub mod io;
 pub mod layout;
+pub mod pickle;
+pub mod torch_file;
 
 pub use config::{Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement};
 pub use layout::{Layout, Tensor};
