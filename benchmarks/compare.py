@@ -202,6 +202,10 @@ def main(argv):
     except RunFailed as e:
         print(f"compare.sh: error: a run failed; what was done so far is in {part}:\n{e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"compare.sh: interrupted; what was done so far is in {part} (the next run replaces it)",
+              file=sys.stderr)
+        return 130
     outdir.finish(part, args.out)
     log(f"done in {time.time() - t0:.0f} s: {args.out / 'report.md'}")
     return 0

@@ -1,16 +1,17 @@
-"""Run one child process and measure it: wall time, its own peak RSS (from wait4, so it is the
-child's and not the driver's), its CPU time, the load average before / during / after, how many
-cores other processes used meanwhile, and (with a GPU) its peak GPU memory as nvidia-smi sees it.
+"""Run one command and measure it: wall time, its own peak RSS and CPU time (through launch.py,
+so that the driver's memory is not charged to it), the load average before / during / after, how
+many cores other processes used meanwhile, and (with a GPU) its peak GPU memory as nvidia-smi sees
+it. Standard library only."""
 
-Standard library only."""
-
+import json
 import os
 import subprocess
+import sys
 import threading
-import time
 from pathlib import Path
 
 SAMPLE_EVERY_S = 1.0
+LAUNCHER = Path(__file__).with_name("launch.py")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -31,8 +32,16 @@ def _busy_cpu_seconds():
     return busy / CLOCK_TICKS
 
 
-def _gpu_memory_mb(pid):
-    """GPU memory nvidia-smi attributes to pid (MiB), or None."""
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _gpu_memory_mb(pids):
+    """GPU memory nvidia-smi attributes to these processes (MiB), or None."""
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
@@ -42,7 +51,7 @@ def _gpu_memory_mb(pid):
     total = None
     for line in out.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in pids and parts[1].isdigit():
             total = (total or 0) + int(parts[1])
     return total
 
@@ -59,7 +68,7 @@ class _Sampler(threading.Thread):
         while not self.stop.is_set():
             self.load1.append(os.getloadavg()[0])
             if self.gpu:
-                m = _gpu_memory_mb(self.pid)
+                m = _gpu_memory_mb({self.pid, *_children(self.pid)})
                 if m is not None:
                     self.gpu_peak_mb = max(self.gpu_peak_mb or 0, m)
             self.stop.wait(SAMPLE_EVERY_S)
@@ -67,40 +76,40 @@ class _Sampler(threading.Thread):
 
 def run_measured(cmd, env, stdout_path: Path, stderr_path: Path, gpu=False):
     """Runs cmd to completion; raises RunFailed (with the end of its stderr) on a non-zero exit."""
+    cmd = [str(c) for c in cmd]
+    usage_path = Path(str(stderr_path) + ".usage.json")
     load_before = os.getloadavg()
     busy0 = _busy_cpu_seconds()
-    t0 = time.perf_counter()
     with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
-        proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=out, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-S", "-E", str(LAUNCHER), str(usage_path), *cmd],
+                                env=env, stdout=out, stderr=err)
         sampler = _Sampler(proc.pid, gpu)
         sampler.start()
         try:
-            # wait4 gives this child's own resource usage; ru_maxrss is in KiB on Linux.
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         except BaseException:
-            proc.kill()
+            proc.terminate()  # the launcher passes it on to the command
             proc.wait()
             raise
         finally:
             sampler.stop.set()
             sampler.join()
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     busy1 = _busy_cpu_seconds()
-    cpu_s = usage.ru_utime + usage.ru_stime
-    if proc.returncode != 0:
+    if proc.returncode != 0 or not usage_path.exists():
         tail = Path(stderr_path).read_text(errors="replace").strip().splitlines()[-25:]
-        raise RunFailed(f"{' '.join(str(c) for c in cmd)}\n  exited with status {proc.returncode}; "
+        raise RunFailed(f"{' '.join(cmd)}\n  exited with status {proc.returncode}; "
                         f"the end of {stderr_path}:\n    " + "\n    ".join(tail))
+    usage = json.loads(usage_path.read_text())
+    wall, cpu_s = usage["wall_s"], usage["cpu_s"]
     during = sampler.load1 or [load_before[0]]
     others = None
     if busy0 is not None and busy1 is not None and wall > 0:
         others = max(0.0, (busy1 - busy0 - cpu_s) / wall)
     return {
-        "command": [str(c) for c in cmd],
+        "command": cmd,
         "wall_s": wall,
         "cpu_s": cpu_s,
-        "peak_rss_mb": usage.ru_maxrss / 1024.0,
+        "peak_rss_mb": usage["peak_rss_kib"] / 1024.0,  # ru_maxrss is in KiB on Linux
         "gpu_peak_mb_nvidia_smi": sampler.gpu_peak_mb,
         "load_before": list(load_before),
         "load1_during_mean": sum(during) / len(during),

@@ -112,7 +112,7 @@ def _panels(seeds, kind, ncols):
     ncols = min(ncols, max(1, len(keys)))
     nrows = (len(keys) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.4 * nrows), squeeze=False)
-    for ax, (key, label, unit, better) in zip(axes.flat, keys):
+    for ax, (key, label, unit, better) in zip(axes.flat, keys, strict=False):
         title = f"{label}\n({unit + ', ' if unit else ''}{better} is better)"
         if kind == "cost":
             means = [_mean(seeds, tool, key) for tool in TOOLS]

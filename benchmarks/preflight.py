@@ -44,11 +44,12 @@ def scvi_rs_binary(args):
 def _check_runs(exe, what):
     try:
         p = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
-    except OSError as e:
-        raise UsageError(f"{what} cannot be run: {e}")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UsageError(f"{what} cannot be run: {e}") from None
     if p.returncode != 0 or not p.stdout.startswith("scvi-rs"):
-        raise UsageError(f"{what} is not a working scvi-rs ('--version' printed {p.stdout.strip()!r} "
-                         f"{p.stderr.strip()!r})")
+        said = (p.stdout.strip() or p.stderr.strip()).splitlines()
+        said = repr(said[0]) if said else "nothing"
+        raise UsageError(f"{what} is not a working scvi-rs ('{exe} --version' printed {said}, not 'scvi-rs VERSION')")
 
 
 def check_keys(exe, args):

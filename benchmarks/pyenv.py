@@ -81,7 +81,8 @@ def ensure(venv: Path) -> Path:
         print(f"compare.sh: creating the Python environment {venv}", file=sys.stderr)
         p = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
         if p.returncode != 0:
-            _fail(venv, f"'{sys.executable} -m venv' failed: {p.stderr.strip().splitlines()[-1:]}")
+            said = (p.stderr.strip() or p.stdout.strip()).splitlines()
+            _fail(venv, f"'{sys.executable} -m venv' failed: {said[-1] if said else 'no message'}")
     log = venv / "pip.log"
     print(f"compare.sh: installing the pinned packages of {REQUIREMENTS.name} into {venv} "
           f"(the first time: several minutes and ~7 GB; log: {log})", file=sys.stderr)
@@ -92,8 +93,9 @@ def ensure(venv: Path) -> Path:
         _fail(venv, "pip install -r benchmarks/requirements.txt failed", log)
     p = subprocess.run([str(python), "-c", _VERIFY, json.dumps(pins())], capture_output=True, text=True)
     if p.returncode != 0:
+        said = (p.stdout.strip() or p.stderr.strip()).splitlines()
         _fail(venv, "after pip, the pinned versions or imports do not check out: "
-              + (p.stdout.strip() or p.stderr.strip().splitlines()[-1]))
+              + (said[-1] if said else "no message"))
     stamp.write_text(_stamp(python))
     print(f"compare.sh: the Python environment {venv} is ready", file=sys.stderr)
     return python

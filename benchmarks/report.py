@@ -1,6 +1,7 @@
 """report.md (summary tables first, then the plots, then the details) and results.json."""
 
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -10,12 +11,14 @@ BUSY_OTHER_CORES = 0.25  # other processes using more than this many cores on av
 
 
 def _fmt(v, digits=4):
+    """digits significant digits, without exponents (whole numbers from 10 ** digits on)."""
     v = number(v)
     if v is None:
         return "n/a"
-    if abs(v) >= 1000:
+    if v == 0 or abs(v) >= 10 ** (digits - 1):
         return f"{v:,.0f}"
-    return f"{v:.{digits}g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
+    return f"{v:,.{decimals}f}"
 
 
 def _mean_sd(d):
@@ -35,12 +38,12 @@ def _summary_tables(summary, n_seeds):
         if e["kind"] == "cost":
             r = e.get("ratio_scvi_rs_over_scvi_tools")
             cost.append(f"| {label} | {_mean_sd(e['scvi-rs'])} | {_mean_sd(e['scvi-tools'])} | "
-                        f"{'n/a' if r is None else f'**{r:.3g}**'} |")
+                        f"{'n/a' if r is None else '**' + _fmt(r, 3) + '**'} |")
         else:
             d = e.get("difference_scvi_rs_minus_scvi_tools")
             label = label.replace("held-out ", "")
             qual.append(f"| {label} | {e['better']} | {_mean_sd(e['scvi-rs'])} | {_mean_sd(e['scvi-tools'])} | "
-                        f"{'n/a' if d is None else f'{d:+.3g}'} |")
+                        f"{'n/a' if d is None else ('+' if d > 0 else '') + _fmt(d, 3)} |")
     return [f"### Speed and memory ({spread})", "", *cost, "",
             f"### Quality on the held-out cells ({spread})", "", *qual]
 
@@ -82,18 +85,19 @@ def busy_runs(seeds):
             if (s[t]["train"]["other_processes_cores"] or 0) > BUSY_OTHER_CORES]
 
 
-def write_markdown(res, path: Path):
-    cfg, data, m, sw = res["config"], res["data"], res["machine"], res["software"]
-    seeds = res["seeds"]
-    n_held = seeds[0]["heldout_cells"]
-    lines = [f"# scvi-rs and scvi-tools side by side: {Path(cfg['data']).name}", ""]
-    lines.append(
-        f"{data['n_cells']:,} cells x {data['n_genes']:,} genes, batch key `{cfg['batch_key']}` "
-        f"({data['batch'].get('n_categories', data['batch'].get('n_unique', '?'))} batches), labels "
-        f"`{cfg['labels_key']}` ({data['labels'].get('n_categories', data['labels'].get('n_unique', '?'))} "
-        f"types); {cfg['max_epochs']} epochs, {len(seeds)} seed(s), device {cfg['device']}, "
-        f"{cfg['threads']} thread(s) for both tools. Held-out cells: the {n_held:,} validation cells of each "
-        "seed's split (the same for both tools, never trained on).")
+def _n_categories(col):
+    return col.get("n_categories", col.get("n_unique", "?"))
+
+
+def _header(res):
+    cfg, data, seeds = res["config"], res["data"], res["seeds"]
+    lines = [f"# scvi-rs and scvi-tools side by side: {Path(cfg['data']).name}", "",
+             f"{data['n_cells']:,} cells x {data['n_genes']:,} genes, batch key `{cfg['batch_key']}` "
+             f"({_n_categories(data['batch'])} batches), labels `{cfg['labels_key']}` "
+             f"({_n_categories(data['labels'])} types); {cfg['max_epochs']} epochs, {len(seeds)} seed(s), "
+             f"device {cfg['device']}, {cfg['threads']} thread(s) for both tools. Held-out cells: the "
+             f"{seeds[0]['heldout_cells']:,} validation cells of each seed's split (the same for both tools, "
+             "never trained on)."]
     if cfg["max_epochs"] < 10 or len(seeds) < 3:
         lines += ["", "**Smoke-sized run** (few epochs or seeds): the figures show that the pipeline works, "
                   "not how the tools compare."]
@@ -101,70 +105,96 @@ def write_markdown(res, path: Path):
     if busy:
         lines += ["", f"**The machine was not quiet**: other processes used more than {BUSY_OTHER_CORES} of a "
                   "core on average during " + ", ".join(f"{t} seed {s}" for s, t in busy)
-                  + " (see the load table below); its timings are not fair figures, PyTorch's above all."]
-    lines += ["", "## Summary", "", *_summary_tables(res["summary"], len(seeds)), "",
-              "Ratios below 1 mean scvi-rs takes less. ELBO and marginal log-likelihood: scvi-tools' `get_elbo` "
-              "and `get_marginal_ll` signs (higher is better); reconstruction error: `get_reconstruction_error` "
-              "(negative log-likelihood, lower is better). Each tool evaluates its own model."]
-    if any(isinstance(s["scvi-rs"]["figures"].get("marginal_ll"), str) for s in seeds):
+                  + " (see the load table below); those timings are not fair figures, PyTorch's above all."]
+    return lines
+
+
+def _summary(res):
+    lines = ["## Summary", "", *_summary_tables(res["summary"], len(res["seeds"])), "",
+             "Ratios below 1 mean scvi-rs takes less. ELBO and marginal log-likelihood: scvi-tools' `get_elbo` "
+             "and `get_marginal_ll` signs (higher is better); reconstruction error: `get_reconstruction_error` "
+             "(negative log-likelihood, lower is better). Each tool evaluates its own model."]
+    if any(isinstance(s["scvi-rs"]["figures"].get("marginal_ll"), str) for s in res["seeds"]):
         lines += ["", "scvi-rs's reconstruction error and marginal log-likelihood read n/a: this scvi-rs has no "
                   "`evaluate` command, so its held-out ELBO comes from `scvi-rs elbo --subset validation`."]
-    lines += ["", "## Plots", "",
-              "![Training curves](training_curves.png)", "",
-              "Negative ELBO per cell against the epoch (`history.csv` / `model.history`: `elbo_train`, "
-              "`elbo_validation`), mean over seeds with the seeds' range shaded.", "",
-              f"![UMAPs](umap.png)", "",
-              f"UMAPs of the two latent spaces (posterior means) of the held-out cells, seed {res['umap_seed']}, "
-              "coloured by cell type (top) and batch (bottom).", "",
-              "![Time and memory](time_memory.png)", "",
-              "Bars: mean over seeds; dots: the seeds; whiskers: standard deviation.", "",
-              "![Quality](quality.png)", ""]
-    lines += ["## Per seed", "", *_per_seed_table(seeds), ""]
-    lines += ["## How it was run", "", "```sh", res["command"], "```", "",
-              "- One seed after the other, scvi-rs first, never two trainings at once. scvi-rs decides the "
-              "seeded 90 / 10 split (`split.json`); scvi-tools trains on exactly those cells through "
-              "`datasplitter_kwargs={\"external_indexing\": [train, validation, []]}`.",
-              "- Same epochs, batch key, labels key and model options for both; everything else at each tool's "
-              "defaults (the same values: README.md). Validation every epoch in both (scvi-rs always does it; "
-              "scvi-tools is given `check_val_every_n_epoch=1`), so an epoch is the same work.",
-              "- Time per epoch: scvi-rs's `history.csv` `seconds`; scvi-tools: a Lightning callback from the "
-              "start of one training epoch to the next (validation included). Median of the epochs after the "
-              "first. Wall time: the whole training process (start-up and data loading included). Peak RSS: "
-              "the training process's own maximum resident set (`wait4`); scvi-tools runs in a child process "
-              "of its own, and evaluates in another, so its RSS is that of training alone, as for scvi-rs.",
-              "- Threads: `OMP_NUM_THREADS`, `MKL_NUM_THREADS`, `OPENBLAS_NUM_THREADS` set to the same count "
-              "for both; `torch.set_num_threads` for PyTorch, `--threads` for scvi-rs.",
-              "- Latent metrics: the same Python code (`benchmarks/latent_metrics.py`) on both tools' latent "
-              "means of the held-out cells: kNN purity with 15 neighbours, batch entropy with 50 neighbours "
-              "divided by log(batches), silhouette of the labels, NMI / ARI of Leiden clusters of the "
-              "15-neighbour graph at the resolution in 0.1..2.0 with the best NMI.", ""]
-    s0 = seeds[0]
-    lines += [f"Commands of seed {s0['seed']} (paths under `runs/`):", "", "```sh"]
+    return lines
+
+
+def _plots(res):
+    return ["## Plots", "",
+            "![Training curves](training_curves.png)", "",
+            "Negative ELBO per cell against the epoch (`history.csv` / `model.history`: `elbo_train`, "
+            "`elbo_validation`), mean over seeds with the seeds' range shaded.", "",
+            "![UMAPs](umap.png)", "",
+            f"UMAPs of the two latent spaces (posterior means) of the held-out cells, seed {res['umap_seed']}, "
+            "coloured by cell type (top) and batch (bottom).", "",
+            "![Time and memory](time_memory.png)", "",
+            "Bars: mean over seeds; dots: the seeds; whiskers: standard deviation.", "",
+            "![Quality](quality.png)"]
+
+
+METHOD = [
+    "- One seed after the other, scvi-rs first, never two trainings at once. scvi-rs decides the seeded "
+    "90 / 10 split (`split.json`); scvi-tools trains on exactly those cells through "
+    "`datasplitter_kwargs={\"external_indexing\": [train, validation, []]}`.",
+    "- Same epochs, batch key, labels key and model options for both; everything else at each tool's "
+    "defaults (the same values: README.md). Validation every epoch in both (scvi-rs always does it; "
+    "scvi-tools is given `check_val_every_n_epoch=1`), so an epoch is the same work.",
+    "- Time per epoch: scvi-rs's `history.csv` `seconds`; scvi-tools: a Lightning callback from the start "
+    "of one training epoch to the next (validation included). Median of the epochs after the first. Wall "
+    "time: the whole training process (start-up and data loading included). Peak RSS: the training "
+    "process's own maximum resident set, started by a small launcher (`benchmarks/launch.py`, ~10 MB) so "
+    "that the driver's memory is not charged to it; scvi-tools trains in a process of its own and "
+    "evaluates in another, so its figure is training alone, as scvi-rs's is.",
+    "- Threads: `OMP_NUM_THREADS`, `MKL_NUM_THREADS`, `OPENBLAS_NUM_THREADS` set to the same count for "
+    "both; `torch.set_num_threads` for PyTorch, `--threads` for scvi-rs.",
+    "- Latent metrics: the same Python code (`benchmarks/latent_metrics.py`) on both tools' latent means "
+    "of the held-out cells: kNN purity with 15 neighbours, batch entropy with 50 neighbours divided by "
+    "log(batches), silhouette of the labels, NMI / ARI of Leiden clusters of the 15-neighbour graph at "
+    "the resolution in 0.1..2.0 with the best NMI.",
+]
+
+
+def _method(res):
+    s0 = res["seeds"][0]
+    lines = ["## How it was run", "", "```sh", res["command"], "```", "", *METHOD, "",
+             f"Commands of seed {s0['seed']}:", "", "```sh"]
     for t in TOOLS:
         lines.append(shlex.join(s0[t]["train"]["command"]))
         for step in ("evaluation", "embedding"):
             if s0[t].get(step, {}).get("command"):
                 lines.append(shlex.join(s0[t][step]["command"]))
-    lines += ["```", "", "scvi-tools calls (in `benchmarks/scvi_tools_child.py`):", "", "```python",
-              *s0["scvi-tools"]["calls"], "```", ""]
-    lines += ["## Machine, versions, threads, load", "",
-              f"- Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['cpus_usable']} usable by "
-              f"this run), {m['memory_gib']} GiB, {m['os']}" + (f"; GPU: {m['gpu']}" if m.get("gpu") else ""),
-              f"- {sw['scvi-rs']} (`{cfg['scvi_rs_binary']}`), repository at "
-              f"{(sw['scvi-rs_commit'] or 'unknown')[:12]}"
-              + (" with local changes" if sw["scvi-rs_tree_modified"] else ""),
-              "- Python " + sw["python"] + ": " + ", ".join(f"{k} {v}" for k, v in sw["packages"].items()),
-              f"- Threads: {cfg['threads']} for both (scvi-rs `--threads {cfg['threads']}`; torch reported "
-              f"{s0['scvi-tools'].get('torch_threads')} after `torch.set_num_threads`).",
-              "", "Load during each training run (1-minute load average, sampled every second; other "
-              "processes' cores = the machine's busy CPU time less the run's own, over the wall time):", "",
-              *_load_table(seeds), "",
-              "## Files", "",
-              "- `results.json`: every figure here and more (per-epoch times and losses, commands, load samples, "
-              "the full package list).",
-              "- `runs/seedN/scvi-rs/`, `runs/seedN/scvi-tools/`: models, logs, the held-out latents; "
-              "`runs/seedN/split.json`: the split both tools used."]
-    path.write_text("\n".join(lines) + "\n")
+    return lines + ["```", "", "scvi-tools calls (in `benchmarks/scvi_tools_child.py`):", "", "```python",
+                    *s0["scvi-tools"]["calls"], "```"]
+
+
+def _circumstances(res):
+    cfg, m, sw, seeds = res["config"], res["machine"], res["software"], res["seeds"]
+    commit = (sw["scvi-rs_commit"] or "unknown")[:12] + (" with local changes" if sw["scvi-rs_tree_modified"] else "")
+    return ["## Machine, versions, threads, load", "",
+            f"- Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['cpus_usable']} usable by this "
+            f"run), {m['memory_gib']} GiB, {m['os']}" + (f"; GPU: {m['gpu']}" if m.get("gpu") else ""),
+            f"- {sw['scvi-rs']} (`{cfg['scvi_rs_binary']}`); the repository of this script at {commit}",
+            "- Python " + sw["python"] + ": " + ", ".join(f"{k} {v}" for k, v in sw["packages"].items()),
+            f"- Threads: {cfg['threads']} for both (scvi-rs `--threads {cfg['threads']}`; torch reported "
+            f"{seeds[0]['scvi-tools'].get('torch_threads')} after `torch.set_num_threads`).",
+            "",
+            "Load during each training run (1-minute load average, sampled every second; other processes' "
+            "cores = the machine's busy CPU time less the run's own, over the wall time):",
+            "", *_load_table(seeds)]
+
+
+FILES = ["## Files", "",
+         "- `results.json`: every figure here and more (per-epoch times and losses, commands, load samples, "
+         "the full package list).",
+         "- `runs/seedN/scvi-rs/`, `runs/seedN/scvi-tools/`: models, logs, the held-out latents; "
+         "`runs/seedN/split.json`: the split both tools used."]
+
+
+def write_markdown(res, path: Path):
+    parts = [_header(res), _summary(res), _plots(res), ["## Per seed", "", *_per_seed_table(res["seeds"])],
+             _method(res), _circumstances(res), FILES]
+    path.write_text("\n\n".join("\n".join(p) for p in parts) + "\n")
 
 
 def _plain(o):

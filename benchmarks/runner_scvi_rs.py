@@ -66,11 +66,16 @@ class ScviRs:
                 cmd = [self.exe, "evaluate", model_dir, data, "--subset", "validation"]
             else:
                 cmd = [self.exe, "evaluate", model_dir, heldout_h5ad()]
-            cmd += ["--n-mc-samples", str(n_mc_samples), *self._common()]
+            # The command is young (issue 9): pass only the options its help lists.
+            extra = {"--n-mc-samples": str(n_mc_samples), "--threads": str(self.threads), "--device": self.device}
+            for flag, value in extra.items():
+                if flag in help_text:
+                    cmd += [flag, value]
             run = run_measured(cmd, self.env, logs / "evaluate.out", logs / "evaluate.log", gpu=self.device == "cuda")
             got = json.loads((logs / "evaluate.out").read_text())
+            keys = ["elbo", "reconstruction_error", "kl_local", "marginal_ll"]
             return {"command": run["command"], "wall_s": run["wall_s"], "source": "scvi-rs evaluate",
-                    **{k: float(got[k]) for k in ["elbo", "reconstruction_error", "kl_local", "marginal_ll"] if k in got}}
+                    **{k: float(got[k]) for k in keys if k in got}}
         cmd = [self.exe, "elbo", model_dir, data, "--subset", "validation", *self._common()]
         run = run_measured(cmd, self.env, logs / "elbo.out", logs / "elbo.log", gpu=self.device == "cuda")
         got = json.loads((logs / "elbo.out").read_text())

@@ -83,7 +83,7 @@ def train(job):
     model.save(job["model_dir"], overwrite=True, save_anndata=False)
     shown = {k: v for k, v in kwargs.items() if k not in ("callbacks", "datasplitter_kwargs")}
     result = {
-        "epoch_seconds": [b - a for a, b in zip(bounds, bounds[1:])],
+        "epoch_seconds": [b - a for a, b in zip(bounds, bounds[1:], strict=False)],
         "train_call_s": train_call_s,
         "history": history,
         "torch_threads": torch.get_num_threads(),
@@ -105,7 +105,7 @@ def train(job):
 
 
 def evaluate(job):
-    torch = _torch(job)
+    _torch(job)
     import anndata
     import numpy as np
     import scvi
