@@ -3,6 +3,7 @@
 
 pub mod csr;
 pub mod h5ad;
+pub mod hdf5;
 pub mod hvg;
 pub mod names;
 pub mod open;
@@ -10,7 +11,7 @@ pub mod simulate;
 pub mod tenx;
 pub mod validate;
 
-pub use csr::{CsrMatrix, SparseRows};
+pub use csr::{ColumnMap, CsrMatrix, SparseRows};
 
 use crate::error::{Error, Result};
 
