@@ -15,7 +15,7 @@ use hdf5_reader::Dataset as H5Dataset;
 
 use super::{attr_string, H5ad, H5adOptions};
 use crate::data::csr::CsrMatrix;
-use crate::data::hdf5::{self, attr_ints};
+use crate::data::hdf5::{self, attr_ints, NumField};
 use crate::error::Result;
 
 /// Entries per read in the CSC passes.
@@ -62,6 +62,13 @@ pub(super) struct Matrix {
 pub(super) struct Plan {
     pub(super) max_rows: usize,
     pub(super) max_entries: u64,
+}
+
+/// The arrays of a sparse matrix, ready to read: `indptr` (whole, checked), `indices`, `data`.
+struct Sparse<'a> {
+    ptr: Vec<u64>,
+    indices: NumField<'a>,
+    values: NumField<'a>,
 }
 
 /// What the encodings say when they are not one of the three.
@@ -258,43 +265,45 @@ impl H5ad {
         plan: Plan,
         f: &mut dyn FnMut(usize, CsrMatrix) -> Result<()>,
     ) -> Result<()> {
-        match &m.kind {
-            Kind::Csr { indices, indptr } => self.stream_csr(m, indices, indptr, plan, f),
-            Kind::Csc { indices, indptr } => self.stream_csc(m, indices, indptr, plan, f),
-            Kind::Dense => self.stream_dense(m, plan, f),
+        let (indices, indptr, by_rows) = match &m.kind {
+            Kind::Dense => return self.stream_dense(m, plan, f),
+            Kind::Csr { indices, indptr } => (indices, indptr, true),
+            Kind::Csc { indices, indptr } => (indices, indptr, false),
+        };
+        let [idx_field, data_field, ptr_field] =
+            ["indices", "data", "indptr"].map(|a| format!("{}/{a}", m.field));
+        // The whole `indptr`, checked: starts at 0, never decreases, ends at `nnz`.
+        let ptr = self
+            .num(&ptr_field, indptr)?
+            .offsets(m.nnz.unwrap_or(0), &data_field)?;
+        let sparse = Sparse {
+            ptr,
+            indices: self.num(&idx_field, indices)?,
+            values: self.num(&data_field, &m.values)?,
+        };
+        if by_rows {
+            self.stream_csr(m, &sparse, plan, f)
+        } else {
+            self.stream_csc(m, &sparse, plan, f)
         }
-    }
-
-    /// Read a whole `indptr`, checked: starts at 0, never decreases, ends at `nnz`.
-    fn read_indptr(&self, m: &Matrix, ds: &H5Dataset) -> Result<Vec<u64>> {
-        let field = format!("{}/indptr", m.field);
-        let values = format!("{}/data", m.field);
-        self.num(&field, ds)?.offsets(m.nnz.unwrap_or(0), &values)
     }
 
     fn stream_csr(
         &self,
         m: &Matrix,
-        indices: &H5Dataset,
-        indptr: &H5Dataset,
+        s: &Sparse,
         plan: Plan,
         f: &mut dyn FnMut(usize, CsrMatrix) -> Result<()>,
     ) -> Result<()> {
-        let ptr = self.read_indptr(m, indptr)?;
-        let (idx_field, data_field) = (format!("{}/indices", m.field), format!("{}/data", m.field));
-        let (indices, values) = (
-            self.num(&idx_field, indices)?,
-            self.num(&data_field, &m.values)?,
-        );
-        for (r0, r1) in row_chunks(&ptr, plan) {
-            let (a, b) = (ptr[r0], ptr[r1]);
-            let idx = indices.indices(a, b, m.n_cols as u64, "column")?;
+        for (r0, r1) in row_chunks(&s.ptr, plan) {
+            let (a, b) = (s.ptr[r0], s.ptr[r1]);
+            let idx = s.indices.indices(a, b, m.n_cols as u64, "column")?;
             let chunk = CsrMatrix {
                 n_rows: r1 - r0,
                 n_cols: m.n_cols,
-                indptr: ptr[r0..=r1].iter().map(|&p| p - a).collect(),
+                indptr: s.ptr[r0..=r1].iter().map(|&p| p - a).collect(),
                 indices: idx.into_iter().map(|x| x as u32).collect(),
-                data: values.range(a, b)?,
+                data: s.values.range(a, b)?,
             };
             f(r0, self.finish_chunk(m, r0, chunk)?)?;
         }
@@ -304,18 +313,12 @@ impl H5ad {
     fn stream_csc(
         &self,
         m: &Matrix,
-        indices: &H5Dataset,
-        indptr: &H5Dataset,
+        s: &Sparse,
         plan: Plan,
         f: &mut dyn FnMut(usize, CsrMatrix) -> Result<()>,
     ) -> Result<()> {
-        let colptr = self.read_indptr(m, indptr)?;
+        let (colptr, indices, values) = (&s.ptr, &s.indices, &s.values);
         let nnz = m.nnz.unwrap_or(0);
-        let (idx_field, data_field) = (format!("{}/indices", m.field), format!("{}/data", m.field));
-        let (indices, values) = (
-            self.num(&idx_field, indices)?,
-            self.num(&data_field, &m.values)?,
-        );
 
         // Pass 1: values per row, as CSR row offsets of the whole matrix.
         let mut rowptr = vec![0u64; m.n_rows + 1];

@@ -259,29 +259,26 @@ pub fn read_10x_mtx(dir: &Path) -> Result<TenxMtx> {
     // Pass 1: header, sizes, entries per cell.
     let mut r = open_text(&mtx)?;
     let (h, head_lines) = mtx_header(&mtx, &mut *r)?;
-    if h.rows != ids.len() {
-        return Err(Error::format(
-            dir,
-            format!(
-                "{} lists {} genes but {} has {} rows (genes)",
-                features.file_name().unwrap_or_default().to_string_lossy(),
-                ids.len(),
-                mtx.file_name().unwrap_or_default().to_string_lossy(),
-                h.rows
-            ),
-        ));
-    }
-    if h.cols != barcodes.len() {
-        return Err(Error::format(
-            dir,
-            format!(
-                "{} lists {} cells but {} has {} columns (cells)",
-                barcodes_p.file_name().unwrap_or_default().to_string_lossy(),
-                barcodes.len(),
-                mtx.file_name().unwrap_or_default().to_string_lossy(),
-                h.cols
-            ),
-        ));
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string()
+    };
+    for (list, listed, what, n, dim) in [
+        (&features, ids.len(), "genes", h.rows, "rows"),
+        (&barcodes_p, barcodes.len(), "cells", h.cols, "columns"),
+    ] {
+        if n != listed {
+            return Err(Error::format(
+                dir,
+                format!(
+                    "{} lists {listed} {what} but {} has {n} {dim} ({what})",
+                    name(list),
+                    name(&mtx)
+                ),
+            ));
+        }
     }
     let mut per_cell = vec![0u64; h.cols + 1];
     let mut seen = 0u64;
