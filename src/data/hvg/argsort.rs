@@ -201,9 +201,9 @@ mod xss {
                     l += 1;
                 }
             }
-            for lane in 0..8 {
-                self.mins[lane] = min(kv[lane], self.mins[lane]);
-                self.maxs[lane] = max(kv[lane], self.maxs[lane]);
+            for (lane, &k) in kv.iter().enumerate() {
+                self.mins[lane] = min(k, self.mins[lane]);
+                self.maxs[lane] = max(k, self.maxs[lane]);
             }
             self.l += 8 - amount;
             self.r = self.r.wrapping_sub(amount);
