@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use scvi_rs::data::tenx::{read_10x_h5, read_10x_mtx, TenxH5};
 use scvi_rs::data::{CsrMatrix, SparseRows};
-use scvi_rs::store::input::{detect_format, load_dataset, Input, InputFormat};
+use scvi_rs::store::{detect_format, load_dataset, Input, InputFormat};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

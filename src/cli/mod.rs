@@ -15,10 +15,3 @@ pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> Result<T> + Sen
         .build()?;
     pool.install(f)
 }
-
-/// Print warnings from reading the data.
-pub fn print_warnings(w: &[String]) {
-    for m in w {
-        eprintln!("warning: {m}");
-    }
-}

@@ -6,7 +6,6 @@ pub mod h5ad;
 pub mod hdf5;
 pub mod hvg;
 pub mod names;
-pub mod open;
 pub mod simulate;
 pub mod tenx;
 pub mod validate;
@@ -115,21 +114,30 @@ impl Dataset {
 
     /// The obs column `key`, or an error listing the columns there are.
     pub fn obs_column(&self, key: &str) -> Result<&ObsColumn> {
-        self.obs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, c)| c)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self.obs.iter().map(|(k, _)| k.as_str()).collect();
-                Error::Data(format!(
-                    "{}: obs has no column '{key}' (columns: {})",
-                    self.source,
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ))
-            })
+        find_obs(&self.obs, key, &self.source, "")
     }
+}
+
+/// The obs column `key`, or an error naming `source` and listing the columns there are; `purpose`
+/// (" for --hvg-batch-key", or "") says what the column was wanted for.
+pub fn find_obs<'a>(
+    obs: &'a [(String, ObsColumn)],
+    key: &str,
+    source: &str,
+    purpose: &str,
+) -> Result<&'a ObsColumn> {
+    obs.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, c)| c)
+        .ok_or_else(|| {
+            let names: Vec<&str> = obs.iter().map(|(k, _)| k.as_str()).collect();
+            Error::Data(format!(
+                "{source}: obs has no column '{key}'{purpose} (columns: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        })
 }

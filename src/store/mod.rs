@@ -31,6 +31,7 @@ mod writer;
 
 pub use format::{Header, ValueSummary, FORMAT_NAME, FORMAT_VERSION};
 pub use hash::{wfnv64, Hasher64};
+pub use input::{detect_format, load_dataset, open_input, Input, InputFormat, InputMeta};
 pub use writer::{StoreMeta, StoreWriter};
 
 use std::fs::File;
