@@ -316,20 +316,33 @@ fn bad_rows_leave_no_store() {
 // ------------------------------------------------------------------------------------------------
 // The data commands, end to end through their library functions.
 
-use scvi_rs::cli_data::{info_json, run_convert, run_simulate, ConvertArgs, SimulateArgs};
 use scvi_rs::data::hvg::highly_variable_genes_seurat_v3;
+use scvi_rs::store::{convert, info_json, open_input, write_simulated, ConvertOptions, Written};
 
-fn convert_args(input: &Path, output: &Path) -> ConvertArgs {
-    ConvertArgs {
+/// A conversion as the tests vary it: the input (with the layer to read) and the options.
+struct Conversion {
+    input: PathBuf,
+    output: PathBuf,
+    layer: Option<String>,
+    opts: ConvertOptions,
+}
+
+fn convert_args(input: &Path, output: &Path) -> Conversion {
+    Conversion {
         input: input.to_path_buf(),
         output: output.to_path_buf(),
         layer: None,
-        n_top_genes: None,
-        hvg_batch_key: None,
-        genes: None,
-        chunk_rows: Some(2),
-        force: false,
+        opts: ConvertOptions {
+            chunk_rows: Some(2),
+            ..Default::default()
+        },
     }
+}
+
+/// What `scvi-rs convert` does after checking its output: open the input, convert it.
+fn run_convert(c: &Conversion) -> scvi_rs::Result<Written> {
+    let input = open_input(&c.input, c.layer.as_deref())?;
+    convert(&input, &c.output, &c.opts)
 }
 
 fn tenx(name: &str) -> PathBuf {
@@ -345,7 +358,7 @@ fn convert_mtx_with_gene_list() {
     std::fs::write(&list, "# wanted\nGeneD\nENSG02\n\nGeneA-1\n").unwrap();
     let out = dir.join("x.store");
     let mut a = convert_args(&tenx("mtx_v3"), &out);
-    a.genes = Some(list.clone());
+    a.opts.genes = Some(list.clone());
     run_convert(&a).unwrap();
     let s = Store::open(&out).unwrap();
     assert_eq!(s.gene_names(), ["GeneD", "GeneB", "GeneA-1"]);
@@ -361,7 +374,7 @@ fn convert_mtx_with_gene_list() {
     s.verify().unwrap();
     // Genes that are not there are named.
     std::fs::write(&list, "GeneD\nNOPE1\nNOPE2\n").unwrap();
-    a.force = true;
+    a.opts.force = true;
     let e = run_convert(&a).unwrap_err().to_string();
     assert!(
         e.contains("NOPE1") && e.contains("NOPE2") && e.contains("2 of the 3"),
@@ -407,17 +420,15 @@ fn convert_10x_h5_and_store_to_store() {
 fn simulate_then_convert_with_hvg_streams_like_in_memory() {
     let dir = tmpdir("hvgconv");
     let sim = dir.join("sim.store");
-    run_simulate(&SimulateArgs {
-        cells: 3000,
-        genes: 400,
-        batches: 3,
-        cell_types: 4,
+    let cfg = SimConfig {
+        n_cells: 3000,
+        n_genes: 400,
+        n_batches: 3,
+        n_cell_types: 4,
         seed: 9,
-        library_median: None,
-        out: sim.clone(),
-        force: false,
-    })
-    .unwrap();
+        ..SimConfig::default()
+    };
+    write_simulated(&cfg, &sim, false).unwrap();
     let v = info_json(&sim, false).unwrap();
     assert_eq!(v["n_cells"], 3000);
     let obs = v["obs"].as_array().unwrap();
@@ -427,9 +438,9 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
 
     let out = dir.join("hvg.store");
     let mut a = convert_args(&sim, &out);
-    a.n_top_genes = Some(60);
-    a.hvg_batch_key = Some("batch".into());
-    a.chunk_rows = Some(257);
+    a.opts.n_top_genes = Some(60);
+    a.opts.hvg_batch_key = Some("batch".into());
+    a.opts.chunk_rows = Some(257);
     run_convert(&a).unwrap();
     let s = Store::open(&out).unwrap();
     assert_eq!(s.n_genes(), 60);
@@ -468,8 +479,8 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
         }
     }
     // Unknown batch key, and .h5ad output of simulate.
-    a.force = true;
-    a.hvg_batch_key = Some("nope".into());
+    a.opts.force = true;
+    a.opts.hvg_batch_key = Some("nope".into());
     assert!(run_convert(&a).unwrap_err().to_string().contains("nope"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -478,19 +489,17 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
 fn simulate_writes_h5ad_that_reads_back() {
     let dir = tmpdir("simh5ad");
     let p = dir.join("sim.h5ad");
-    let args = SimulateArgs {
-        cells: 700,
-        genes: 150,
-        batches: 3,
-        cell_types: 4,
+    let cfg = SimConfig {
+        n_cells: 700,
+        n_genes: 150,
+        n_batches: 3,
+        n_cell_types: 4,
         seed: 3,
-        library_median: None,
-        out: p.clone(),
-        force: false,
+        ..SimConfig::default()
     };
-    run_simulate(&args).unwrap();
+    write_simulated(&cfg, &p, false).unwrap();
     let d = scvi_rs::data::h5ad::read_h5ad(&p, &Default::default()).unwrap();
-    let want = scvi_rs::data::simulate::simulate(&args.config());
+    let want = simulate(&cfg);
     assert_eq!(d.gene_names, want.gene_names);
     assert_eq!(d.cell_names, want.cell_names);
     assert_eq!(d.obs, want.obs);
@@ -541,7 +550,7 @@ fn convert_csc_dense_and_layer_h5ad() {
         let out = dir.join(format!("{file}.store"));
         let mut a = convert_args(&p, &out);
         a.layer = layer.map(str::to_string);
-        a.chunk_rows = None;
+        a.opts.chunk_rows = None;
         run_convert(&a).unwrap();
         let s = Store::open(&out).unwrap();
         assert_eq!(s.n_cells(), want.n_cells(), "{file}");
@@ -597,7 +606,7 @@ fn convert_h5ad_matches_reader() {
     let dir = tmpdir("h5ad");
     let out = dir.join("kang.store");
     let mut a = convert_args(&p, &out);
-    a.chunk_rows = Some(4096);
+    a.opts.chunk_rows = Some(4096);
     run_convert(&a).unwrap();
     let s = Store::open(&out).unwrap();
     let d = scvi_rs::data::h5ad::read_h5ad(&p, &Default::default()).unwrap();
@@ -629,17 +638,15 @@ fn bench_simulate() {
     let cells = std::env::var("SCVI_BENCH_CELLS")
         .map(|s| s.parse().unwrap())
         .unwrap_or(1_000_000);
-    run_simulate(&SimulateArgs {
-        cells,
-        genes: 2000,
-        batches: 4,
-        cell_types: 8,
+    let cfg = SimConfig {
+        n_cells: cells,
+        n_genes: 2000,
+        n_batches: 4,
+        n_cell_types: 8,
         seed: 0,
-        library_median: None,
-        out,
-        force: false,
-    })
-    .unwrap();
+        ..SimConfig::default()
+    };
+    write_simulated(&cfg, &out, false).unwrap();
 }
 
 /// `SCVI_BENCH_IN=x.h5ad SCVI_BENCH_OUT=/tmp/x.store cargo test --release --test store bench_convert -- --ignored --nocapture`
@@ -649,12 +656,12 @@ fn bench_convert() {
     let input = PathBuf::from(std::env::var("SCVI_BENCH_IN").expect("SCVI_BENCH_IN"));
     let out = PathBuf::from(std::env::var("SCVI_BENCH_OUT").expect("SCVI_BENCH_OUT"));
     let mut a = convert_args(&input, &out);
-    a.chunk_rows = std::env::var("SCVI_BENCH_CHUNK")
+    a.opts.chunk_rows = std::env::var("SCVI_BENCH_CHUNK")
         .ok()
         .map(|s| s.parse().unwrap());
     if let Ok(n) = std::env::var("SCVI_BENCH_HVG") {
-        a.n_top_genes = Some(n.parse().unwrap());
-        a.hvg_batch_key = std::env::var("SCVI_BENCH_HVG_KEY").ok();
+        a.opts.n_top_genes = Some(n.parse().unwrap());
+        a.opts.hvg_batch_key = std::env::var("SCVI_BENCH_HVG_KEY").ok();
     }
     run_convert(&a).unwrap();
 }

@@ -1,6 +1,7 @@
 //! The command line: a thin layer over the library. Each command parses its flags, calls the
 //! library, prints progress and results, and returns an error that `main` prints.
 
+pub mod data_cmds;
 pub mod demo;
 pub mod doctor;
 pub mod model_cmds;

@@ -2,6 +2,7 @@
 //! checks that every reader shares.
 
 pub mod csr;
+pub mod genes;
 pub mod h5ad;
 pub mod hdf5;
 pub mod hvg;

@@ -383,6 +383,16 @@ impl H5adWriter {
         })
     }
 
+    /// Rows appended so far.
+    pub fn n_rows(&self) -> usize {
+        self.indptr.len() - 1
+    }
+
+    /// Values appended so far.
+    pub fn nnz(&self) -> u64 {
+        *self.indptr.last().unwrap_or(&0) as u64
+    }
+
     /// Append rows (checked like the store's: structure, gene count, values).
     pub fn append_owned(&mut self, chunk: CsrMatrix) -> Result<()> {
         if chunk.n_cols != self.n_genes {

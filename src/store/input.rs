@@ -280,6 +280,14 @@ impl Input {
         Ok(input)
     }
 
+    /// The store, when the input is one.
+    pub fn store(&self) -> Option<&Store> {
+        match &self.body {
+            Body::Store(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Stream the counts as CSR chunks of at most `chunk_rows` rows, in order. The values are not
     /// checked here (the writers and [`Input::into_dataset`] check them).
     pub fn for_each_chunk(

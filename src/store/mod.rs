@@ -23,15 +23,21 @@
 //! A store is written under a temporary name next to its final path and renamed at the end, so an
 //! interrupted conversion never leaves a half-written store behind.
 
+pub mod convert;
 mod format;
 pub mod h5ad_writer;
 mod hash;
+pub mod info;
 pub mod input;
+pub mod output;
 mod writer;
 
+pub use convert::{convert, ConvertOptions};
 pub use format::{Header, ValueSummary, FORMAT_NAME, FORMAT_VERSION};
 pub use hash::{wfnv64, Hasher64};
+pub use info::info_json;
 pub use input::{detect_format, load_dataset, open_input, Input, InputFormat, InputMeta};
+pub use output::{output_kind, write_simulated, MatrixWriter, Written};
 pub use writer::{StoreMeta, StoreWriter};
 
 use std::fs::File;
