@@ -13,6 +13,7 @@ use std::path::Path;
 
 use hdf5_reader::{Attribute, Dataset as H5Dataset, Datatype, SliceInfo, SliceInfoElem};
 
+use super::CsrMatrix;
 use crate::error::{Error, Result};
 
 /// `hdf5-reader`'s error type.
@@ -307,6 +308,55 @@ impl<'a> NumField<'a> {
         decode(self.kind, &Selected(self.ds, sel))
             .map_err(|e| Error::format(self.path, format!("{}: {e}", self.field)))
     }
+}
+
+/// A compressed sparse matrix in a file, read a range of rows at a time: its row offsets (read
+/// whole and checked), its column indices and its values. An `.h5ad` CSR matrix is one; so is a
+/// 10x matrix, whose genes x cells CSC is the CSR of cells x genes.
+pub struct StoredCsr<'a> {
+    /// `X`, `layers/counts`, `matrix`: the matrix in messages.
+    pub name: &'a str,
+    pub ptr: &'a [u64],
+    pub indices: NumField<'a>,
+    pub values: NumField<'a>,
+}
+
+impl StoredCsr<'_> {
+    /// Rows `r0..r1`, every column index checked to lie in `0..n_cols`, rows made canonical.
+    pub fn rows(&self, r0: usize, r1: usize, n_cols: usize) -> Result<CsrMatrix> {
+        let (a, b) = (self.ptr[r0], self.ptr[r1]);
+        let idx = self.indices.indices(a, b, n_cols as u64, "column")?;
+        let chunk = CsrMatrix {
+            n_rows: r1 - r0,
+            n_cols,
+            indptr: self.ptr[r0..=r1].iter().map(|&p| p - a).collect(),
+            indices: idx.into_iter().map(|x| x as u32).collect(),
+            data: self.values.range(a, b)?,
+        };
+        canonical_rows(chunk, self.indices.path, self.name, r0)
+    }
+}
+
+/// Make a chunk of rows (whose first row is row `r0` of matrix `name` in `path`) canonical, as
+/// scipy's `sum_duplicates` does (files nearly always store them so already), and check its
+/// structure.
+pub fn canonical_rows(
+    mut chunk: CsrMatrix,
+    path: &Path,
+    name: &str,
+    r0: usize,
+) -> Result<CsrMatrix> {
+    chunk.canonicalize();
+    chunk.validate_structure().map_err(|e| {
+        Error::format(
+            path,
+            format!(
+                "{name} (rows {r0}..{}; row numbers below count from {r0}): {e}",
+                r0 + chunk.n_rows
+            ),
+        )
+    })?;
+    Ok(chunk)
 }
 
 /// The numeric kind of a stored type, or an error naming the file and the field.

@@ -195,34 +195,15 @@ impl StoreWriter {
         if let Some(c) = self.checks.as_mut() {
             c.check_chunk(self.n_rows, &chunk)?;
         }
+        let chunk = chunk.without_zeros();
         let base = self.nnz;
-        let p0 = chunk.indptr[0];
-        let (ptrs, idx, val) = if chunk.data.contains(&0.0) {
-            let mut idx = Vec::with_capacity(chunk.indices.len());
-            let mut val = Vec::with_capacity(chunk.data.len());
-            let mut ptrs = Vec::with_capacity(chunk.n_rows);
-            for i in 0..chunk.n_rows {
-                let (a, b) = (chunk.indptr[i] as usize, chunk.indptr[i + 1] as usize);
-                for k in a..b {
-                    if chunk.data[k] != 0.0 {
-                        idx.push(chunk.indices[k]);
-                        val.push(chunk.data[k]);
-                    }
-                }
-                ptrs.push(base + idx.len() as u64);
-            }
-            (ptrs, idx, val)
-        } else {
-            let a = p0 as usize;
-            let b = *chunk.indptr.last().unwrap() as usize;
-            let ptrs = chunk.indptr[1..].iter().map(|&p| base + p - p0).collect();
-            let (mut idx, mut val) = (chunk.indices, chunk.data);
-            if a != 0 || b != idx.len() {
-                idx = idx[a..b].to_vec();
-                val = val[a..b].to_vec();
-            }
-            (ptrs, idx, val)
-        };
+        let (p0, p1) = (chunk.indptr[0], chunk.indptr[chunk.n_rows]);
+        let ptrs: Vec<u64> = chunk.indptr[1..].iter().map(|&p| base + p - p0).collect();
+        let (mut idx, mut val) = (chunk.indices, chunk.data);
+        if p0 != 0 || p1 as usize != idx.len() {
+            idx = idx[p0 as usize..p1 as usize].to_vec();
+            val = val[p0 as usize..p1 as usize].to_vec();
+        }
         let mut prev = self.nnz;
         for &p in &ptrs {
             self.values.n_empty_cells += (p == prev) as u64;

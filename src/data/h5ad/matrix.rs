@@ -15,7 +15,7 @@ use hdf5_reader::Dataset as H5Dataset;
 
 use super::{attr_string, H5ad, H5adOptions};
 use crate::data::csr::CsrMatrix;
-use crate::data::hdf5::{self, attr_ints, NumField};
+use crate::data::hdf5::{self, attr_ints, canonical_rows, StoredCsr};
 use crate::error::Result;
 
 /// Entries per read in the CSC passes.
@@ -62,13 +62,6 @@ pub(super) struct Matrix {
 pub(super) struct Plan {
     pub(super) max_rows: usize,
     pub(super) max_entries: u64,
-}
-
-/// The arrays of a sparse matrix, ready to read: `indptr` (whole, checked), `indices`, `data`.
-struct Sparse<'a> {
-    ptr: Vec<u64>,
-    indices: NumField<'a>,
-    values: NumField<'a>,
 }
 
 /// What the encodings say when they are not one of the three.
@@ -276,44 +269,26 @@ impl H5ad {
         let ptr = self
             .num(&ptr_field, indptr)?
             .offsets(m.nnz.unwrap_or(0), &data_field)?;
-        let sparse = Sparse {
-            ptr,
+        let sparse = StoredCsr {
+            name: &m.field,
+            ptr: &ptr,
             indices: self.num(&idx_field, indices)?,
             values: self.num(&data_field, &m.values)?,
         };
-        if by_rows {
-            self.stream_csr(m, &sparse, plan, f)
-        } else {
-            self.stream_csc(m, &sparse, plan, f)
+        if !by_rows {
+            return self.stream_csc(m, &sparse, plan, f);
         }
-    }
-
-    fn stream_csr(
-        &self,
-        m: &Matrix,
-        s: &Sparse,
-        plan: Plan,
-        f: &mut dyn FnMut(usize, CsrMatrix) -> Result<()>,
-    ) -> Result<()> {
-        for (r0, r1) in row_chunks(&s.ptr, plan) {
-            let (a, b) = (s.ptr[r0], s.ptr[r1]);
-            let idx = s.indices.indices(a, b, m.n_cols as u64, "column")?;
-            let chunk = CsrMatrix {
-                n_rows: r1 - r0,
-                n_cols: m.n_cols,
-                indptr: s.ptr[r0..=r1].iter().map(|&p| p - a).collect(),
-                indices: idx.into_iter().map(|x| x as u32).collect(),
-                data: s.values.range(a, b)?,
-            };
-            f(r0, self.finish_chunk(m, r0, chunk)?)?;
+        for (r0, r1) in row_chunks(&ptr, plan) {
+            f(r0, sparse.rows(r0, r1, m.n_cols)?)?;
         }
         Ok(())
     }
 
+    /// Rows of a CSC matrix, whose `sparse` arrays run by column.
     fn stream_csc(
         &self,
         m: &Matrix,
-        s: &Sparse,
+        s: &StoredCsr,
         plan: Plan,
         f: &mut dyn FnMut(usize, CsrMatrix) -> Result<()>,
     ) -> Result<()> {
@@ -371,7 +346,7 @@ impl H5ad {
                 indices: idx,
                 data: val,
             };
-            f(r0, self.finish_chunk(m, r0, chunk)?)?;
+            f(r0, canonical_rows(chunk, &self.path, &m.field, r0)?)?;
         }
         Ok(())
     }
@@ -416,19 +391,6 @@ impl H5ad {
             r0 = r1;
         }
         Ok(())
-    }
-
-    /// Make a chunk canonical (rows sorted, duplicates summed) and check its structure.
-    fn finish_chunk(&self, m: &Matrix, r0: usize, mut chunk: CsrMatrix) -> Result<CsrMatrix> {
-        chunk.canonicalize();
-        chunk.validate_structure().map_err(|e| {
-            self.err(format!(
-                "{} (rows {r0}..{}; row numbers below count from {r0}): {e}",
-                m.field,
-                r0 + chunk.n_rows
-            ))
-        })?;
-        Ok(chunk)
     }
 }
 

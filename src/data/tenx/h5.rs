@@ -11,7 +11,7 @@ use hdf5_reader::{Dataset as H5Dataset, Hdf5File};
 
 use super::{gex_filter, keep_genes, TenxGenes};
 use crate::data::csr::ColumnMap;
-use crate::data::hdf5::NumField;
+use crate::data::hdf5::{NumField, StoredCsr};
 use crate::data::{CsrMatrix, Dataset};
 use crate::error::{Error, Result};
 
@@ -195,31 +195,21 @@ impl TenxH5 {
             format!("{}/data", self.group),
             format!("{}/indices", self.group),
         );
-        let data = NumField::new(&self.path, &data_field, &data)?;
-        let indices = NumField::new(&self.path, &idx_field, &indices)?;
+        let stored = StoredCsr {
+            name: &self.group,
+            ptr: &self.indptr,
+            indices: NumField::new(&self.path, &idx_field, &indices)?,
+            values: NumField::new(&self.path, &data_field, &data)?,
+        };
         let n = self.n_cells();
         let step = chunk_rows.max(1);
         let mut r0 = 0;
         while r0 < n {
             let r1 = (r0 + step).min(n);
-            let (a, b) = (self.indptr[r0], self.indptr[r1]);
-            let idx = indices.indices(a, b, self.n_file_genes as u64, "gene")?;
-            let mut chunk = CsrMatrix {
-                n_rows: r1 - r0,
-                n_cols: self.n_file_genes,
-                indptr: self.indptr[r0..=r1].iter().map(|&p| p - a).collect(),
-                indices: idx.into_iter().map(|j| j as u32).collect(),
-                data: data.range(a, b)?,
-            };
-            // Cell Ranger writes sorted rows; this makes any other writer's rows canonical.
-            chunk.canonicalize();
-            chunk.validate_structure().map_err(|e| {
-                err(format!(
-                    "{} (cells {r0}..{r1}, rows counted from {r0}): {e}",
-                    self.group
-                ))
-            })?;
-            f(r0, keep_genes(chunk, &self.map))?;
+            f(
+                r0,
+                keep_genes(stored.rows(r0, r1, self.n_file_genes)?, &self.map),
+            )?;
             r0 = r1;
         }
         Ok(())
