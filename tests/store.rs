@@ -1,16 +1,17 @@
 //! The memory-mapped store: round trip, integrity checks at open, atomic writes, bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::data::{categorical, chosen_names};
+use common::files::{fixture, listing, shared_data, skip};
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::data::{CsrMatrix, ObsColumn, SparseRows};
 use scvi_rs::store::{Store, StoreMeta, StoreWriter};
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("scvi-rs-test-store-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::files::tmpdir("store", name)
 }
 
 fn small() -> (CsrMatrix, StoreMeta) {
@@ -94,10 +95,7 @@ fn round_trip_small() {
     assert_eq!(d.counts.row_sum(2), 13.0);
     assert_eq!(d.n_genes(), 4);
     // No temporary directory left behind.
-    let left: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = listing(&dir);
     assert_eq!(left.len(), 1, "{left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -105,12 +103,8 @@ fn round_trip_small() {
 #[test]
 fn round_trip_simulated_and_explicit_zeros() {
     let dir = tmpdir("sim");
-    let cfg = SimConfig {
-        n_cells: 3000,
-        n_genes: 200,
-        seed: 5,
-        ..SimConfig::default()
-    };
+    // (2 batches and 5 cell types: the simulator's defaults.)
+    let cfg = sim_config((3000, 200), 2, 5, 5);
     let d = simulate(&cfg);
     let p = dir.join("sim.store");
     let mut w = StoreWriter::create(&p, 200, "sim", false).unwrap();
@@ -120,14 +114,13 @@ fn round_trip_simulated_and_explicit_zeros() {
         let mut c = CsrMatrix::with_cols(200);
         for &i in rows {
             let (j, v) = d.counts.row(i);
-            let mut e: Vec<(u32, f32)> = j.iter().copied().zip(v.iter().copied()).collect();
-            if !e.iter().any(|x| x.0 == 199) {
-                e.push((199, 0.0));
+            let (mut j, mut v) = (j.to_vec(), v.to_vec());
+            if j.last() != Some(&199) {
+                j.push(199);
+                v.push(0.0);
             }
-            c.indices.extend(e.iter().map(|x| x.0));
-            c.data.extend(e.iter().map(|x| x.1));
-            c.indptr.push(c.indices.len() as u64);
-            c.n_rows += 1;
+            let row = CsrMatrix::from_parts(1, 200, vec![0, j.len() as u64], j, v).unwrap();
+            c.append_rows(&row);
         }
         w.append(&c).unwrap();
     }
@@ -243,7 +236,7 @@ fn corrupt_or_truncated_store_is_an_error() {
 fn bad_rows_leave_no_store() {
     let dir = tmpdir("bad");
     let p = dir.join("bad.store");
-    let count = |d: &Path| std::fs::read_dir(d).unwrap().count();
+    let count = |d: &Path| listing(d).len();
 
     // A temporary directory left by a killed conversion (no such process) is cleaned up.
     let stale = dir.join(".scvi-rs-tmp.999999999.0.bad.store");
@@ -346,9 +339,19 @@ fn run_convert(c: &Conversion) -> scvi_rs::Result<Written> {
 }
 
 fn tenx(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tenx")
-        .join(name)
+    fixture("tenx", name)
+}
+
+/// A simulated data set: sizes, batches, cell types, seed.
+fn sim_config(size: (usize, usize), n_batches: usize, n_cell_types: usize, seed: u64) -> SimConfig {
+    SimConfig {
+        n_cells: size.0,
+        n_genes: size.1,
+        n_batches,
+        n_cell_types,
+        seed,
+        ..SimConfig::default()
+    }
 }
 
 #[test]
@@ -420,14 +423,7 @@ fn convert_10x_h5_and_store_to_store() {
 fn simulate_then_convert_with_hvg_streams_like_in_memory() {
     let dir = tmpdir("hvgconv");
     let sim = dir.join("sim.store");
-    let cfg = SimConfig {
-        n_cells: 3000,
-        n_genes: 400,
-        n_batches: 3,
-        n_cell_types: 4,
-        seed: 9,
-        ..SimConfig::default()
-    };
+    let cfg = sim_config((3000, 400), 3, 4, 9);
     write_simulated(&cfg, &sim, false).unwrap();
     let v = info_json(&sim, false).unwrap();
     assert_eq!(v["n_cells"], 3000);
@@ -446,21 +442,11 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
     assert_eq!(s.n_genes(), 60);
 
     let d = Store::open(&sim).unwrap().into_dataset();
-    let (codes, cats) = d
-        .obs_column("batch")
-        .unwrap()
-        .to_categorical("batch")
-        .unwrap();
+    let (codes, cats) = categorical(&d, "batch");
     let res =
         highly_variable_genes_seurat_v3(d.counts.as_ref(), Some((codes, cats.len())), 60).unwrap();
-    let chosen: Vec<&String> = d
-        .gene_names
-        .iter()
-        .zip(&res.highly_variable)
-        .filter(|(_, &h)| h)
-        .map(|(g, _)| g)
-        .collect();
-    let stored: Vec<&String> = s.gene_names().iter().collect();
+    let chosen = chosen_names(&d.gene_names, &res.highly_variable);
+    let stored: Vec<&str> = s.gene_names().iter().map(|g| g.as_str()).collect();
     assert_eq!(stored, chosen, "streamed HVG differs from in-memory HVG");
     // The genes keep their original order and the counts are the original columns.
     let pos: std::collections::HashMap<&str, u32> = d
@@ -489,14 +475,7 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
 fn simulate_writes_h5ad_that_reads_back() {
     let dir = tmpdir("simh5ad");
     let p = dir.join("sim.h5ad");
-    let cfg = SimConfig {
-        n_cells: 700,
-        n_genes: 150,
-        n_batches: 3,
-        n_cell_types: 4,
-        seed: 3,
-        ..SimConfig::default()
-    };
+    let cfg = sim_config((700, 150), 3, 4, 3);
     write_simulated(&cfg, &p, false).unwrap();
     let d = scvi_rs::data::h5ad::read_h5ad(&p, &Default::default()).unwrap();
     let want = simulate(&cfg);
@@ -511,10 +490,7 @@ fn simulate_writes_h5ad_that_reads_back() {
     let s = dir.join("sim.store");
     run_convert(&convert_args(&p, &s)).unwrap();
     assert_eq!(Store::open(&s).unwrap().nnz(), want.counts.nnz());
-    let left: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = listing(&dir);
     assert_eq!(left.len(), 2, "temporary files left: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -522,22 +498,15 @@ fn simulate_writes_h5ad_that_reads_back() {
 #[test]
 fn convert_csc_dense_and_layer_h5ad() {
     // The h5ad reader's fixtures: a CSC X, a dense X, and a counts layer.
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h5ad");
     let dir = tmpdir("cscconv");
     for (file, layer) in [
         ("csc.h5ad", None),
         ("dense.h5ad", None),
         ("layer_counts.h5ad", Some("counts")),
     ] {
-        let p = fx.join(file);
+        let p = fixture("h5ad", file);
         if !p.exists() {
-            {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipped: {file} not found (the shared data sets are not beside this checkout)"
-                );
-            }
+            skip(&format!("{file} not found"));
             continue;
         }
         let want = scvi_rs::data::h5ad::read_h5ad(
@@ -591,18 +560,9 @@ fn convert_10x_to_h5ad() {
 
 #[test]
 fn convert_h5ad_matches_reader() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/kang_ifnb_hvg2k.h5ad");
-    if !p.exists() {
-        {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: {} not found (the shared data sets are not beside this checkout)",
-                p.display()
-            );
-        }
+    let Some(p) = shared_data("kang_ifnb_hvg2k.h5ad") else {
         return;
-    }
+    };
     let dir = tmpdir("h5ad");
     let out = dir.join("kang.store");
     let mut a = convert_args(&p, &out);
@@ -638,14 +598,7 @@ fn bench_simulate() {
     let cells = std::env::var("SCVI_BENCH_CELLS")
         .map(|s| s.parse().unwrap())
         .unwrap_or(1_000_000);
-    let cfg = SimConfig {
-        n_cells: cells,
-        n_genes: 2000,
-        n_batches: 4,
-        n_cell_types: 8,
-        seed: 0,
-        ..SimConfig::default()
-    };
+    let cfg = sim_config((cells, 2000), 4, 8, 0);
     write_simulated(&cfg, &out, false).unwrap();
 }
 

@@ -3,6 +3,8 @@
 //! scripts/fixtures/make_tenx_fixtures.py; the expected values are in its docstring, checked
 //! against scanpy's read_10x_h5 / read_10x_mtx).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use scvi_rs::data::tenx::{read_10x_h5, read_10x_mtx, TenxH5};
@@ -10,16 +12,11 @@ use scvi_rs::data::{CsrMatrix, SparseRows};
 use scvi_rs::store::{detect_format, load_dataset, Input, InputFormat};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tenx")
-        .join(name)
+    common::files::fixture("tenx", name)
 }
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("scvi-rs-test-tenx-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::files::tmpdir("tenx", name)
 }
 
 const EXPECTED: [[f32; 5]; 4] = [
