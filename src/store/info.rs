@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// Categories listed per categorical column (the rest are counted in `n_categories`).
 const MAX_CATEGORIES_SHOWN: usize = 1000;
 
-/// The `info` JSON of any input; `verify` runs [`super::Store::verify`] on a store (and is an error
+/// The `info` JSON of any input; `verify` runs [`Store::verify`](crate::store::Store::verify) on a store (and is an error
 /// for any other input).
 pub fn info_json(path: &Path, verify: bool) -> Result<Value> {
     let input = Input::open(path, None)?;

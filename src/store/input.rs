@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::Store;
+use super::mapped::{is_store, Store};
 use crate::data::h5ad::{self, H5adOptions, H5adReader};
 use crate::data::names::make_unique_warn;
 use crate::data::tenx::{self, TenxH5, TenxMtx};
@@ -50,7 +50,7 @@ pub fn detect_format(path: &Path) -> Result<InputFormat> {
         ));
     }
     if path.is_dir() {
-        if super::is_store(path) {
+        if is_store(path) {
             return Ok(InputFormat::Store);
         }
         if tenx::is_mtx_dir(path) {

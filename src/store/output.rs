@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::h5ad_writer::H5adWriter;
+use super::mapped::STORE_DIR;
 use super::writer::{StoreMeta, StoreWriter};
 use crate::atomic::OutputKind;
 use crate::data::simulate::{self, SimConfig};
@@ -22,7 +23,7 @@ pub fn output_kind(path: &Path) -> OutputKind {
     if is_h5ad_name(path) {
         OutputKind::FILE
     } else {
-        super::STORE_DIR
+        STORE_DIR
     }
 }
 

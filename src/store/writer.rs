@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, FileEntry, Files, Header, MetaBuilder, ValueSummary};
 use super::hash::{hex, Hasher64};
+use super::mapped::STORE_DIR;
 use crate::atomic::AtomicDir;
 use crate::data::validate::CountChecks;
 use crate::data::{CsrMatrix, ObsColumn};
@@ -64,7 +65,7 @@ impl Out {
 /// The bytes of a slice of plain little-endian numbers, as they lie in memory.
 fn le_bytes<T: Copy>(s: &[T]) -> &[u8] {
     // SAFETY: used only with u32, u64 and f32 (no padding, every byte initialised); the host is
-    // little-endian (enforced at compile time in the parent module), so memory order is file order.
+    // little-endian (enforced at compile time in `mapped.rs`), so memory order is file order.
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
 }
 
@@ -127,7 +128,7 @@ impl StoreWriter {
                 "{n_genes} genes: at most 2^32 fit a store"
             )));
         }
-        let staged = AtomicDir::create(path, &super::STORE_DIR, force, "")?;
+        let staged = AtomicDir::create(path, &STORE_DIR, force, "")?;
         let tmp = staged.path().to_path_buf();
         let mut w = StoreWriter {
             staged: Some(staged),
