@@ -1,5 +1,17 @@
 //! Data: the count matrix with its cell and gene annotations, the readers that produce it, and the
-//! checks that every reader shares.
+//! checks that every reader shares. Nothing here knows the store, the model or the command line.
+//!
+//! ```text
+//! csr.rs          CsrMatrix (rows, columns, canonical sorting, appending) and the SparseRows trait
+//! hdf5.rs         what the HDF5 readers share: the number decoder, CSR rows from a file, type names
+//! h5ad/           the AnnData reader: mod (API), matrix (X / layers, streamed), frames (obs / var)
+//! tenx/           10x readers: mod (gene filter), h5 (Cell Ranger .h5), mtx (Matrix Market folder)
+//! validate.rs     value checks on every chunk read (negative, NaN, infinite; non-integer counted)
+//! names.rs        unique gene names, as anndata makes them
+//! genes.rs        gene lists: reading one, finding its genes by name or ID
+//! hvg/            highly variable genes: seurat_v3, its loess, numpy's argsort
+//! simulate.rs     simulated counts of any size, in constant memory
+//! ```
 
 pub mod csr;
 pub mod genes;

@@ -22,6 +22,20 @@
 //!
 //! A store is written under a temporary name next to its final path and renamed at the end, so an
 //! interrupted conversion never leaves a half-written store behind.
+//!
+//! This module is also where every command gets its data and where the data commands' work is done:
+//!
+//! ```text
+//! format.rs       header.json and meta.bin (format version 1)
+//! hash.rs         the wfnv64 checksum
+//! mapped.rs       an opened store: Store, MappedCsr (the mapped matrix), is_store, STORE_DIR
+//! writer.rs       StoreWriter: rows in, checked, written by a background thread
+//! h5ad_writer.rs  H5adWriter: the same rows as an AnnData .h5ad
+//! input.rs        the one input opener, by content: store, .h5ad, 10x .h5, 10x MTX folder
+//! output.rs       MatrixWriter (a store, or an .h5ad by the name), write_simulated
+//! convert.rs      convert: gene list, highly variable genes, writing
+//! info.rs         info: what an input holds, as JSON
+//! ```
 
 pub mod convert;
 mod format;
