@@ -5,9 +5,9 @@
 //! on-disk encoding is supported (the `encoding-type` attributes; anndata has written it since
 //! 2022); files from older anndata are refused with a message saying so.
 //!
-//! - [`matrix`]: finding and checking the matrix (`csr_matrix`, `csc_matrix` or a dense `array`)
+//! - `matrix`: finding and checking the matrix (`csr_matrix`, `csc_matrix` or a dense `array`)
 //!   and streaming it as CSR chunks of rows;
-//! - [`frames`]: the `obs` and `var` dataframes (indexes, categorical, nullable and plain columns).
+//! - `frames`: the `obs` and `var` dataframes (indexes, categorical, nullable and plain columns).
 //!
 //! Numbers are decoded by the readers' shared decoder ([`super::hdf5`]): data may be any of
 //! int8/16/32/64, uint8/16/32/64, float32/64 (converted to f32), indices and indptr any integer

@@ -19,9 +19,9 @@
 //! after a stable sort by rank (ascending, genes with no rank last), then by number of batches
 //! (descending).
 //!
-//! - [`loess`]: the mean-variance trend, Cleveland's loess as `skmisc.loess` computes it;
-//! - [`argsort`]: numpy's unstable argsort on AVX-512, which decides ties at rank `n_top_genes`;
-//! - [`seurat_v3`]: the two streaming passes and the selection.
+//! - `loess`: the mean-variance trend, Cleveland's loess as `skmisc.loess` computes it;
+//! - `argsort`: numpy's unstable argsort on AVX-512, which decides ties at rank `n_top_genes`;
+//! - `seurat_v3`: the two streaming passes and the selection.
 //!
 //! With the loess to rounding and numpy's order among ties, the selection equals scanpy's exactly
 //! (`tests/hvg.rs`: Kang et al. with and without a batch key).
