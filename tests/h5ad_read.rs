@@ -370,6 +370,19 @@ fn errors_name_the_file_and_the_field() {
 }
 
 #[test]
+fn an_unsupported_value_type_is_named() {
+    // X/data stored as float16: the one number decoder names the file, the field and the type.
+    let msg = message(
+        "float16.h5ad",
+        err(read_h5ad(&fixture("float16.h5ad"), &opts(None))),
+    );
+    assert!(
+        msg.contains("X/data") && msg.contains("float16 is not supported"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn non_integer_values_are_counted_not_refused() {
     let bad = fixture("bad_values.h5ad");
     let (ds, summary) = read_h5ad_with_summary(&bad, &opts(Some("nonint"))).unwrap();

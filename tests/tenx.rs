@@ -209,3 +209,21 @@ fn sorted_chunks_are_valid_csr() {
     t.for_each_row_chunk(3, |_, c: CsrMatrix| c.validate_structure())
         .unwrap();
 }
+
+#[test]
+fn inputs_are_told_apart_by_content_not_name() {
+    let base = tmpdir("content");
+    let h5_named_h5ad = base.join("cells.h5ad");
+    std::fs::copy(fixture("v3.h5"), &h5_named_h5ad).unwrap();
+    assert_eq!(detect_format(&h5_named_h5ad).unwrap(), InputFormat::TenxH5);
+    assert_eq!(load_dataset(&h5_named_h5ad, None).unwrap().n_cells(), 4);
+    let h5ad_named_h5 = base.join("cells.h5");
+    std::fs::copy(common::files::fixture("h5ad", "csc.h5ad"), &h5ad_named_h5).unwrap();
+    assert_eq!(detect_format(&h5ad_named_h5).unwrap(), InputFormat::H5ad);
+    assert_eq!(load_dataset(&h5ad_named_h5, None).unwrap().n_cells(), 7);
+    let e = detect_format(&common::files::fixture("h5ad", "not_hdf5.h5ad"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not an HDF5 file") && e.contains("10x"), "{e}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
