@@ -103,12 +103,11 @@ pub fn run_convert(args: &ConvertArgs) -> Result<()> {
     };
     let t = Instant::now();
     let genes = select_genes(&input, &opts)?;
-    if let Some(h) = &genes.hvg {
+    if let Some(n_sub) = genes.hvg_candidates {
         eprintln!(
-            "highly variable genes: {} of {} (seurat_v3{}) in {:.1} s",
-            h.chosen,
-            h.of,
-            h.batch_key
+            "highly variable genes: {} of {n_sub} (seurat_v3{}) in {:.1} s",
+            genes.keep.len(),
+            args.hvg_batch_key
                 .as_ref()
                 .map(|k| format!(", batch key {k}"))
                 .unwrap_or_default(),

@@ -34,17 +34,8 @@ pub struct GeneSelection {
     pub keep: Vec<usize>,
     /// Lines for the store header saying where the data came from and how genes were chosen.
     pub notes: Vec<String>,
-    /// The highly variable genes step, when there was one.
-    pub hvg: Option<HvgChoice>,
-}
-
-/// What the highly variable genes step chose.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HvgChoice {
-    /// Genes chosen, out of `of` candidates.
-    pub chosen: usize,
-    pub of: usize,
-    pub batch_key: Option<String>,
+    /// When the highly variable genes step ran: among how many genes it chose `keep`.
+    pub hvg_candidates: Option<usize>,
 }
 
 /// Rows per chunk when none is given. Small chunks keep the buffers below glibc's mmap threshold
@@ -90,7 +81,7 @@ pub fn select_genes(input: &Input, opts: &ConvertOptions) -> Result<GeneSelectio
         return Ok(GeneSelection {
             keep,
             notes,
-            hvg: None,
+            hvg_candidates: None,
         });
     };
     if n_top == 0 {
@@ -137,13 +128,9 @@ pub fn select_genes(input: &Input, opts: &ConvertOptions) -> Result<GeneSelectio
             .unwrap_or_default()
     ));
     Ok(GeneSelection {
-        hvg: Some(HvgChoice {
-            chosen: chosen.len(),
-            of: n_sub,
-            batch_key: opts.hvg_batch_key.clone(),
-        }),
         keep: chosen,
         notes,
+        hvg_candidates: Some(n_sub),
     })
 }
 
