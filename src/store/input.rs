@@ -90,7 +90,7 @@ pub fn detect_format(path: &Path) -> Result<InputFormat> {
     if tenx::is_10x_h5(path) {
         return Ok(InputFormat::TenxH5);
     }
-    if hdf5_reader::Hdf5File::open(path).is_ok() && !h5ad::is_anndata(path) {
+    if h5ad::is_anndata(path) == Some(false) {
         return Err(Error::format(
             path,
             "an HDF5 file that is neither an AnnData .h5ad (no X, obs or var) nor a 10x Cell \

@@ -141,20 +141,21 @@ pub fn read_obs(path: &Path) -> Result<ObsTable> {
 }
 
 /// Whether the HDF5 file at `path` is laid out as an AnnData object: an `anndata` encoding on the
-/// root, or any of `X`, `obs`, `var` at the top. False when it cannot be opened as HDF5.
-pub fn is_anndata(path: &Path) -> bool {
-    let Ok(root) = Hdf5File::open(path).and_then(|f| f.root_group()) else {
-        return false;
-    };
+/// root, or any of `X`, `obs`, `var` at the top. None when it cannot be opened as HDF5 (the reader
+/// says why).
+pub fn is_anndata(path: &Path) -> Option<bool> {
+    let root = Hdf5File::open(path).and_then(|f| f.root_group()).ok()?;
     let encoded = root
         .attributes()
         .is_ok_and(|a| attr_string(&a, "encoding-type").as_deref() == Some("anndata"));
-    encoded
-        || root.member_names().is_ok_and(|(g, d)| {
-            g.iter()
-                .chain(&d)
-                .any(|n| n == "X" || n == "obs" || n == "var")
-        })
+    Some(
+        encoded
+            || root.member_names().is_ok_and(|(g, d)| {
+                g.iter()
+                    .chain(&d)
+                    .any(|n| n == "X" || n == "obs" || n == "var")
+            }),
+    )
 }
 
 /// An `.h5ad` opened for one matrix (`X` or a layer), found and checked against the obs and var
