@@ -1,9 +1,9 @@
 //! The library API in a few lines (the README shows the same): read data, set up, train, embed, save.
 //! `cargo run --release --example quickstart -- data.h5ad batch_key`; with no arguments it simulates.
 
-use scvi_rs::data::open::open_dataset;
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::model::ModelConfig;
+use scvi_rs::store::load_dataset;
 use scvi_rs::train::TrainConfig;
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::Path;
@@ -11,10 +11,7 @@ use std::path::Path;
 fn main() -> scvi_rs::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (data, batch_key) = match args.get(1) {
-        Some(path) => (
-            open_dataset(Path::new(path), None)?.data,
-            args.get(2).cloned(),
-        ),
+        Some(path) => (load_dataset(Path::new(path), None)?, args.get(2).cloned()),
         None => (simulate(&SimConfig::default()), Some("batch".to_string())),
     };
     let setup = Setup {

@@ -3,7 +3,6 @@
 
 pub mod atomic;
 pub mod batch;
-pub mod cli_data;
 pub mod cpu;
 pub mod cuda;
 pub mod data;

@@ -28,11 +28,11 @@ enum Cmd {
     /// The ELBO of a model on a subset of cells, as JSON (scvi-tools' get_elbo sign).
     Elbo(ElboCmd),
     /// Convert an .h5ad, 10x .h5 or 10x MTX folder into a memory-mapped store (optionally selecting genes).
-    Convert(scvi_rs::cli_data::ConvertArgs),
+    Convert(cli::data_cmds::ConvertArgs),
     /// Describe a data set (store, .h5ad, 10x) as JSON, or list its genes.
-    Info(scvi_rs::cli_data::InfoArgs),
+    Info(cli::data_cmds::InfoArgs),
     /// Write a simulated data set (a store, or .h5ad when the name ends in .h5ad).
-    Simulate(scvi_rs::cli_data::SimulateArgs),
+    Simulate(cli::data_cmds::SimulateArgs),
     /// Report the CPU, the CUDA libraries and GPUs, and compile every kernel
     Doctor(cli::doctor::DoctorCmd),
 }
@@ -47,9 +47,9 @@ fn main() {
         Cmd::Train(c) => cli::model_cmds::run_train(c),
         Cmd::Embed(c) => cli::model_cmds::run_embed(c),
         Cmd::Elbo(c) => cli::model_cmds::run_elbo(c),
-        Cmd::Convert(c) => scvi_rs::cli_data::run_convert(c),
-        Cmd::Info(c) => scvi_rs::cli_data::run_info(c),
-        Cmd::Simulate(c) => scvi_rs::cli_data::run_simulate(c),
+        Cmd::Convert(c) => cli::data_cmds::run_convert(c),
+        Cmd::Info(c) => cli::data_cmds::run_info(c),
+        Cmd::Simulate(c) => cli::data_cmds::run_simulate(c),
         Cmd::Doctor(c) => cli::doctor::run_doctor(c),
     };
     if let Err(e) = result {

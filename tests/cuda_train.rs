@@ -6,8 +6,8 @@
 //! crate).
 
 use scvi_rs::cuda::harness::{gpu_or_skip, skip};
-use scvi_rs::data::open::open_dataset;
 use scvi_rs::model::ModelConfig;
+use scvi_rs::store::load_dataset;
 use scvi_rs::train::TrainConfig;
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ fn twenty_epochs_on_kang_match_the_cpu() {
         );
         return;
     };
-    let data = open_dataset(&path, None).expect("read kang").data;
+    let data = load_dataset(&path, None).expect("read kang");
     let setup = Setup {
         batch_key: data.obs_column("stim").ok().map(|_| "stim".to_string()),
         labels_key: None,

@@ -3,8 +3,12 @@
 //! to the same values, whole and in chunks; obs columns decode; bad files give errors that name the
 //! file and the field. Plus the real Kang data set when it is present.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::data::categorical;
+use common::files::shared_data;
 use scvi_rs::data::h5ad::{
     for_each_row_chunk, h5ad_summary, read_h5ad, read_h5ad_with_summary, read_obs, read_var_names,
     H5adOptions,
@@ -24,9 +28,7 @@ const COUNTS: [[f32; 5]; 7] = [
 ];
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/h5ad")
-        .join(name)
+    common::files::fixture("h5ad", name)
 }
 
 fn expected() -> Vec<f32> {
@@ -368,6 +370,19 @@ fn errors_name_the_file_and_the_field() {
 }
 
 #[test]
+fn an_unsupported_value_type_is_named() {
+    // X/data stored as float16: the one number decoder names the file, the field and the type.
+    let msg = message(
+        "float16.h5ad",
+        err(read_h5ad(&fixture("float16.h5ad"), &opts(None))),
+    );
+    assert!(
+        msg.contains("X/data") && msg.contains("float16 is not supported"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn non_integer_values_are_counted_not_refused() {
     let bad = fixture("bad_values.h5ad");
     let (ds, summary) = read_h5ad_with_summary(&bad, &opts(Some("nonint"))).unwrap();
@@ -385,23 +400,6 @@ fn non_integer_values_are_counted_not_refused() {
     assert_eq!(summary.n_non_integer, 15);
 }
 
-fn shared_data(name: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name);
-    if p.exists() {
-        Some(p)
-    } else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: {} is absent (the shared data sets are not beside this checkout)",
-            p.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn kang_hvg2k_reads() {
     let Some(path) = shared_data("kang_ifnb_hvg2k.h5ad") else {
@@ -417,24 +415,12 @@ fn kang_hvg2k_reads() {
     assert_eq!(summary.n_non_integer, 0);
     assert_eq!(ds.gene_names.len(), 2000);
     assert_eq!(ds.cell_names.len(), 13576);
-    let (codes, cats) = ds
-        .obs_column("stim")
-        .unwrap()
-        .to_categorical("stim")
-        .unwrap();
+    let (codes, cats) = categorical(&ds, "stim");
     assert_eq!(cats, ["CTRL", "STIM"]);
     assert!(codes.contains(&0) && codes.contains(&1));
-    let (bcodes, _) = ds
-        .obs_column("batch")
-        .unwrap()
-        .to_categorical("batch")
-        .unwrap();
+    let (bcodes, _) = categorical(&ds, "batch");
     assert_eq!(bcodes.len(), 13576);
-    let (_, cell_types) = ds
-        .obs_column("cell_type")
-        .unwrap()
-        .to_categorical("cell_type")
-        .unwrap();
+    let (_, cell_types) = categorical(&ds, "cell_type");
     assert_eq!(cell_types.len(), 8);
     for i in [0, 1, 6788, 13575] {
         let (idx, val) = ds.counts.row(i);

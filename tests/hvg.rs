@@ -1,8 +1,12 @@
 //! Highly variable genes (seurat_v3) against scanpy's own choice on real data, and the streaming
 //! `convert --n-top-genes` path against the in-memory one.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::data::{categorical, chosen_names};
+use common::files::shared_data;
 use hdf5_reader::Hdf5File;
 use scvi_rs::data::h5ad::{read_h5ad, H5adOptions};
 use scvi_rs::data::hvg::{
@@ -10,25 +14,6 @@ use scvi_rs::data::hvg::{
 };
 use scvi_rs::data::Dataset;
 use scvi_rs::store::wfnv64;
-
-fn shared(name: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name);
-    if p.exists() {
-        Some(p)
-    } else {
-        {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: {} not found (the shared data sets are not beside this checkout)",
-                p.display()
-            );
-        }
-        None
-    }
-}
 
 /// A `var` column of floats from an .h5ad (scanpy's results stored next to the genes).
 fn var_f64(path: &Path, col: &str) -> Vec<f64> {
@@ -52,18 +37,14 @@ fn var_f64(path: &Path, col: &str) -> Vec<f64> {
 }
 
 fn kang() -> Option<(Dataset, PathBuf)> {
-    let full = shared("kang_ifnb_13k.h5ad")?;
-    let hvg = shared("kang_ifnb_hvg2k.h5ad")?;
+    let full = shared_data("kang_ifnb_13k.h5ad")?;
+    let hvg = shared_data("kang_ifnb_hvg2k.h5ad")?;
     Some((read_h5ad(&full, &H5adOptions::default()).unwrap(), hvg))
 }
 
 fn report(ds: &Dataset, res: &HvgResult, chosen_ref: &[String]) -> usize {
-    let ours: std::collections::HashSet<&str> = ds
-        .gene_names
-        .iter()
-        .zip(&res.highly_variable)
-        .filter(|(_, &h)| h)
-        .map(|(g, _)| g.as_str())
+    let ours: std::collections::HashSet<&str> = chosen_names(&ds.gene_names, &res.highly_variable)
+        .into_iter()
         .collect();
     let theirs: std::collections::HashSet<&str> = chosen_ref.iter().map(|s| s.as_str()).collect();
     let only_ours: Vec<_> = ours.difference(&theirs).collect();
@@ -77,11 +58,7 @@ fn report(ds: &Dataset, res: &HvgResult, chosen_ref: &[String]) -> usize {
 #[test]
 fn kang_with_batch_key_matches_scanpy() {
     let Some((ds, hvg_path)) = kang() else { return };
-    let batch = ds
-        .obs_column("stim")
-        .unwrap()
-        .to_categorical("stim")
-        .unwrap();
+    let batch = categorical(&ds, "stim");
     let res =
         highly_variable_genes_seurat_v3(ds.counts.as_ref(), Some((batch.0, batch.1.len())), 2000)
             .unwrap();
@@ -126,13 +103,7 @@ fn loess_is_exact_on_a_line_and_smooth() {
 fn kang_without_batch_key_matches_scanpy() {
     let Some((ds, _)) = kang() else { return };
     let res = highly_variable_genes_seurat_v3(ds.counts.as_ref(), None, 2000).unwrap();
-    let chosen: Vec<&str> = ds
-        .gene_names
-        .iter()
-        .zip(&res.highly_variable)
-        .filter(|(_, &h)| h)
-        .map(|(g, _)| g.as_str())
-        .collect();
+    let chosen = chosen_names(&ds.gene_names, &res.highly_variable);
     assert_eq!(chosen.len(), 2000);
     assert_eq!(&chosen[..3], ["HES4", "ISG15", "TNFRSF18"]);
     assert_eq!(&chosen[1997..], ["CTD-2521M24.5", "ZNF285", "AF131217.1"]);

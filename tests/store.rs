@@ -1,16 +1,17 @@
 //! The memory-mapped store: round trip, integrity checks at open, atomic writes, bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::data::{categorical, chosen_names};
+use common::files::{fixture, listing, shared_data, skip};
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::data::{CsrMatrix, ObsColumn, SparseRows};
 use scvi_rs::store::{Store, StoreMeta, StoreWriter};
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("scvi-rs-test-store-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::files::tmpdir("store", name)
 }
 
 fn small() -> (CsrMatrix, StoreMeta) {
@@ -94,10 +95,7 @@ fn round_trip_small() {
     assert_eq!(d.counts.row_sum(2), 13.0);
     assert_eq!(d.n_genes(), 4);
     // No temporary directory left behind.
-    let left: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = listing(&dir);
     assert_eq!(left.len(), 1, "{left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -105,12 +103,8 @@ fn round_trip_small() {
 #[test]
 fn round_trip_simulated_and_explicit_zeros() {
     let dir = tmpdir("sim");
-    let cfg = SimConfig {
-        n_cells: 3000,
-        n_genes: 200,
-        seed: 5,
-        ..SimConfig::default()
-    };
+    // (2 batches and 5 cell types: the simulator's defaults.)
+    let cfg = sim_config((3000, 200), 2, 5, 5);
     let d = simulate(&cfg);
     let p = dir.join("sim.store");
     let mut w = StoreWriter::create(&p, 200, "sim", false).unwrap();
@@ -120,14 +114,13 @@ fn round_trip_simulated_and_explicit_zeros() {
         let mut c = CsrMatrix::with_cols(200);
         for &i in rows {
             let (j, v) = d.counts.row(i);
-            let mut e: Vec<(u32, f32)> = j.iter().copied().zip(v.iter().copied()).collect();
-            if !e.iter().any(|x| x.0 == 199) {
-                e.push((199, 0.0));
+            let (mut j, mut v) = (j.to_vec(), v.to_vec());
+            if j.last() != Some(&199) {
+                j.push(199);
+                v.push(0.0);
             }
-            c.indices.extend(e.iter().map(|x| x.0));
-            c.data.extend(e.iter().map(|x| x.1));
-            c.indptr.push(c.indices.len() as u64);
-            c.n_rows += 1;
+            let row = CsrMatrix::from_parts(1, 200, vec![0, j.len() as u64], j, v).unwrap();
+            c.append_rows(&row);
         }
         w.append(&c).unwrap();
     }
@@ -243,7 +236,7 @@ fn corrupt_or_truncated_store_is_an_error() {
 fn bad_rows_leave_no_store() {
     let dir = tmpdir("bad");
     let p = dir.join("bad.store");
-    let count = |d: &Path| std::fs::read_dir(d).unwrap().count();
+    let count = |d: &Path| listing(d).len();
 
     // A temporary directory left by a killed conversion (no such process) is cleaned up.
     let stale = dir.join(".scvi-rs-tmp.999999999.0.bad.store");
@@ -316,26 +309,49 @@ fn bad_rows_leave_no_store() {
 // ------------------------------------------------------------------------------------------------
 // The data commands, end to end through their library functions.
 
-use scvi_rs::cli_data::{info_json, run_convert, run_simulate, ConvertArgs, SimulateArgs};
 use scvi_rs::data::hvg::highly_variable_genes_seurat_v3;
+use scvi_rs::store::{convert, info_json, open_input, write_simulated, ConvertOptions, Written};
 
-fn convert_args(input: &Path, output: &Path) -> ConvertArgs {
-    ConvertArgs {
+/// A conversion as the tests vary it: the input (with the layer to read) and the options.
+struct Conversion {
+    input: PathBuf,
+    output: PathBuf,
+    layer: Option<String>,
+    opts: ConvertOptions,
+}
+
+fn convert_args(input: &Path, output: &Path) -> Conversion {
+    Conversion {
         input: input.to_path_buf(),
         output: output.to_path_buf(),
         layer: None,
-        n_top_genes: None,
-        hvg_batch_key: None,
-        genes: None,
-        chunk_rows: Some(2),
-        force: false,
+        opts: ConvertOptions {
+            chunk_rows: Some(2),
+            ..Default::default()
+        },
     }
 }
 
+/// What `scvi-rs convert` does after checking its output: open the input, convert it.
+fn run_convert(c: &Conversion) -> scvi_rs::Result<Written> {
+    let input = open_input(&c.input, c.layer.as_deref())?;
+    convert(&input, &c.output, &c.opts)
+}
+
 fn tenx(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tenx")
-        .join(name)
+    fixture("tenx", name)
+}
+
+/// A simulated data set: sizes, batches, cell types, seed.
+fn sim_config(size: (usize, usize), n_batches: usize, n_cell_types: usize, seed: u64) -> SimConfig {
+    SimConfig {
+        n_cells: size.0,
+        n_genes: size.1,
+        n_batches,
+        n_cell_types,
+        seed,
+        ..SimConfig::default()
+    }
 }
 
 #[test]
@@ -345,7 +361,7 @@ fn convert_mtx_with_gene_list() {
     std::fs::write(&list, "# wanted\nGeneD\nENSG02\n\nGeneA-1\n").unwrap();
     let out = dir.join("x.store");
     let mut a = convert_args(&tenx("mtx_v3"), &out);
-    a.genes = Some(list.clone());
+    a.opts.genes = Some(list.clone());
     run_convert(&a).unwrap();
     let s = Store::open(&out).unwrap();
     assert_eq!(s.gene_names(), ["GeneD", "GeneB", "GeneA-1"]);
@@ -361,7 +377,7 @@ fn convert_mtx_with_gene_list() {
     s.verify().unwrap();
     // Genes that are not there are named.
     std::fs::write(&list, "GeneD\nNOPE1\nNOPE2\n").unwrap();
-    a.force = true;
+    a.opts.force = true;
     let e = run_convert(&a).unwrap_err().to_string();
     assert!(
         e.contains("NOPE1") && e.contains("NOPE2") && e.contains("2 of the 3"),
@@ -407,17 +423,8 @@ fn convert_10x_h5_and_store_to_store() {
 fn simulate_then_convert_with_hvg_streams_like_in_memory() {
     let dir = tmpdir("hvgconv");
     let sim = dir.join("sim.store");
-    run_simulate(&SimulateArgs {
-        cells: 3000,
-        genes: 400,
-        batches: 3,
-        cell_types: 4,
-        seed: 9,
-        library_median: None,
-        out: sim.clone(),
-        force: false,
-    })
-    .unwrap();
+    let cfg = sim_config((3000, 400), 3, 4, 9);
+    write_simulated(&cfg, &sim, false).unwrap();
     let v = info_json(&sim, false).unwrap();
     assert_eq!(v["n_cells"], 3000);
     let obs = v["obs"].as_array().unwrap();
@@ -427,29 +434,19 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
 
     let out = dir.join("hvg.store");
     let mut a = convert_args(&sim, &out);
-    a.n_top_genes = Some(60);
-    a.hvg_batch_key = Some("batch".into());
-    a.chunk_rows = Some(257);
+    a.opts.n_top_genes = Some(60);
+    a.opts.hvg_batch_key = Some("batch".into());
+    a.opts.chunk_rows = Some(257);
     run_convert(&a).unwrap();
     let s = Store::open(&out).unwrap();
     assert_eq!(s.n_genes(), 60);
 
     let d = Store::open(&sim).unwrap().into_dataset();
-    let (codes, cats) = d
-        .obs_column("batch")
-        .unwrap()
-        .to_categorical("batch")
-        .unwrap();
+    let (codes, cats) = categorical(&d, "batch");
     let res =
         highly_variable_genes_seurat_v3(d.counts.as_ref(), Some((codes, cats.len())), 60).unwrap();
-    let chosen: Vec<&String> = d
-        .gene_names
-        .iter()
-        .zip(&res.highly_variable)
-        .filter(|(_, &h)| h)
-        .map(|(g, _)| g)
-        .collect();
-    let stored: Vec<&String> = s.gene_names().iter().collect();
+    let chosen = chosen_names(&d.gene_names, &res.highly_variable);
+    let stored: Vec<&str> = s.gene_names().iter().map(|g| g.as_str()).collect();
     assert_eq!(stored, chosen, "streamed HVG differs from in-memory HVG");
     // The genes keep their original order and the counts are the original columns.
     let pos: std::collections::HashMap<&str, u32> = d
@@ -468,8 +465,8 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
         }
     }
     // Unknown batch key, and .h5ad output of simulate.
-    a.force = true;
-    a.hvg_batch_key = Some("nope".into());
+    a.opts.force = true;
+    a.opts.hvg_batch_key = Some("nope".into());
     assert!(run_convert(&a).unwrap_err().to_string().contains("nope"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -478,19 +475,10 @@ fn simulate_then_convert_with_hvg_streams_like_in_memory() {
 fn simulate_writes_h5ad_that_reads_back() {
     let dir = tmpdir("simh5ad");
     let p = dir.join("sim.h5ad");
-    let args = SimulateArgs {
-        cells: 700,
-        genes: 150,
-        batches: 3,
-        cell_types: 4,
-        seed: 3,
-        library_median: None,
-        out: p.clone(),
-        force: false,
-    };
-    run_simulate(&args).unwrap();
+    let cfg = sim_config((700, 150), 3, 4, 3);
+    write_simulated(&cfg, &p, false).unwrap();
     let d = scvi_rs::data::h5ad::read_h5ad(&p, &Default::default()).unwrap();
-    let want = scvi_rs::data::simulate::simulate(&args.config());
+    let want = simulate(&cfg);
     assert_eq!(d.gene_names, want.gene_names);
     assert_eq!(d.cell_names, want.cell_names);
     assert_eq!(d.obs, want.obs);
@@ -502,10 +490,7 @@ fn simulate_writes_h5ad_that_reads_back() {
     let s = dir.join("sim.store");
     run_convert(&convert_args(&p, &s)).unwrap();
     assert_eq!(Store::open(&s).unwrap().nnz(), want.counts.nnz());
-    let left: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = listing(&dir);
     assert_eq!(left.len(), 2, "temporary files left: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -513,22 +498,15 @@ fn simulate_writes_h5ad_that_reads_back() {
 #[test]
 fn convert_csc_dense_and_layer_h5ad() {
     // The h5ad reader's fixtures: a CSC X, a dense X, and a counts layer.
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h5ad");
     let dir = tmpdir("cscconv");
     for (file, layer) in [
         ("csc.h5ad", None),
         ("dense.h5ad", None),
         ("layer_counts.h5ad", Some("counts")),
     ] {
-        let p = fx.join(file);
+        let p = fixture("h5ad", file);
         if !p.exists() {
-            {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipped: {file} not found (the shared data sets are not beside this checkout)"
-                );
-            }
+            skip(&format!("{file} not found"));
             continue;
         }
         let want = scvi_rs::data::h5ad::read_h5ad(
@@ -541,7 +519,7 @@ fn convert_csc_dense_and_layer_h5ad() {
         let out = dir.join(format!("{file}.store"));
         let mut a = convert_args(&p, &out);
         a.layer = layer.map(str::to_string);
-        a.chunk_rows = None;
+        a.opts.chunk_rows = None;
         run_convert(&a).unwrap();
         let s = Store::open(&out).unwrap();
         assert_eq!(s.n_cells(), want.n_cells(), "{file}");
@@ -582,22 +560,13 @@ fn convert_10x_to_h5ad() {
 
 #[test]
 fn convert_h5ad_matches_reader() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/kang_ifnb_hvg2k.h5ad");
-    if !p.exists() {
-        {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: {} not found (the shared data sets are not beside this checkout)",
-                p.display()
-            );
-        }
+    let Some(p) = shared_data("kang_ifnb_hvg2k.h5ad") else {
         return;
-    }
+    };
     let dir = tmpdir("h5ad");
     let out = dir.join("kang.store");
     let mut a = convert_args(&p, &out);
-    a.chunk_rows = Some(4096);
+    a.opts.chunk_rows = Some(4096);
     run_convert(&a).unwrap();
     let s = Store::open(&out).unwrap();
     let d = scvi_rs::data::h5ad::read_h5ad(&p, &Default::default()).unwrap();
@@ -629,17 +598,8 @@ fn bench_simulate() {
     let cells = std::env::var("SCVI_BENCH_CELLS")
         .map(|s| s.parse().unwrap())
         .unwrap_or(1_000_000);
-    run_simulate(&SimulateArgs {
-        cells,
-        genes: 2000,
-        batches: 4,
-        cell_types: 8,
-        seed: 0,
-        library_median: None,
-        out,
-        force: false,
-    })
-    .unwrap();
+    let cfg = sim_config((cells, 2000), 4, 8, 0);
+    write_simulated(&cfg, &out, false).unwrap();
 }
 
 /// `SCVI_BENCH_IN=x.h5ad SCVI_BENCH_OUT=/tmp/x.store cargo test --release --test store bench_convert -- --ignored --nocapture`
@@ -649,12 +609,12 @@ fn bench_convert() {
     let input = PathBuf::from(std::env::var("SCVI_BENCH_IN").expect("SCVI_BENCH_IN"));
     let out = PathBuf::from(std::env::var("SCVI_BENCH_OUT").expect("SCVI_BENCH_OUT"));
     let mut a = convert_args(&input, &out);
-    a.chunk_rows = std::env::var("SCVI_BENCH_CHUNK")
+    a.opts.chunk_rows = std::env::var("SCVI_BENCH_CHUNK")
         .ok()
         .map(|s| s.parse().unwrap());
     if let Ok(n) = std::env::var("SCVI_BENCH_HVG") {
-        a.n_top_genes = Some(n.parse().unwrap());
-        a.hvg_batch_key = std::env::var("SCVI_BENCH_HVG_KEY").ok();
+        a.opts.n_top_genes = Some(n.parse().unwrap());
+        a.opts.hvg_batch_key = std::env::var("SCVI_BENCH_HVG_KEY").ok();
     }
     run_convert(&a).unwrap();
 }

@@ -3,23 +3,20 @@
 //! scripts/fixtures/make_tenx_fixtures.py; the expected values are in its docstring, checked
 //! against scanpy's read_10x_h5 / read_10x_mtx).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use scvi_rs::data::tenx::{read_10x_h5, read_10x_mtx, TenxH5};
 use scvi_rs::data::{CsrMatrix, SparseRows};
-use scvi_rs::store::input::{detect_format, load_dataset, Input, InputFormat};
+use scvi_rs::store::{detect_format, load_dataset, Input, InputFormat};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tenx")
-        .join(name)
+    common::files::fixture("tenx", name)
 }
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("scvi-rs-test-tenx-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::files::tmpdir("tenx", name)
 }
 
 const EXPECTED: [[f32; 5]; 4] = [
@@ -211,4 +208,22 @@ fn sorted_chunks_are_valid_csr() {
     let t = TenxH5::open(&fixture("v3.h5")).unwrap();
     t.for_each_row_chunk(3, |_, c: CsrMatrix| c.validate_structure())
         .unwrap();
+}
+
+#[test]
+fn inputs_are_told_apart_by_content_not_name() {
+    let base = tmpdir("content");
+    let h5_named_h5ad = base.join("cells.h5ad");
+    std::fs::copy(fixture("v3.h5"), &h5_named_h5ad).unwrap();
+    assert_eq!(detect_format(&h5_named_h5ad).unwrap(), InputFormat::TenxH5);
+    assert_eq!(load_dataset(&h5_named_h5ad, None).unwrap().n_cells(), 4);
+    let h5ad_named_h5 = base.join("cells.h5");
+    std::fs::copy(common::files::fixture("h5ad", "csc.h5ad"), &h5ad_named_h5).unwrap();
+    assert_eq!(detect_format(&h5ad_named_h5).unwrap(), InputFormat::H5ad);
+    assert_eq!(load_dataset(&h5ad_named_h5, None).unwrap().n_cells(), 7);
+    let e = detect_format(&common::files::fixture("h5ad", "not_hdf5.h5ad"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not an HDF5 file") && e.contains("10x"), "{e}");
+    std::fs::remove_dir_all(&base).unwrap();
 }

@@ -6,11 +6,11 @@
 #![allow(dead_code)]
 
 use scvi_rs::batch::Minibatch;
-use scvi_rs::data::open::open_dataset;
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::data::Dataset;
 use scvi_rs::model::ModelConfig;
 use scvi_rs::rng::{Philox, Stream};
+use scvi_rs::store::load_dataset;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -31,9 +31,7 @@ pub fn load() -> BenchData {
         });
     let key = std::env::var("SCVI_RS_BENCH_BATCH_KEY").unwrap_or_else(|_| "stim".into());
     if path.exists() {
-        let data = open_dataset(&path, None)
-            .expect("read the benchmark data")
-            .data;
+        let data = load_dataset(&path, None).expect("read the benchmark data");
         let (batch_codes, cats) = data
             .obs_column(&key)
             .and_then(|c| c.to_categorical(&key))

@@ -1,6 +1,7 @@
 //! The command line: a thin layer over the library. Each command parses its flags, calls the
 //! library, prints progress and results, and returns an error that `main` prints.
 
+pub mod data_cmds;
 pub mod demo;
 pub mod doctor;
 pub mod model_cmds;
@@ -14,11 +15,4 @@ pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> Result<T> + Sen
         .num_threads(threads)
         .build()?;
     pool.install(f)
-}
-
-/// Print warnings from reading the data.
-pub fn print_warnings(w: &[String]) {
-    for m in w {
-        eprintln!("warning: {m}");
-    }
 }

@@ -1,14 +1,14 @@
 //! `train`, `embed` and `elbo`.
 
 use super::options::{ModelArgs, TrainArgs};
-use super::{print_warnings, with_threads};
+use super::with_threads;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scvi_rs::atomic::{check_output, AtomicDir, OutputKind};
-use scvi_rs::data::open::open_dataset;
 use scvi_rs::infer::output::write_matrix;
 use scvi_rs::model::io::MODEL_DIR;
+use scvi_rs::store::load_dataset;
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -90,9 +90,7 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
     let staged = AtomicDir::create(&cmd.out, &MODEL_DIR, cmd.force, "--out")?;
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
-        let opened = open_dataset(&cmd.data, cmd.layer.as_deref())?;
-        print_warnings(&opened.warnings);
-        let data = opened.data;
+        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
         let setup = Setup {
             batch_key: cmd.batch_key.clone(),
             labels_key: cmd.labels_key.clone(),
@@ -168,23 +166,22 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let model = Scvi::load(&cmd.model)?;
-        let opened = open_dataset(&cmd.data, cmd.layer.as_deref())?;
-        print_warnings(&opened.warnings);
-        let z = model.latent_representation(&opened.data, device, cmd.mc_samples)?;
+        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
+        let z = model.latent_representation(&data, device, cmd.mc_samples)?;
         let l = model.config().n_latent;
         write_matrix(
             &cmd.out,
             &z,
-            opened.data.n_cells(),
+            data.n_cells(),
             l,
-            &opened.data.cell_names,
+            &data.cell_names,
             "scVI_",
             cmd.force,
         )?;
         eprintln!(
             "wrote {} ({} cells x {l})",
             cmd.out.display(),
-            opened.data.n_cells()
+            data.n_cells()
         );
         Ok(())
     })
@@ -217,9 +214,8 @@ pub fn run_elbo(cmd: &ElboCmd) -> Result<()> {
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let model = Scvi::load(&cmd.model)?;
-        let opened = open_dataset(&cmd.data, cmd.layer.as_deref())?;
-        print_warnings(&opened.warnings);
-        let n = opened.data.n_cells();
+        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
+        let n = data.n_cells();
         let cells: Vec<usize> = match cmd.subset.as_str() {
             "all" => (0..n).collect(),
             "train" | "validation" => {
@@ -246,7 +242,7 @@ pub fn run_elbo(cmd: &ElboCmd) -> Result<()> {
         if cells.is_empty() {
             bail!("the {} subset is empty", cmd.subset);
         }
-        let report = model.elbo(&opened.data, &cells, device, cmd.seed)?;
+        let report = model.elbo(&data, &cells, device, cmd.seed)?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())
     })

@@ -152,6 +152,145 @@ impl CsrMatrix {
         }
         out
     }
+
+    /// Rows `r0..r1` of any row source, copied as they are (explicit zeros included).
+    pub fn from_rows(src: &dyn SparseRows, r0: usize, r1: usize) -> CsrMatrix {
+        let mut out = CsrMatrix::with_cols(src.n_cols());
+        for i in r0..r1 {
+            let (j, v) = src.row(i);
+            out.indices.extend_from_slice(j);
+            out.data.extend_from_slice(v);
+            out.indptr.push(out.indices.len() as u64);
+            out.n_rows += 1;
+        }
+        out
+    }
+
+    /// Append the rows of `other` (same number of columns) below these.
+    pub fn append_rows(&mut self, other: &CsrMatrix) {
+        let (a, b) = (other.indptr[0], other.indptr[other.n_rows]);
+        let base = self.indices.len() as u64;
+        self.indices
+            .extend_from_slice(&other.indices[a as usize..b as usize]);
+        self.data
+            .extend_from_slice(&other.data[a as usize..b as usize]);
+        self.indptr
+            .extend(other.indptr[1..].iter().map(|&p| p - a + base));
+        self.n_rows += other.n_rows;
+    }
+
+    /// Make every row canonical: columns sorted, repeated columns summed (in their stored order),
+    /// as scipy's `sum_duplicates` does. Explicit zeros stay. One read-only pass when the rows are
+    /// already canonical, as the files nearly always store them.
+    pub fn canonicalize(&mut self) {
+        let canonical = (0..self.n_rows).all(|i| self.row(i).0.windows(2).all(|w| w[0] < w[1]));
+        if canonical {
+            return;
+        }
+        let mut indices = Vec::with_capacity(self.indices.len());
+        let mut data = Vec::with_capacity(self.data.len());
+        let mut pairs: Vec<(u32, f32)> = Vec::new();
+        for i in 0..self.n_rows {
+            let (j, v) = self.row(i);
+            pairs.clear();
+            pairs.extend(j.iter().copied().zip(v.iter().copied()));
+            // Stable, so repeats are summed left to right.
+            pairs.sort_by_key(|p| p.0);
+            let row_start = indices.len();
+            for &(j, v) in &pairs {
+                if indices.len() > row_start && indices.last() == Some(&j) {
+                    *data.last_mut().unwrap() += v;
+                } else {
+                    indices.push(j);
+                    data.push(v);
+                }
+            }
+            self.indptr[i] = row_start as u64;
+        }
+        self.indptr[self.n_rows] = indices.len() as u64;
+        self.indices = indices;
+        self.data = data;
+    }
+
+    /// The columns that `map` keeps, renumbered; values as they are (explicit zeros included).
+    pub fn select_columns(&self, map: &ColumnMap) -> CsrMatrix {
+        let mut out = CsrMatrix::with_cols(map.n_new);
+        let mut row: Vec<(u32, f32)> = Vec::new();
+        for i in 0..self.n_rows {
+            let (j, v) = self.row(i);
+            row.clear();
+            for (&j, &v) in j.iter().zip(v) {
+                let m = map.new_of[j as usize];
+                if m != ColumnMap::DROPPED {
+                    row.push((m, v));
+                }
+            }
+            if !map.in_order {
+                row.sort_unstable_by_key(|p| p.0);
+            }
+            out.indices.extend(row.iter().map(|p| p.0));
+            out.data.extend(row.iter().map(|p| p.1));
+            out.indptr.push(out.indices.len() as u64);
+            out.n_rows += 1;
+        }
+        out
+    }
+
+    /// The same rows without their explicit zeros (the matrix itself when it has none).
+    pub fn without_zeros(self) -> CsrMatrix {
+        if !self.data.contains(&0.0) {
+            return self;
+        }
+        let mut out = CsrMatrix::with_cols(self.n_cols);
+        for i in 0..self.n_rows {
+            let (j, v) = self.row(i);
+            out.push_row(j.iter().copied().zip(v.iter().copied()));
+        }
+        out
+    }
+}
+
+/// Which columns of a matrix to keep, and where each goes: old column -> new column.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnMap {
+    /// New index of every old column, or [`ColumnMap::DROPPED`].
+    new_of: Vec<u32>,
+    n_new: usize,
+    /// The kept columns keep their relative order (rows stay sorted without a sort).
+    in_order: bool,
+}
+
+impl ColumnMap {
+    const DROPPED: u32 = u32::MAX;
+
+    /// Keep the old columns `keep`, in that order (old column `keep[k]` becomes column `k`).
+    pub fn keep(n_old: usize, keep: &[usize]) -> ColumnMap {
+        let mut new_of = vec![Self::DROPPED; n_old];
+        for (new, &old) in keep.iter().enumerate() {
+            new_of[old] = new as u32;
+        }
+        ColumnMap {
+            new_of,
+            n_new: keep.len(),
+            in_order: keep.windows(2).all(|w| w[0] < w[1]),
+        }
+    }
+
+    /// Keep the columns where `mask` is true, in their order.
+    pub fn from_mask(mask: &[bool]) -> ColumnMap {
+        let keep: Vec<usize> = (0..mask.len()).filter(|&j| mask[j]).collect();
+        ColumnMap::keep(mask.len(), &keep)
+    }
+
+    /// Number of columns after selection.
+    pub fn n_new(&self) -> usize {
+        self.n_new
+    }
+
+    /// Every column kept where it was.
+    pub fn is_identity(&self) -> bool {
+        self.n_new == self.new_of.len() && self.in_order
+    }
 }
 
 impl SparseRows for CsrMatrix {
@@ -167,5 +306,49 @@ impl SparseRows for CsrMatrix {
     fn row(&self, i: usize) -> (&[u32], &[f32]) {
         let (a, b) = (self.indptr[i] as usize, self.indptr[i + 1] as usize);
         (&self.indices[a..b], &self.data[a..b])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_rows_sum_duplicates() {
+        let mut m = CsrMatrix {
+            n_rows: 2,
+            n_cols: 4,
+            indptr: vec![0, 3, 4],
+            indices: vec![3, 0, 3, 1],
+            data: vec![1.0, 2.0, 5.0, 1.0],
+        };
+        m.canonicalize();
+        assert_eq!(m.indptr, vec![0, 2, 3]);
+        assert_eq!(m.indices, vec![0, 3, 1]);
+        assert_eq!(m.data, vec![2.0, 6.0, 1.0]);
+    }
+
+    #[test]
+    fn columns_rows_and_zeros() {
+        let mut m = CsrMatrix::with_cols(4);
+        m.push_row([(0, 1.0), (2, 3.0), (3, 4.0)]);
+        m.push_row([(1, 2.0)]);
+        // Reordered: old 3 -> 0, old 0 -> 1; rows come out sorted by the new column.
+        let s = m.select_columns(&ColumnMap::keep(4, &[3, 0]));
+        assert_eq!((s.n_rows, s.n_cols), (2, 2));
+        assert_eq!(s.row(0), (&[0u32, 1][..], &[4.0f32, 1.0][..]));
+        assert_eq!(s.row(1).0.len(), 0);
+        assert!(ColumnMap::keep(4, &[0, 1, 2, 3]).is_identity());
+        assert!(!ColumnMap::from_mask(&[true, false]).is_identity());
+
+        let mut all = m.select_rows(&[1]);
+        all.append_rows(&m);
+        assert_eq!(all.n_rows, 3);
+        assert_eq!(all.row(2), m.row(1));
+        all.validate_structure().unwrap();
+        assert_eq!(CsrMatrix::from_rows(&all, 1, 3), m);
+
+        let z = CsrMatrix::from_parts(1, 2, vec![0, 2], vec![0, 1], vec![0.0, 5.0]).unwrap();
+        assert_eq!(z.without_zeros().row(0), (&[1u32][..], &[5.0f32][..]));
     }
 }

@@ -1,16 +1,29 @@
 //! Data: the count matrix with its cell and gene annotations, the readers that produce it, and the
-//! checks that every reader shares.
+//! checks that every reader shares. Nothing here knows the store, the model or the command line.
+//!
+//! ```text
+//! csr.rs          CsrMatrix (rows, columns, canonical sorting, appending) and the SparseRows trait
+//! hdf5.rs         what the HDF5 readers share: the number decoder, CSR rows from a file, type names
+//! h5ad/           the AnnData reader: mod (API), matrix (X / layers, streamed), frames (obs / var)
+//! tenx/           10x readers: mod (gene filter), h5 (Cell Ranger .h5), mtx (Matrix Market folder)
+//! validate.rs     value checks on every chunk read (negative, NaN, infinite; non-integer counted)
+//! names.rs        unique gene names, as anndata makes them
+//! genes.rs        gene lists: reading one, finding its genes by name or ID
+//! hvg/            highly variable genes: seurat_v3, its loess, numpy's argsort
+//! simulate.rs     simulated counts of any size, in constant memory
+//! ```
 
 pub mod csr;
+pub mod genes;
 pub mod h5ad;
+pub mod hdf5;
 pub mod hvg;
 pub mod names;
-pub mod open;
 pub mod simulate;
 pub mod tenx;
 pub mod validate;
 
-pub use csr::{CsrMatrix, SparseRows};
+pub use csr::{ColumnMap, CsrMatrix, SparseRows};
 
 use crate::error::{Error, Result};
 
@@ -114,21 +127,30 @@ impl Dataset {
 
     /// The obs column `key`, or an error listing the columns there are.
     pub fn obs_column(&self, key: &str) -> Result<&ObsColumn> {
-        self.obs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, c)| c)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self.obs.iter().map(|(k, _)| k.as_str()).collect();
-                Error::Data(format!(
-                    "{}: obs has no column '{key}' (columns: {})",
-                    self.source,
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ))
-            })
+        find_obs(&self.obs, key, &self.source, "")
     }
+}
+
+/// The obs column `key`, or an error naming `source` and listing the columns there are; `purpose`
+/// (" for --hvg-batch-key", or "") says what the column was wanted for.
+pub fn find_obs<'a>(
+    obs: &'a [(String, ObsColumn)],
+    key: &str,
+    source: &str,
+    purpose: &str,
+) -> Result<&'a ObsColumn> {
+    obs.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, c)| c)
+        .ok_or_else(|| {
+            let names: Vec<&str> = obs.iter().map(|(k, _)| k.as_str()).collect();
+            Error::Data(format!(
+                "{source}: obs has no column '{key}'{purpose} (columns: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        })
 }

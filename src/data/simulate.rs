@@ -478,25 +478,16 @@ pub fn sim_cell_names(cfg: &SimConfig) -> Vec<String> {
 /// The obs columns: `batch` (`batch0`, ...) and `cell_type` (`type0`, ...), both categorical.
 pub fn sim_obs(cfg: &SimConfig) -> Vec<(String, ObsColumn)> {
     let (batch, ctype) = simulate_labels(cfg);
+    let column = |name: &str, codes: Vec<i32>, n: usize, prefix: &str| {
+        let categories = (0..n.max(1)).map(|k| format!("{prefix}{k}")).collect();
+        (
+            name.to_string(),
+            ObsColumn::Categorical { codes, categories },
+        )
+    };
     vec![
-        (
-            "batch".to_string(),
-            ObsColumn::Categorical {
-                codes: batch,
-                categories: (0..cfg.n_batches.max(1))
-                    .map(|b| format!("batch{b}"))
-                    .collect(),
-            },
-        ),
-        (
-            "cell_type".to_string(),
-            ObsColumn::Categorical {
-                codes: ctype,
-                categories: (0..cfg.n_cell_types.max(1))
-                    .map(|t| format!("type{t}"))
-                    .collect(),
-            },
-        ),
+        column("batch", batch, cfg.n_batches, "batch"),
+        column("cell_type", ctype, cfg.n_cell_types, "type"),
     ]
 }
 
@@ -506,13 +497,7 @@ pub fn sim_obs(cfg: &SimConfig) -> Vec<(String, ObsColumn)> {
 pub fn simulate(cfg: &SimConfig) -> Dataset {
     let mut counts = CsrMatrix::with_cols(cfg.n_genes);
     let ok = simulate_rows(cfg, |_, chunk| {
-        let off = counts.indices.len() as u64;
-        counts
-            .indptr
-            .extend(chunk.indptr[1..].iter().map(|&p| p + off));
-        counts.indices.extend_from_slice(&chunk.indices);
-        counts.data.extend_from_slice(&chunk.data);
-        counts.n_rows += chunk.n_rows;
+        counts.append_rows(&chunk);
         Ok(())
     });
     if ok.is_err() {

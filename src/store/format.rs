@@ -208,6 +208,33 @@ pub fn dtype_size(dtype: &str) -> Option<u64> {
 // ------------------------------------------------------------------------------------------------
 // meta.bin: built in memory at conversion (it is O(n_cells + n_genes)), decoded at open.
 
+/// A number stored little-endian in `meta.bin`, with its dtype name there.
+trait Le: Copy {
+    const DTYPE: &'static str;
+    const SIZE: usize;
+    fn put(self, out: &mut Vec<u8>);
+    /// From exactly `SIZE` bytes.
+    fn get(b: &[u8]) -> Self;
+}
+
+macro_rules! le {
+    ($($t:ty => $name:literal),*) => {$(
+        impl Le for $t {
+            const DTYPE: &'static str = $name;
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(b);
+                <$t>::from_le_bytes(a)
+            }
+        }
+    )*};
+}
+le!(u8 => "u8", i32 => "i32", i64 => "i64", u64 => "u64", f64 => "f64");
+
 /// Builds `meta.bin`: each array padded to an 8-byte boundary.
 #[derive(Default)]
 pub struct MetaBuilder {
@@ -215,38 +242,38 @@ pub struct MetaBuilder {
 }
 
 impl MetaBuilder {
-    fn align(&mut self) {
+    /// Append `values` as an array starting at an 8-byte boundary.
+    fn array<T: Le>(&mut self, values: impl ExactSizeIterator<Item = T>) -> ArrayRef {
         while !self.buf.len().is_multiple_of(8) {
             self.buf.push(0);
         }
-    }
-
-    fn array(&mut self, dtype: &str, len: usize, bytes: impl FnOnce(&mut Vec<u8>)) -> ArrayRef {
-        self.align();
-        let offset = self.buf.len() as u64;
-        bytes(&mut self.buf);
+        let (offset, len) = (self.buf.len() as u64, values.len() as u64);
+        values.for_each(|x| x.put(&mut self.buf));
         ArrayRef {
             offset,
-            dtype: dtype.to_string(),
-            len: len as u64,
+            dtype: T::DTYPE.to_string(),
+            len,
         }
     }
 
     pub fn strings(&mut self, values: &[String]) -> StringsRef {
-        let offsets = self.array("u64", values.len() + 1, |b| {
-            let mut o = 0u64;
-            b.extend_from_slice(&o.to_le_bytes());
-            for s in values {
-                o += s.len() as u64;
-                b.extend_from_slice(&o.to_le_bytes());
-            }
+        let ends = values.iter().scan(0u64, |o, s| {
+            *o += s.len() as u64;
+            Some(*o)
         });
-        let total: usize = values.iter().map(|s| s.len()).sum();
-        let bytes = self.array("u8", total, |b| {
-            for s in values {
-                b.extend_from_slice(s.as_bytes());
-            }
-        });
+        let offsets = self.array(
+            std::iter::once(0u64)
+                .chain(ends)
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
+        let bytes = self.array(
+            values
+                .iter()
+                .flat_map(|s| s.bytes())
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
         StringsRef { offsets, bytes }
     }
 
@@ -262,11 +289,7 @@ impl MetaBuilder {
         match col {
             ObsColumn::Categorical { codes, categories } => {
                 e.kind = "categorical".into();
-                e.codes = Some(self.array("i32", codes.len(), |b| {
-                    codes
-                        .iter()
-                        .for_each(|c| b.extend_from_slice(&c.to_le_bytes()))
-                }));
+                e.codes = Some(self.array(codes.iter().copied()));
                 e.categories = Some(self.strings(categories));
             }
             ObsColumn::Strings(v) => {
@@ -275,20 +298,15 @@ impl MetaBuilder {
             }
             ObsColumn::Integers(v) => {
                 e.kind = "integers".into();
-                e.values = Some(self.array("i64", v.len(), |b| {
-                    v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()))
-                }));
+                e.values = Some(self.array(v.iter().copied()));
             }
             ObsColumn::Floats(v) => {
                 e.kind = "floats".into();
-                e.values = Some(self.array("f64", v.len(), |b| {
-                    v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()))
-                }));
+                e.values = Some(self.array(v.iter().copied()));
             }
             ObsColumn::Bools(v) => {
                 e.kind = "bools".into();
-                e.values =
-                    Some(self.array("u8", v.len(), |b| b.extend(v.iter().map(|&x| x as u8))));
+                e.values = Some(self.array(v.iter().map(|&x| x as u8)));
             }
         }
         e
@@ -337,6 +355,15 @@ impl MetaReader<'_> {
         Ok(())
     }
 
+    /// An array of `T`; `n` is the expected count when known.
+    fn array<T: Le>(&self, a: &ArrayRef, n: Option<u64>, what: &str) -> Result<Vec<T>> {
+        if let Some(n) = n {
+            self.expect_len(a, n, what)?;
+        }
+        let b = self.bytes(a, T::DTYPE, what)?;
+        Ok(b.chunks_exact(T::SIZE).map(T::get).collect())
+    }
+
     /// Strings; `n` is the expected count when known.
     pub fn strings(&self, s: &StringsRef, n: Option<u64>, what: &str) -> Result<Vec<String>> {
         let offs = self.bytes(&s.offsets, "u64", what)?;
@@ -347,10 +374,7 @@ impl MetaReader<'_> {
         if let Some(n) = n {
             self.expect_len(&s.offsets, n + 1, what)?;
         }
-        let offs: Vec<u64> = offs
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let offs: Vec<u64> = offs.chunks_exact(8).map(u64::get).collect();
         let mut out = Vec::with_capacity(offs.len() - 1);
         for w in offs.windows(2) {
             if w[1] < w[0] || w[1] > bytes.len() as u64 {
@@ -369,15 +393,12 @@ impl MetaReader<'_> {
     pub fn obs(&self, e: &ObsEntry, n_cells: u64) -> Result<ObsColumn> {
         let what = format!("obs column '{}'", e.name);
         let missing = |f: &str| Error::format(self.path, format!("{what}: no {f} array"));
+        let n = Some(n_cells);
+        let values = || e.values.as_ref().ok_or_else(|| missing("values"));
         Ok(match e.kind.as_str() {
             "categorical" => {
                 let c = e.codes.as_ref().ok_or_else(|| missing("codes"))?;
-                self.expect_len(c, n_cells, &what)?;
-                let codes: Vec<i32> = self
-                    .bytes(c, "i32", &what)?
-                    .chunks_exact(4)
-                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+                let codes: Vec<i32> = self.array(c, n, &what)?;
                 let cats = e.categories.as_ref().ok_or_else(|| missing("categories"))?;
                 let categories = self.strings(cats, None, &what)?;
                 if let Some(&bad) = codes
@@ -393,37 +414,13 @@ impl MetaReader<'_> {
             }
             "strings" => {
                 let s = e.strings.as_ref().ok_or_else(|| missing("strings"))?;
-                ObsColumn::Strings(self.strings(s, Some(n_cells), &what)?)
+                ObsColumn::Strings(self.strings(s, n, &what)?)
             }
-            "integers" => {
-                let v = e.values.as_ref().ok_or_else(|| missing("values"))?;
-                self.expect_len(v, n_cells, &what)?;
-                ObsColumn::Integers(
-                    self.bytes(v, "i64", &what)?
-                        .chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                )
-            }
-            "floats" => {
-                let v = e.values.as_ref().ok_or_else(|| missing("values"))?;
-                self.expect_len(v, n_cells, &what)?;
-                ObsColumn::Floats(
-                    self.bytes(v, "f64", &what)?
-                        .chunks_exact(8)
-                        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                )
-            }
+            "integers" => ObsColumn::Integers(self.array(values()?, n, &what)?),
+            "floats" => ObsColumn::Floats(self.array(values()?, n, &what)?),
             "bools" => {
-                let v = e.values.as_ref().ok_or_else(|| missing("values"))?;
-                self.expect_len(v, n_cells, &what)?;
-                ObsColumn::Bools(
-                    self.bytes(v, "u8", &what)?
-                        .iter()
-                        .map(|&b| b != 0)
-                        .collect(),
-                )
+                let v: Vec<u8> = self.array(values()?, n, &what)?;
+                ObsColumn::Bools(v.iter().map(|&b| b != 0).collect())
             }
             k => {
                 return Err(Error::format(

@@ -167,6 +167,32 @@ struct Member {
     group: Option<(u64, u64)>,
 }
 
+/// Where a group went: its object header, B-tree and local heap.
+#[derive(Clone, Copy)]
+struct GroupAt {
+    header: u64,
+    btree: u64,
+    heap: u64,
+}
+
+impl Member {
+    fn dataset(name: &str, header: u64) -> Member {
+        Member {
+            name: name.into(),
+            header,
+            group: None,
+        }
+    }
+
+    fn group(name: &str, g: GroupAt) -> Member {
+        Member {
+            name: name.into(),
+            header: g.header,
+            group: Some((g.btree, g.heap)),
+        }
+    }
+}
+
 /// The file being written: appends at the end, remembers where things went.
 struct Out {
     path: PathBuf,
@@ -249,13 +275,8 @@ impl Out {
         self.dataset(Dt::Str(n as u32), &[v.len() as u64], &raw, attrs)
     }
 
-    /// A group holding `members`: local heap, symbol table node, B-tree, object header. Returns
-    /// (object header, B-tree, heap) addresses.
-    fn group(
-        &mut self,
-        mut members: Vec<Member>,
-        attrs: &[(&str, Attr)],
-    ) -> Result<(u64, u64, u64)> {
+    /// A group holding `members`: local heap, symbol table node, B-tree, object header.
+    fn group(&mut self, mut members: Vec<Member>, attrs: &[(&str, Attr)]) -> Result<GroupAt> {
         if members.len() > 2 * LEAF_K as usize {
             return Err(Error::Data(format!(
                 "h5ad writer: more than {} members in a group",
@@ -324,8 +345,11 @@ impl Out {
         for (n, a) in attrs {
             msgs.push((0x000C, attribute_message(n, a)));
         }
-        let oh = self.object_header(&msgs)?;
-        Ok((oh, bt_addr, heap_addr))
+        Ok(GroupAt {
+            header: self.object_header(&msgs)?,
+            btree: bt_addr,
+            heap: heap_addr,
+        })
     }
 }
 
@@ -381,6 +405,16 @@ impl H5adWriter {
             source: source.to_string(),
             checks: CountChecks::new(source, "X"),
         })
+    }
+
+    /// Rows appended so far.
+    pub fn n_rows(&self) -> usize {
+        self.indptr.len() - 1
+    }
+
+    /// Values appended so far.
+    pub fn nnz(&self) -> u64 {
+        *self.indptr.last().unwrap_or(&0) as u64
     }
 
     /// Append rows (checked like the store's: structure, gene count, values).
@@ -463,17 +497,12 @@ impl H5adWriter {
         let indices_oh = out.dataset_at(Dt::I32, &[nnz], indices_addr, &[])?;
         let raw: Vec<u8> = self.indptr.iter().flat_map(|p| p.to_le_bytes()).collect();
         let indptr_oh = out.dataset(Dt::I64, &[n_cells as u64 + 1], &raw, &[])?;
-        let mk = |name: &str, header: u64| Member {
-            name: name.into(),
-            header,
-            group: None,
-        };
         let [e0, e1] = enc("csr_matrix", "0.1.0");
         let x = out.group(
             vec![
-                mk("data", data_oh),
-                mk("indices", indices_oh),
-                mk("indptr", indptr_oh),
+                Member::dataset("data", data_oh),
+                Member::dataset("indices", indices_oh),
+                Member::dataset("indptr", indptr_oh),
             ],
             &[
                 e0,
@@ -481,92 +510,24 @@ impl H5adWriter {
                 ("shape", Attr::I64s(vec![n_cells as i64, g as i64])),
             ],
         )?;
-
-        // obs
-        let mut obs_members = Vec::new();
-        let [e0, e1] = enc("string-array", "0.2.0");
-        obs_members.push(mk("_index", out.strings(&meta.cell_names, &[e0, e1])?));
-        let mut order = Vec::new();
-        for (name, col) in &meta.obs {
-            if name == "_index" {
-                continue;
-            }
-            order.push(name.clone());
-            obs_members.push(column(&mut out, name, col)?);
-        }
-        let [e0, e1] = enc("dataframe", "0.2.0");
-        let column_order = if order.is_empty() {
-            Attr::EmptyF64
-        } else {
-            Attr::Strs(order)
-        };
-        let obs = out.group(
-            obs_members,
-            &[
-                e0,
-                e1,
-                ("_index", Attr::Str("_index".into())),
-                ("column-order", column_order),
-            ],
-        )?;
-
-        // var
-        let mut var_members = Vec::new();
-        let [e0, e1] = enc("string-array", "0.2.0");
-        var_members.push(mk("_index", out.strings(&meta.gene_names, &[e0, e1])?));
-        let mut order = Vec::new();
-        for (name, v) in &meta.var {
-            if name == "_index" {
-                continue;
-            }
-            order.push(name.clone());
-            let [e0, e1] = enc("string-array", "0.2.0");
-            var_members.push(mk(name, out.strings(v, &[e0, e1])?));
-        }
-        let [e0, e1] = enc("dataframe", "0.2.0");
-        let column_order = if order.is_empty() {
-            Attr::EmptyF64
-        } else {
-            Attr::Strs(order)
-        };
-        let var = out.group(
-            var_members,
-            &[
-                e0,
-                e1,
-                ("_index", Attr::Str("_index".into())),
-                ("column-order", column_order),
-            ],
-        )?;
-
+        let obs = dataframe(&mut out, &meta.cell_names, &meta.obs)?;
+        let var_columns: Vec<(String, ObsColumn)> = meta
+            .var
+            .into_iter()
+            .map(|(name, v)| (name, ObsColumn::Strings(v)))
+            .collect();
+        let var = dataframe(&mut out, &meta.gene_names, &var_columns)?;
         let mut root = vec![
-            Member {
-                name: "X".into(),
-                header: x.0,
-                group: Some((x.1, x.2)),
-            },
-            Member {
-                name: "obs".into(),
-                header: obs.0,
-                group: Some((obs.1, obs.2)),
-            },
-            Member {
-                name: "var".into(),
-                header: var.0,
-                group: Some((var.1, var.2)),
-            },
+            Member::group("X", x),
+            Member::group("obs", obs),
+            Member::group("var", var),
         ];
         for name in ["layers", "obsm", "obsp", "uns", "varm", "varp"] {
             let [e0, e1] = enc("dict", "0.1.0");
-            let (oh, bt, hp) = out.group(Vec::new(), &[e0, e1])?;
-            root.push(Member {
-                name: name.into(),
-                header: oh,
-                group: Some((bt, hp)),
-            });
+            root.push(Member::group(name, out.group(Vec::new(), &[e0, e1])?));
         }
         let [e0, e1] = enc("anndata", "0.1.0");
-        let (root_oh, root_bt, root_hp) = out.group(root, &[e0, e1])?;
+        let top = out.group(root, &[e0, e1])?;
         let eof = out.pos;
 
         // Superblock version 0.
@@ -580,11 +541,11 @@ impl H5adWriter {
         sb.extend_from_slice(&eof.to_le_bytes());
         sb.extend_from_slice(&UNDEF.to_le_bytes()); // driver info
         sb.extend_from_slice(&0u64.to_le_bytes()); // root entry: name offset
-        sb.extend_from_slice(&root_oh.to_le_bytes());
+        sb.extend_from_slice(&top.header.to_le_bytes());
         sb.extend_from_slice(&1u32.to_le_bytes());
         sb.extend_from_slice(&0u32.to_le_bytes());
-        sb.extend_from_slice(&root_bt.to_le_bytes());
-        sb.extend_from_slice(&root_hp.to_le_bytes());
+        sb.extend_from_slice(&top.btree.to_le_bytes());
+        sb.extend_from_slice(&top.heap.to_le_bytes());
         debug_assert_eq!(sb.len() as u64, SUPERBLOCK_SIZE);
         let path = out.path.clone();
         let mut f = out
@@ -602,15 +563,39 @@ impl H5adWriter {
     }
 }
 
-/// An obs column as anndata writes it.
-fn column(out: &mut Out, name: &str, col: &ObsColumn) -> Result<Member> {
-    let member = |header: u64, group: Option<(u64, u64)>| Member {
-        name: name.into(),
-        header,
-        group,
+/// A dataframe as anndata writes it: the string index `_index`, then the columns in their order.
+fn dataframe(out: &mut Out, index: &[String], columns: &[(String, ObsColumn)]) -> Result<GroupAt> {
+    let [e0, e1] = enc("string-array", "0.2.0");
+    let mut members = vec![Member::dataset("_index", out.strings(index, &[e0, e1])?)];
+    let mut order = Vec::new();
+    for (name, col) in columns {
+        if name == "_index" {
+            continue;
+        }
+        order.push(name.clone());
+        members.push(column(out, name, col)?);
+    }
+    let [e0, e1] = enc("dataframe", "0.2.0");
+    let column_order = if order.is_empty() {
+        Attr::EmptyF64
+    } else {
+        Attr::Strs(order)
     };
+    out.group(
+        members,
+        &[
+            e0,
+            e1,
+            ("_index", Attr::Str("_index".into())),
+            ("column-order", column_order),
+        ],
+    )
+}
+
+/// A column as anndata writes it.
+fn column(out: &mut Out, name: &str, col: &ObsColumn) -> Result<Member> {
     let [e0, e1] = enc("array", "0.2.0");
-    Ok(match col {
+    let (dt, raw): (Dt, Vec<u8>) = match col {
         ObsColumn::Categorical { codes, categories } => {
             let (dt, raw): (Dt, Vec<u8>) = if categories.len() <= i8::MAX as usize {
                 (Dt::I8, codes.iter().map(|&c| c as i8 as u8).collect())
@@ -624,50 +609,26 @@ fn column(out: &mut Out, name: &str, col: &ObsColumn) -> Result<Member> {
             let [s0, s1] = enc("string-array", "0.2.0");
             let cats_oh = out.strings(categories, &[s0, s1])?;
             let [c0, c1] = enc("categorical", "0.2.0");
-            let (oh, bt, hp) = out.group(
+            let g = out.group(
                 vec![
-                    Member {
-                        name: "categories".into(),
-                        header: cats_oh,
-                        group: None,
-                    },
-                    Member {
-                        name: "codes".into(),
-                        header: codes_oh,
-                        group: None,
-                    },
+                    Member::dataset("categories", cats_oh),
+                    Member::dataset("codes", codes_oh),
                 ],
                 &[c0, c1, ("ordered", Attr::I8(0))],
             )?;
-            member(oh, Some((bt, hp)))
+            return Ok(Member::group(name, g));
         }
         ObsColumn::Strings(v) => {
             let [s0, s1] = enc("string-array", "0.2.0");
-            member(out.strings(v, &[s0, s1])?, None)
+            return Ok(Member::dataset(name, out.strings(v, &[s0, s1])?));
         }
-        ObsColumn::Integers(v) => {
-            let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            member(
-                out.dataset(Dt::I64, &[v.len() as u64], &raw, &[e0, e1])?,
-                None,
-            )
-        }
-        ObsColumn::Floats(v) => {
-            let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            member(
-                out.dataset(Dt::F64, &[v.len() as u64], &raw, &[e0, e1])?,
-                None,
-            )
-        }
-        ObsColumn::Bools(v) => {
-            // As int8 0/1 (anndata reads it as an integer column).
-            let raw: Vec<u8> = v.iter().map(|&b| b as u8).collect();
-            member(
-                out.dataset(Dt::I8, &[v.len() as u64], &raw, &[e0, e1])?,
-                None,
-            )
-        }
-    })
+        ObsColumn::Integers(v) => (Dt::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        ObsColumn::Floats(v) => (Dt::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        // As int8 0/1 (anndata reads it as an integer column).
+        ObsColumn::Bools(v) => (Dt::I8, v.iter().map(|&b| b as u8).collect()),
+    };
+    let header = out.dataset(dt, &[col.len() as u64], &raw, &[e0, e1])?;
+    Ok(Member::dataset(name, header))
 }
 
 impl Drop for H5adWriter {

@@ -1,15 +1,21 @@
-//! Any input the command line takes, as a source of row chunks plus annotations: a store, an
-//! `.h5ad` file, a 10x Cell Ranger `.h5` file or a 10x MTX folder. `convert` reads its input through
-//! this in one or more streaming passes.
+//! The one input opener: every command reads its data through [`open_input`], which tells a store,
+//! an `.h5ad` file, a 10x Cell Ranger `.h5` file and a 10x MTX folder apart by their content (not
+//! their names). An opened [`Input`] knows its sizes and annotations; its counts come as a stream of
+//! row chunks ([`Input::for_each_chunk`], what `convert` reads in one or more passes) or whole
+//! ([`Input::into_dataset`], what training reads: a store stays memory-mapped, anything else is
+//! read into memory with every value checked).
+//!
+//! Warnings go to stderr as the input is read: gene names made unique, features dropped by the
+//! 10x gene-expression filter, obs columns skipped, non-integer counts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::Store;
-use crate::data::h5ad::{self, H5adOptions};
+use super::mapped::{is_store, Store};
+use crate::data::h5ad::{self, H5adOptions, H5adReader};
 use crate::data::names::make_unique_warn;
 use crate::data::tenx::{self, TenxH5, TenxMtx};
-use crate::data::validate::CountChecks;
-use crate::data::{CsrMatrix, Dataset, ObsColumn, SparseRows};
+use crate::data::validate::{CountChecks, CountSummary};
+use crate::data::{hdf5, CsrMatrix, Dataset, ObsColumn, SparseRows};
 use crate::error::{Error, Result};
 
 /// The kinds of input, told apart by their content (not their names).
@@ -32,8 +38,10 @@ impl InputFormat {
     }
 }
 
-/// What `path` is: a store or MTX folder (by the files in it), a 10x `.h5` (an HDF5 file with a
-/// `matrix` group) or an `.h5ad` (any other HDF5 file).
+/// What `path` is, by its content: a store or an MTX folder by the files in it; a 10x `.h5` by its
+/// groups (a `matrix` group, or a Cell Ranger 2 genome group); an `.h5ad` by the AnnData layout (`X`,
+/// `obs` or `var`, or an `anndata` encoding). An HDF5 file that is none of these is an error, but
+/// one that cannot be opened as HDF5 counts as an `.h5ad`, whose reader says what is wrong with it.
 pub fn detect_format(path: &Path) -> Result<InputFormat> {
     if !path.exists() {
         return Err(Error::io(
@@ -42,7 +50,7 @@ pub fn detect_format(path: &Path) -> Result<InputFormat> {
         ));
     }
     if path.is_dir() {
-        if super::is_store(path) {
+        if is_store(path) {
             return Ok(InputFormat::Store);
         }
         if tenx::is_mtx_dir(path) {
@@ -72,10 +80,35 @@ pub fn detect_format(path: &Path) -> Result<InputFormat> {
             "give the folder holding matrix.mtx, features.tsv and barcodes.tsv, not the file",
         ));
     }
+    if !hdf5::has_signature(path) {
+        return Err(Error::format(
+            path,
+            "is not an HDF5 file (no HDF5 signature); expected an AnnData .h5ad file, a 10x \
+             Cell Ranger .h5 file, a scvi-rs store or a 10x MTX folder",
+        ));
+    }
     if tenx::is_10x_h5(path) {
         return Ok(InputFormat::TenxH5);
     }
+    if h5ad::is_anndata(path) == Some(false) {
+        return Err(Error::format(
+            path,
+            "an HDF5 file that is neither an AnnData .h5ad (no X, obs or var) nor a 10x Cell \
+             Ranger matrix (no 'matrix' group nor a genome group)",
+        ));
+    }
     Ok(InputFormat::H5ad)
+}
+
+/// Open any input (see [`Input::open`]).
+pub fn open_input(path: &Path, layer: Option<&str>) -> Result<Input> {
+    Input::open(path, layer)
+}
+
+/// Open any input and read it whole as a [`Dataset`] (a store stays memory-mapped); see
+/// [`Input::into_dataset`].
+pub fn load_dataset(path: &Path, layer: Option<&str>) -> Result<Dataset> {
+    Input::open(path, layer)?.into_dataset()
 }
 
 /// The annotations of an input (gene names already unique).
@@ -94,10 +127,7 @@ pub struct InputMeta {
 
 enum Body {
     Store(Box<Store>),
-    H5ad {
-        path: PathBuf,
-        opts: H5adOptions,
-    },
+    H5ad(Box<H5adReader>),
     TenxH5(Box<TenxH5>),
     /// MTX is read whole (its entries come in any order).
     TenxMtx(CsrMatrix),
@@ -151,57 +181,48 @@ impl Input {
                 }
             }
             InputFormat::H5ad => {
-                let opts = H5adOptions {
-                    layer: layer.map(str::to_string),
-                };
-                let summary = h5ad::h5ad_summary(path)?;
-                let names = h5ad::read_var_names(path)?;
-                let (cell_names, obs) = h5ad::read_obs(path)?;
+                let r = H5adReader::open(
+                    path,
+                    &H5adOptions {
+                        layer: layer.map(str::to_string),
+                    },
+                )?;
+                let names = r.var_names()?;
+                let (cell_names, obs) = r.obs()?;
                 let (gene_names, renamed) = make_unique_warn(&names, &source);
                 let var = if renamed > 0 {
                     vec![("gene_names_original".to_string(), names)]
                 } else {
                     Vec::new()
                 };
-                let field = layer
-                    .map(|l| format!("layers/{l}"))
-                    .unwrap_or_else(|| "X".into());
-                // For a layer the sizes are checked as the first chunk arrives; X's here.
-                let (n_cells, n_genes, nnz) = if layer.is_none() {
-                    (summary.n_obs, summary.n_vars, summary.x_nnz)
-                } else {
-                    (cell_names.len(), gene_names.len(), None)
-                };
+                let (n_cells, n_genes) = (r.n_rows(), r.n_cols());
                 if n_cells != cell_names.len() || n_genes != gene_names.len() {
                     return Err(Error::format(
                         path,
                         format!(
-                            "{field} is {n_cells} x {n_genes} but obs has {} cells and var {} genes",
+                            "{} is {n_cells} x {n_genes} but obs has {} cells and var {} genes",
+                            r.field(),
                             cell_names.len(),
                             gene_names.len()
                         ),
                     ));
                 }
-                let layout = layer.is_none().then(|| summary.x_encoding.clone());
                 let meta = InputMeta {
                     gene_names,
                     cell_names,
                     obs,
                     var,
                     source,
-                    field,
+                    field: r.field().to_string(),
                 };
                 Input {
                     format,
                     meta,
                     n_cells,
                     n_genes,
-                    nnz,
-                    layout,
-                    body: Body::H5ad {
-                        path: path.to_path_buf(),
-                        opts,
-                    },
+                    nnz: r.nnz(),
+                    layout: Some(r.encoding().to_string()),
+                    body: Body::H5ad(Box::new(r)),
                 }
             }
             InputFormat::TenxH5 => {
@@ -259,12 +280,20 @@ impl Input {
         Ok(input)
     }
 
-    /// Stream the counts as CSR chunks of at most `chunk_rows` rows, in order. Chunks from an
-    /// `.h5ad` are checked here for their size against the annotations.
+    /// The store, when the input is one.
+    pub fn store(&self) -> Option<&Store> {
+        match &self.body {
+            Body::Store(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Stream the counts as CSR chunks of at most `chunk_rows` rows, in order. The values are not
+    /// checked here (the writers and [`Input::into_dataset`] check them).
     pub fn for_each_chunk(
         &self,
         chunk_rows: usize,
-        mut f: impl FnMut(usize, CsrMatrix) -> Result<()>,
+        f: impl FnMut(usize, CsrMatrix) -> Result<()>,
     ) -> Result<()> {
         let chunk_rows = chunk_rows.max(1);
         match &self.body {
@@ -275,82 +304,38 @@ impl Input {
             }
             Body::TenxMtx(m) => rows_of(m, chunk_rows, f, |_, _| {}),
             Body::TenxH5(t) => t.for_each_row_chunk(chunk_rows, f),
-            Body::H5ad { path, opts } => {
-                let mut seen = 0usize;
-                h5ad::for_each_row_chunk(path, opts, chunk_rows, |first, chunk| {
-                    if chunk.n_cols != self.n_genes {
-                        return Err(Error::format(
-                            path,
-                            format!(
-                                "{} has {} columns but var has {} genes",
-                                self.meta.field, chunk.n_cols, self.n_genes
-                            ),
-                        ));
-                    }
-                    seen = first + chunk.n_rows;
-                    if seen > self.n_cells {
-                        return Err(Error::format(
-                            path,
-                            format!(
-                                "{} has more rows than obs has cells ({})",
-                                self.meta.field, self.n_cells
-                            ),
-                        ));
-                    }
-                    f(first, chunk)
-                })?;
-                if seen != self.n_cells {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "{} has {seen} rows but obs has {} cells",
-                            self.meta.field, self.n_cells
-                        ),
-                    ));
-                }
-                Ok(())
-            }
+            Body::H5ad(r) => r.for_each_row_chunk(chunk_rows, f),
         }
     }
 
-    /// The whole input as a [`Dataset`]: a store stays mapped, anything else is read into memory.
+    /// The whole input as a [`Dataset`]: a store stays mapped, anything else is read into memory
+    /// with every value checked (a negative, NaN or infinite count is an error naming the cell and
+    /// the gene; non-integer counts are a warning).
     pub fn into_dataset(self) -> Result<Dataset> {
         let meta = self.meta;
-        let counts: Box<dyn SparseRows> = match self.body {
+        let source = &meta.source;
+        let (counts, summary) = match self.body {
             Body::Store(s) => return Ok((*s).into_dataset()),
+            Body::H5ad(r) => r.read_counts()?,
             Body::TenxMtx(m) => {
-                let mut checks = CountChecks::new(&meta.source, &meta.field);
+                let mut checks = CountChecks::new(source, &meta.field);
                 checks.check_chunk(0, &m)?;
-                warn_non_integer(checks, &meta)?;
-                Box::new(m)
+                (m, checks.finish()?)
             }
-            body => {
-                let mut checks = CountChecks::new(&meta.source, &meta.field);
-                let tmp = Input {
-                    format: self.format,
-                    meta: InputMeta::default(),
-                    n_cells: self.n_cells,
-                    n_genes: self.n_genes,
-                    nnz: self.nnz,
-                    layout: None,
-                    body,
-                };
+            Body::TenxH5(t) => {
+                let mut checks = CountChecks::new(source, &meta.field);
                 let mut all = CsrMatrix::with_cols(self.n_genes);
-                tmp.for_each_chunk(1 << 14, |first, c| {
+                t.for_each_row_chunk(1 << 14, |first, c| {
                     checks.check_chunk(first, &c)?;
-                    let base = all.indices.len() as u64;
-                    all.indptr.extend(c.indptr[1..].iter().map(|&p| p + base));
-                    all.indices.extend_from_slice(&c.indices);
-                    all.data.extend_from_slice(&c.data);
-                    all.n_rows += c.n_rows;
+                    all.append_rows(&c);
                     Ok(())
                 })?;
-                warn_non_integer(checks, &meta)?;
-                Box::new(all)
+                (all, checks.finish()?)
             }
         };
+        warn_non_integer(&summary, &meta);
         Ok(Dataset {
-            counts,
+            counts: Box::new(counts),
             gene_names: meta.gene_names,
             cell_names: meta.cell_names,
             obs: meta.obs,
@@ -359,11 +344,10 @@ impl Input {
     }
 }
 
-fn warn_non_integer(checks: CountChecks, meta: &InputMeta) -> Result<()> {
-    if let Some(w) = checks.finish()?.warning(&meta.source, &meta.field) {
+fn warn_non_integer(summary: &CountSummary, meta: &InputMeta) {
+    if let Some(w) = summary.warning(&meta.source, &meta.field) {
         eprintln!("warning: {w}");
     }
-    Ok(())
 }
 
 /// Chunks of an in-memory or mapped matrix; `done(r0, r1)` after each chunk is handed on.
@@ -377,22 +361,9 @@ fn rows_of(
     let mut r0 = 0;
     while r0 < n {
         let r1 = (r0 + chunk_rows).min(n);
-        let mut c = CsrMatrix::with_cols(m.n_cols());
-        for i in r0..r1 {
-            let (j, v) = m.row(i);
-            c.indices.extend_from_slice(j);
-            c.data.extend_from_slice(v);
-            c.indptr.push(c.indices.len() as u64);
-            c.n_rows += 1;
-        }
-        f(r0, c)?;
+        f(r0, CsrMatrix::from_rows(m, r0, r1))?;
         done(r0, r1);
         r0 = r1;
     }
     Ok(())
-}
-
-/// Open any input as a [`Dataset`] (a store stays memory-mapped).
-pub fn load_dataset(path: &Path, layer: Option<&str>) -> Result<Dataset> {
-    Input::open(path, layer)?.into_dataset()
 }

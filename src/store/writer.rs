@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, FileEntry, Files, Header, MetaBuilder, ValueSummary};
 use super::hash::{hex, Hasher64};
+use super::mapped::STORE_DIR;
 use crate::atomic::AtomicDir;
 use crate::data::validate::CountChecks;
 use crate::data::{CsrMatrix, ObsColumn};
@@ -64,7 +65,7 @@ impl Out {
 /// The bytes of a slice of plain little-endian numbers, as they lie in memory.
 fn le_bytes<T: Copy>(s: &[T]) -> &[u8] {
     // SAFETY: used only with u32, u64 and f32 (no padding, every byte initialised); the host is
-    // little-endian (enforced at compile time in the parent module), so memory order is file order.
+    // little-endian (enforced at compile time in `mapped.rs`), so memory order is file order.
     unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
 }
 
@@ -127,7 +128,7 @@ impl StoreWriter {
                 "{n_genes} genes: at most 2^32 fit a store"
             )));
         }
-        let staged = AtomicDir::create(path, &super::STORE_DIR, force, "")?;
+        let staged = AtomicDir::create(path, &STORE_DIR, force, "")?;
         let tmp = staged.path().to_path_buf();
         let mut w = StoreWriter {
             staged: Some(staged),
@@ -195,34 +196,15 @@ impl StoreWriter {
         if let Some(c) = self.checks.as_mut() {
             c.check_chunk(self.n_rows, &chunk)?;
         }
+        let chunk = chunk.without_zeros();
         let base = self.nnz;
-        let p0 = chunk.indptr[0];
-        let (ptrs, idx, val) = if chunk.data.contains(&0.0) {
-            let mut idx = Vec::with_capacity(chunk.indices.len());
-            let mut val = Vec::with_capacity(chunk.data.len());
-            let mut ptrs = Vec::with_capacity(chunk.n_rows);
-            for i in 0..chunk.n_rows {
-                let (a, b) = (chunk.indptr[i] as usize, chunk.indptr[i + 1] as usize);
-                for k in a..b {
-                    if chunk.data[k] != 0.0 {
-                        idx.push(chunk.indices[k]);
-                        val.push(chunk.data[k]);
-                    }
-                }
-                ptrs.push(base + idx.len() as u64);
-            }
-            (ptrs, idx, val)
-        } else {
-            let a = p0 as usize;
-            let b = *chunk.indptr.last().unwrap() as usize;
-            let ptrs = chunk.indptr[1..].iter().map(|&p| base + p - p0).collect();
-            let (mut idx, mut val) = (chunk.indices, chunk.data);
-            if a != 0 || b != idx.len() {
-                idx = idx[a..b].to_vec();
-                val = val[a..b].to_vec();
-            }
-            (ptrs, idx, val)
-        };
+        let (p0, p1) = (chunk.indptr[0], chunk.indptr[chunk.n_rows]);
+        let ptrs: Vec<u64> = chunk.indptr[1..].iter().map(|&p| base + p - p0).collect();
+        let (mut idx, mut val) = (chunk.indices, chunk.data);
+        if p0 != 0 || p1 as usize != idx.len() {
+            idx = idx[p0 as usize..p1 as usize].to_vec();
+            val = val[p0 as usize..p1 as usize].to_vec();
+        }
         let mut prev = self.nnz;
         for &p in &ptrs {
             self.values.n_empty_cells += (p == prev) as u64;

@@ -1,0 +1,283 @@
+//! The `obs` and `var` dataframes of an `.h5ad`: their indexes (cell and gene names) and the `obs`
+//! columns, as anndata 0.8+ encodes them (plain arrays, string arrays, categoricals, nullable
+//! integers / booleans / strings).
+
+use hdf5_reader::group::Group;
+use hdf5_reader::{Attribute, Dataset as H5Dataset};
+
+use super::{attr_string, H5ad, ObsTable};
+use crate::data::hdf5::{self, NumKind};
+use crate::data::ObsColumn;
+use crate::error::Result;
+
+/// A column as read, or why it is skipped (a kind scvi-rs does not read).
+type Column = std::result::Result<ObsColumn, String>;
+
+impl H5ad {
+    pub(super) fn read_var_names(&self) -> Result<Vec<String>> {
+        Ok(self.dataframe("var", "gene names")?.2)
+    }
+
+    pub(super) fn read_obs(&self) -> Result<ObsTable> {
+        let (obs, attrs, names) = self.dataframe("obs", "cell annotations")?;
+        let order = column_order(&attrs).ok_or_else(|| {
+            self.err("obs: the 'column-order' attribute is missing or not a list of names")
+        })?;
+        let (groups, datasets) = self.members(&obs, "obs")?;
+        let mut columns = Vec::with_capacity(order.len());
+        for name in order {
+            let field = format!("obs/{name}");
+            let col = if groups.contains(&name) {
+                let g = obs.group(&name).map_err(self.h5err(&field))?;
+                self.read_group_column(&g, &field)?
+            } else if datasets.contains(&name) {
+                let ds = self.dataset(&obs, &name, &field)?;
+                self.read_dataset_column(&ds, &field)?
+            } else {
+                return Err(self.err(format!(
+                    "obs: 'column-order' lists '{name}' but there is no '{field}'"
+                )));
+            };
+            match col {
+                Ok(c) if c.len() == names.len() => columns.push((name, c)),
+                Ok(c) => {
+                    return Err(self.err(format!(
+                        "{field} has {} values but obs has {} cells",
+                        c.len(),
+                        names.len()
+                    )))
+                }
+                Err(why) => eprintln!(
+                    "warning: {}: {field} skipped: {why}; scvi-rs reads categorical, string, \
+                     numeric and boolean columns",
+                    self.path.display()
+                ),
+            }
+        }
+        Ok((names, columns))
+    }
+
+    /// The dataframe `frame` (`obs` or `var`, holding `what`): its group, its attributes and its
+    /// index as names.
+    fn dataframe(&self, frame: &str, what: &str) -> Result<(Group, Vec<Attribute>, Vec<String>)> {
+        let root = self.root_group()?;
+        let g = self
+            .child_group(&root, frame, frame)?
+            .ok_or_else(|| self.err(format!("no '{frame}' group in file ({what})")))?;
+        let attrs = self.attrs(&g, frame)?;
+        match attr_string(&attrs, "encoding-type").as_deref() {
+            Some("dataframe") => {}
+            Some(other) => {
+                return Err(self.err(format!(
+                    "{frame} has encoding '{other}', expected 'dataframe'"
+                )))
+            }
+            None => {
+                return Err(self.err(format!(
+                    "{frame} has no 'encoding-type' attribute: written by anndata older than 0.8, \
+                     which scvi-rs does not read (re-save the file with a recent anndata)"
+                )))
+            }
+        }
+        let index = attr_string(&attrs, "_index").unwrap_or_else(|| "_index".to_string());
+        let field = format!("{frame}/{index}");
+        // An index is strings; numbers are turned into strings.
+        let ds = self.dataset(&g, &index, &field)?;
+        let names = match self.read_dataset_column(&ds, &field)? {
+            Ok(ObsColumn::Bools(_) | ObsColumn::Categorical { .. }) => {
+                return Err(self.err(format!("{field}: an index of this type is not supported")))
+            }
+            Ok(col) => as_names(col).unwrap_or_default(),
+            Err(why) => return Err(self.err(format!("{field}: {why}"))),
+        };
+        Ok((g, attrs, names))
+    }
+
+    /// A column stored as a dataset.
+    fn read_dataset_column(&self, ds: &H5Dataset, field: &str) -> Result<Column> {
+        let attrs = ds.attributes();
+        let enc = attr_string(&attrs, "encoding-type");
+        if ds.ndim() != 1 {
+            return Ok(Err(format!("a {}-D array", ds.ndim())));
+        }
+        match enc.as_deref() {
+            None | Some("array") | Some("string-array") => {}
+            Some(other) => return Ok(Err(format!("encoding '{other}'"))),
+        }
+        if hdf5::is_string_type(ds.dtype()) {
+            let v = ds.read_strings().map_err(self.h5err(field))?;
+            return Ok(Ok(ObsColumn::Strings(v)));
+        }
+        if NumKind::of(ds.dtype()).is_some() {
+            let num = self.num(field, ds)?;
+            return Ok(Ok(if num.kind().is_float() {
+                ObsColumn::Floats(num.all()?)
+            } else {
+                let v: Vec<i128> = num.all()?;
+                match v
+                    .iter()
+                    .map(|&x| i64::try_from(x))
+                    .collect::<std::result::Result<_, _>>()
+                {
+                    Ok(ints) => ObsColumn::Integers(ints),
+                    Err(_) => ObsColumn::Floats(v.iter().map(|&x| x as f64).collect()),
+                }
+            }));
+        }
+        if hdf5::is_bool_type(ds.dtype()) {
+            let raw = ds.read_raw_bytes().map_err(self.h5err(field))?;
+            return Ok(Ok(ObsColumn::Bools(raw.iter().map(|&b| b != 0).collect())));
+        }
+        Ok(Err(format!(
+            "values of type {}",
+            hdf5::dtype_name(ds.dtype())
+        )))
+    }
+
+    /// A column stored as a group: categorical, nullable integer / boolean / string.
+    fn read_group_column(&self, g: &Group, field: &str) -> Result<Column> {
+        let attrs = self.attrs(g, field)?;
+        let enc = attr_string(&attrs, "encoding-type").unwrap_or_default();
+        let sub = |name: &str| -> Result<ObsColumn> {
+            let f = format!("{field}/{name}");
+            let ds = self.dataset(g, name, &f)?;
+            self.read_dataset_column(&ds, &f)?
+                .map_err(|why| self.err(format!("{f}: {why}")))
+        };
+        match enc.as_str() {
+            "categorical" => {
+                let codes = match sub("codes")? {
+                    ObsColumn::Integers(v) => v,
+                    _ => return Err(self.err(format!("{field}/codes: expected integers"))),
+                };
+                let Some(categories) = as_names(sub("categories")?) else {
+                    return Ok(Err("categories of an unexpected kind".into()));
+                };
+                let mut out = Vec::with_capacity(codes.len());
+                for (i, &c) in codes.iter().enumerate() {
+                    if c < -1 || c >= categories.len() as i64 {
+                        return Err(self.err(format!(
+                            "{field}/codes[{i}] = {c}, but there are {} categories",
+                            categories.len()
+                        )));
+                    }
+                    out.push(c as i32);
+                }
+                Ok(Ok(ObsColumn::Categorical {
+                    codes: out,
+                    categories,
+                }))
+            }
+            "nullable-integer" | "nullable-boolean" | "nullable-string-array" => {
+                let values = sub("values")?;
+                let mask = match sub("mask")? {
+                    ObsColumn::Bools(m) => m,
+                    _ => return Err(self.err(format!("{field}/mask: expected booleans"))),
+                };
+                if mask.len() != values.len() {
+                    return Err(self.err(format!(
+                        "{field}: mask has {} entries but values has {}",
+                        mask.len(),
+                        values.len()
+                    )));
+                }
+                Ok(with_missing(values, &mask))
+            }
+            "" => Ok(Err("a group with no encoding-type".into())),
+            other => Ok(Err(format!("encoding '{other}'"))),
+        }
+    }
+}
+
+/// A nullable column's values with its mask applied (`true`: missing). With nothing missing the
+/// values stay as they are; numbers become floats with NaN for the missing ones; booleans and
+/// strings become categoricals (False/True, or the sorted values) with code -1 for them.
+fn with_missing(values: ObsColumn, mask: &[bool]) -> Column {
+    if !mask.iter().any(|&m| m) {
+        return Ok(values);
+    }
+    let masked = |x: Vec<f64>| {
+        let v = x.into_iter().zip(mask);
+        ObsColumn::Floats(v.map(|(x, &m)| if m { f64::NAN } else { x }).collect())
+    };
+    Ok(match values {
+        ObsColumn::Integers(v) => masked(v.iter().map(|&x| x as f64).collect()),
+        ObsColumn::Floats(v) => masked(v),
+        ObsColumn::Bools(v) => ObsColumn::Categorical {
+            codes: v
+                .iter()
+                .zip(mask)
+                .map(|(&b, &m)| if m { -1 } else { b as i32 })
+                .collect(),
+            categories: vec!["False".into(), "True".into()],
+        },
+        ObsColumn::Strings(v) => {
+            let mut cats: Vec<&String> = v
+                .iter()
+                .zip(mask)
+                .filter(|(_, &m)| !m)
+                .map(|(s, _)| s)
+                .collect();
+            cats.sort();
+            cats.dedup();
+            let codes = v
+                .iter()
+                .zip(mask)
+                .map(|(s, &m)| {
+                    if m {
+                        -1
+                    } else {
+                        cats.binary_search(&s).map(|i| i as i32).unwrap_or(-1)
+                    }
+                })
+                .collect();
+            let categories = cats.into_iter().cloned().collect();
+            ObsColumn::Categorical { codes, categories }
+        }
+        ObsColumn::Categorical { .. } => return Err("nullable values of an unexpected kind".into()),
+    })
+}
+
+/// A column's values as names, the way pandas prints them (None for a categorical).
+fn as_names(col: ObsColumn) -> Option<Vec<String>> {
+    Some(match col {
+        ObsColumn::Strings(v) => v,
+        ObsColumn::Integers(v) => v.iter().map(|x| x.to_string()).collect(),
+        ObsColumn::Floats(v) => v.iter().map(|&x| py_float(x)).collect(),
+        ObsColumn::Bools(v) => v
+            .iter()
+            .map(|&b| if b { "True" } else { "False" }.to_string())
+            .collect(),
+        ObsColumn::Categorical { .. } => return None,
+    })
+}
+
+/// Python's `str(float)` for the common cases (`1.0`, not `1`), so numeric categories read as
+/// pandas prints them.
+fn py_float(x: f64) -> String {
+    if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e16 {
+        format!("{x:.1}")
+    } else if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf" } else { "-inf" }.into()
+    } else {
+        format!("{x}")
+    }
+}
+
+/// A list-of-names attribute such as `column-order`; an empty numeric array (what h5py writes for
+/// an empty list) is an empty list.
+pub(super) fn column_order(attrs: &[Attribute]) -> Option<Vec<String>> {
+    let a = attrs.iter().find(|a| a.name == "column-order")?;
+    if hdf5::is_string_type(&a.datatype) {
+        if a.shape.is_empty() {
+            return a.read_string().ok().map(|s| vec![s]);
+        }
+        return a.read_strings().ok();
+    }
+    if a.num_elements().ok()? == 0 {
+        return Some(Vec::new());
+    }
+    None
+}
