@@ -7,18 +7,18 @@ mod common;
 
 use common::BATCH_SIZE;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use scvi_rs::cpu::adam::Adam;
 use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::gemm::{gemm, MatRef};
 use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
-use scvi_rs::cpu::{CpuEngine, Mode};
-use scvi_rs::engine::{CpuTrainer, Engine};
+use scvi_rs::cpu::{CpuEngine, CpuTrainer};
+use scvi_rs::engine::{AdamConfig, Engine, Mode};
 use scvi_rs::model::init::ModelState;
 use scvi_rs::model::{GeneLikelihood, Layout};
 use scvi_rs::rng::{Philox, Stream};
-use scvi_rs::train::adam::{Adam, AdamConfig};
 use std::time::Duration;
 
 fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {

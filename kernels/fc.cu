@@ -1,13 +1,14 @@
-// fc.cu: one FCLayers layer after its matrix product, fused, forward and backward
-// (src/cpu/fc.rs `fc_post_forward` / `fc_post_backward` and the bias / one-hot parts of
-// `linear_forward` / `linear_backward`).
+// fc.cu: one FCLayers layer after its matrix product, fused, forward and backward.
+// CPU twin: src/cpu/fc.rs, `add_onehot_columns` (the bias and one-hot part of `linear_forward`) then
+// `fc_post_forward` for fc_post_fwd and layer_norm_fwd; `fc_post_backward` then the bias and one-hot
+// part of `linear_backward` for layer_norm_bwd and fc_post_bwd. Test: tests/cuda_kernels.rs `fc_*`.
 //
 // fc_post_fwd fuses: + bias + one-hot column W[:, n_in + cat_b] -> BatchNorm1d (training: batch
-// mean and biased variance, running statistics moved by momentum 0.01 towards the mean and the
-// unbiased variance, num_batches_tracked + 1; inference: running statistics; eps 1e-3) -> ReLU ->
+// mean and biased variance, running statistics moved by momentum BN_MOMENTUM towards the mean and
+// the unbiased variance, num_batches_tracked + 1; inference: running statistics; eps BN_EPS) -> ReLU ->
 // dropout (keep when uniform >= p, scale 1 / (1 - p); Philox stream index step * 16 + layer, element
 // b * n + j). With a LayerNorm after the BatchNorm, fc_post_fwd stops before the ReLU and
-// layer_norm_fwd does LayerNorm (eps 1e-5, no affine) -> ReLU -> dropout.
+// layer_norm_fwd does LayerNorm (eps LN_EPS, no affine) -> ReLU -> dropout.
 //
 // fc_post_bwd fuses: dropout mask (recomputed from Philox, never stored) -> ReLU mask -> BatchNorm
 // backward dx = r / B (B dy gamma - gamma sum dy - xhat gamma sum(dy xhat)) with dgamma += sum dy xhat,
@@ -15,24 +16,17 @@
 // LayerNorm, layer_norm_bwd first applies dropout, ReLU and the LayerNorm backward
 // dx = r / n (n dy - sum dy - y sum(dy y)) row by row.
 //
-// Grid and block: fc_post_*: one block per 32 columns, block (32, 8): thread (x, y) owns column
-// blockIdx.x * 32 + x and rows y, y + 8, ...; column statistics are reduced over y in shared memory
-// (f64, as the CPU reference accumulates). layer_norm_*: one block per row, 128 threads over its
-// columns.
+// Grid and block: fc_post_*: one block per FC_TX columns, block (FC_TX, FC_TY): thread (x, y) owns
+// column blockIdx.x * FC_TX + x and rows y, y + FC_TY, ...; column statistics are reduced over y in
+// shared memory (f64, as the CPU reference accumulates). layer_norm_*: one block per row, LN_THREADS
+// threads over its columns. The constants and flags come from Rust (src/cuda/kernels.rs, as -D
+// defines; BN_EPS, BN_MOMENTUM, LN_EPS from src/model/config.rs).
 //
 // Shapes: lin, xhat, pre, out, d: [B, n]; bias, gamma, beta, running stats, inv_std: [n];
 // weight [n, ldw] with ldw = n_in + n_cat.
 #include "common.cuh"
 
-#define FC_HAS_BN 1u
-#define FC_TRAIN 2u
-#define FC_ACT 4u      // apply ReLU and dropout here (off when a LayerNorm follows)
-#define FC_DROPOUT 8u  // dropout active (training and p > 0)
-
-#define FC_TX 32
-#define FC_TY 8
-
-// Mirrors `FcPostArgs` in src/cuda/ops.rs.
+// Mirrors `FcPostArgs` in src/cuda/kernels.rs.
 struct FcPostArgs {
     // Forward: in: the matrix product x W[:, :n_in]^T; out: (unchanged).
     // Backward: in: d loss / d out; out: d loss / d (Linear output).
@@ -116,8 +110,10 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
             if (ty == 0 && live) {
                 const double unbias = B > 1 ? (double)B / ((double)B - 1.0) : 1.0;
                 const double rm = (double)a.running_mean[j], rv = (double)a.running_var[j];
-                a.running_mean[j] = (float)((1.0 - 0.01) * rm + 0.01 * mean);
-                a.running_var[j] = (float)((1.0 - 0.01) * rv + 0.01 * var * unbias);
+                a.running_mean[j] =
+                    (float)((1.0 - SCVI_BN_MOMENTUM) * rm + SCVI_BN_MOMENTUM * mean);
+                a.running_var[j] =
+                    (float)((1.0 - SCVI_BN_MOMENTUM) * rv + SCVI_BN_MOMENTUM * var * unbias);
             }
             if (blockIdx.x == 0 && tx == 0 && ty == 0) a.num_batches_tracked[0] += 1.0f;
         } else {
@@ -125,7 +121,7 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
             var = live ? (double)a.running_var[j] : 1.0;
         }
         if (live) {
-            const float inv = (float)(1.0 / sqrt(var + 1e-3));
+            const float inv = (float)(1.0 / sqrt(var + SCVI_BN_EPS));
             if (ty == 0) a.inv_std[j] = inv;
             const float mean_t = (float)mean;
             const float g = a.gamma[j], be = a.beta[j];
@@ -227,7 +223,7 @@ SCVI_KERNEL(fc_post_bwd, FcPostArgs) {
     }
 }
 
-// Mirrors `LayerNormArgs` in src/cuda/ops.rs.
+// Mirrors `LayerNormArgs` in src/cuda/kernels.rs.
 struct LayerNormArgs {
     float* pre;     // forward: in: LayerNorm input, out: its output (the ReLU input) [B, n]
     float* out;     // forward: the layer's output [B, n]
@@ -240,8 +236,6 @@ struct LayerNormArgs {
     u32 rows;
     u32 n;
 };
-
-#define LN_THREADS 128
 
 SCVI_KERNEL(layer_norm_fwd, LayerNormArgs) {
     __shared__ double buf[LN_THREADS];
@@ -256,7 +250,7 @@ SCVI_KERNEL(layer_norm_fwd, LayerNormArgs) {
         q += dv * dv;
     }
     const double var = block_sum_f64(q, buf) / (double)n;
-    const double rr = 1.0 / sqrt(var + 1e-5);
+    const double rr = 1.0 / sqrt(var + SCVI_LN_EPS);
     if (t == 0) a.ln_inv[r] = (float)rr;
     const float mean_t = (float)mean, r_t = (float)rr;
     const bool drop = (a.flags & FC_DROPOUT) != 0;

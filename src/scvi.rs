@@ -3,10 +3,11 @@
 
 use crate::atomic::AtomicDir;
 use crate::batch::Minibatch;
-use crate::cpu::engine::softmax_in_place;
+use crate::cpu::CpuTrainer;
 use crate::data::{Dataset, SparseRows};
-use crate::engine::{CpuTrainer, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::math::softmax::softmax_in_place;
 use crate::model::init::ModelState;
 use crate::model::io::{state_from_safetensors, state_to_safetensors, MODEL_DIR, WEIGHTS_FILE};
 use crate::model::{LatentDistribution, Layout, ModelConfig};
@@ -270,7 +271,7 @@ impl Scvi {
                 adam,
                 seed,
             ))),
-            Device::Cuda(i) => crate::cuda_engine(self, i, seed, adam),
+            Device::Cuda(i) => crate::cuda::engine(&self.state, i, seed, adam),
         }
     }
 

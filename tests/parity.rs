@@ -9,12 +9,13 @@
 
 use safetensors::SafeTensors;
 use scvi_rs::batch::Minibatch;
-use scvi_rs::cpu::{CpuEngine, Mode, StepNoise};
+use scvi_rs::cpu::adam::Adam;
+use scvi_rs::cpu::{CpuEngine, StepNoise};
+use scvi_rs::engine::{AdamConfig, Mode};
 use scvi_rs::float::Float;
 use scvi_rs::model::init::ModelState;
 use scvi_rs::model::layout::Layout;
 use scvi_rs::model::ModelConfig;
-use scvi_rs::train::adam::{Adam, AdamConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -3,24 +3,35 @@
 //! K batch categories.
 //!
 //! ```text
-//! h_e = FC(log1p x [, onehot s])           q_m = h_e W_m^T + b_m     q_v = exp(h_e W_v^T + b_v) + 1e-4
+//! h_e = FC(log1p x [, onehot s])           q_m = h_e W_m^T + b_m     q_v = exp(h_e W_v^T + b_v) + VAR_EPS
 //! z   = q_m + sqrt(q_v) eps_z   (ln: softmax of it)
 //! h_d = FC(z, onehot s)                    rho = h_d W_s^T + b_s     pi = h_d W_pi^T + b_pi
 //! loss = mean_b [ -sum_g log p(x_bg | exp(lib_b) softmax(rho_b), theta, pi) + kl_weight KL_z + KL_l ]
 //! ```
 //! Gradients accumulate into a flat buffer in the parameters' layout; only tensors that this
 //! configuration uses (`Tensor::trainable`) receive any.
+//!
+//! This file strings the op families together, as src/cuda/engine.rs does with their kernels; the
+//! maths of each lives in its own module (`sparse`, `fc`, `latent`, `output`, `gemm`), the twin of a
+//! kernel file.
 
 use super::fc::{
     fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats, DropoutKey,
-    FcCache, FcGrads, FcParams, Mode,
+    FcCache, FcGrads, FcParams,
 };
 use super::gemm::{gemm, MatRef};
-use super::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
+use super::latent::{
+    library_backward, library_forward, library_observed_forward, posterior_variance,
+    reparam_kl_backward, reparam_kl_forward, LibraryPrior, Posterior, PosteriorGrads,
+};
+use super::output::{
+    decoder_output, dispersion_category_backward, HeadBiases, OutputPlanes, ThetaSource, ThetaTable,
+};
 use super::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
 use crate::batch::Minibatch;
+use crate::engine::{validate_minibatch, LossParts, Mode};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::config::{Dispersion, LatentDistribution};
@@ -29,9 +40,6 @@ use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
 use crate::rng::{Philox, Stream};
 use std::ops::Range;
 use std::sync::Arc;
-
-/// `q_v = exp(u) + VAR_EPS` (scvi-tools' `Encoder.var_eps`).
-pub const VAR_EPS: f64 = 1e-4;
 
 /// The noise of one step: reparameterisation draws and the dropout key.
 pub struct StepNoise<'a, T> {
@@ -74,18 +82,6 @@ impl<T: Float> NoiseBuffers<T> {
     }
 }
 
-/// The parts of a minibatch's loss, summed over its cells.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct LossParts {
-    pub n_cells: usize,
-    /// The minibatch objective: `mean(rec + kl_weight KL_z + KL_l)`.
-    pub loss: f64,
-    pub reconstruction_sum: f64,
-    pub kl_z_sum: f64,
-    pub kl_l_sum: f64,
-    pub kl_weight: f64,
-}
-
 #[derive(Default)]
 struct EncoderWork<T> {
     layers: Vec<FcCache<T>>,
@@ -97,6 +93,45 @@ struct EncoderWork<T> {
     d_u: Vec<T>,
     d_h: Vec<T>,
     d_h2: Vec<T>,
+}
+
+impl<T> EncoderWork<T> {
+    /// The posterior of the minibatch's first `n` elements (`B * n_out`).
+    fn posterior(&self, n: usize) -> Posterior<'_, T> {
+        Posterior {
+            q_m: &self.q_m[..n],
+            u: &self.u[..n],
+            q_v: &self.q_v[..n],
+        }
+    }
+
+    /// The posterior and, beside it, its gradients to write.
+    fn posterior_and_grads(&mut self, n: usize) -> (Posterior<'_, T>, PosteriorGrads<'_, T>) {
+        (
+            Posterior {
+                q_m: &self.q_m[..n],
+                u: &self.u[..n],
+                q_v: &self.q_v[..n],
+            },
+            PosteriorGrads {
+                d_q_m: &mut self.d_q_m[..n],
+                d_u: &mut self.d_u[..n],
+            },
+        )
+    }
+}
+
+/// The latent library's prior for the cells of `batch` (latent library only).
+fn library_prior<'a, T: Float>(
+    state: &'a ModelState<T>,
+    layout: &Layout,
+    batch: &'a Minibatch,
+) -> LibraryPrior<'a, T> {
+    LibraryPrior {
+        codes: &batch.batch,
+        means: state.buffer(layout.library_log_means.expect("latent library prior")),
+        vars: state.buffer(layout.library_log_vars.expect("latent library prior")),
+    }
 }
 
 /// The CPU engine for one model layout; its buffers grow to the largest minibatch seen and are
@@ -223,37 +258,9 @@ impl<T: Float> CpuEngine<T> {
         (&self.z[..b * l], &self.planes.scale[..b * g])
     }
 
-    fn check_batch(&self, batch: &Minibatch, mode: Mode) -> Result<()> {
-        let cfg = &self.layout.config;
-        if batch.n_genes != cfg.n_input {
-            return Err(Error::Shape(format!(
-                "minibatch has {} genes, the model {}",
-                batch.n_genes, cfg.n_input
-            )));
-        }
-        if mode == Mode::Train && batch.len() < 2 && self.layout.batch_norms().next().is_some() {
-            return Err(Error::Data(
-                "BatchNorm cannot train on a minibatch of one cell".to_string(),
-            ));
-        }
-        if let Some(&s) = batch.batch.iter().find(|&&s| s as usize >= cfg.n_batch) {
-            return Err(Error::Data(format!(
-                "batch code {s} out of range (n_batch {})",
-                cfg.n_batch
-            )));
-        }
-        if let Some(&s) = batch.labels.iter().find(|&&s| s as usize >= cfg.n_labels) {
-            return Err(Error::Data(format!(
-                "label code {s} out of range (n_labels {})",
-                cfg.n_labels
-            )));
-        }
-        Ok(())
-    }
-
     /// The encoders only, in eval mode: fills the posterior (`posterior()`).
     pub fn encode(&mut self, state: &mut ModelState<T>, batch: &Minibatch) -> Result<()> {
-        self.check_batch(batch, Mode::Eval)?;
+        validate_minibatch(batch, &self.layout, Mode::Eval)?;
         self.reserve(batch.len());
         let layout = self.layout.clone();
         self.input.prepare(batch);
@@ -282,7 +289,7 @@ impl<T: Float> CpuEngine<T> {
         kl_weight: f64,
         mode: Mode,
     ) -> Result<LossParts> {
-        self.check_batch(batch, mode)?;
+        validate_minibatch(batch, &self.layout, mode)?;
         let b = batch.len();
         self.reserve(b);
         let layout = self.layout.clone();
@@ -309,28 +316,22 @@ impl<T: Float> CpuEngine<T> {
             dropout,
             Stream::EncoderDropout,
         );
-        let (mut kl_z_sum, mut kl_l_sum) = (0.0, 0.0);
-        for i in 0..b {
-            let mut kl = 0.0;
-            for k in 0..l {
-                let (m, v) = (self.z_enc.q_m[i * l + k], self.z_enc.q_v[i * l + k]);
-                let sd = v.sqrt();
-                self.z[i * l + k] = m + sd * noise.eps_z[i * l + k];
-                // torch's kl(Normal(m, sqrt v), Normal(0, 1)).
-                let (m, vr) = (m.to_f64(), (sd * sd).to_f64());
-                kl += 0.5 * (vr + m * m - 1.0 - vr.ln());
-            }
-            self.kl_z[i] = kl;
-            kl_z_sum += kl;
-            if cfg.latent_distribution == LatentDistribution::Ln {
-                softmax_in_place(&mut self.z[i * l..(i + 1) * l]);
-            }
-        }
-        if cfg.use_observed_lib_size {
-            for i in 0..b {
-                self.library[i] = T::from_f64(batch.log_library[i]);
-                self.kl_l[i] = 0.0;
-            }
+        let ln = cfg.latent_distribution == LatentDistribution::Ln;
+        let kl_z_sum = reparam_kl_forward(
+            &mut self.z[..b * l],
+            &mut self.kl_z[..b],
+            self.z_enc.posterior(b * l),
+            &noise.eps_z[..b * l],
+            l,
+            ln,
+        );
+        let kl_l_sum = if cfg.use_observed_lib_size {
+            library_observed_forward(
+                &mut self.library[..b],
+                &mut self.kl_l[..b],
+                &batch.log_library[..b],
+            );
+            0.0
         } else {
             encoder_forward(
                 &mut self.l_enc,
@@ -342,20 +343,14 @@ impl<T: Float> CpuEngine<T> {
                 dropout,
                 Stream::LibraryEncoderDropout,
             );
-            let means = state.buffer(layout.library_log_means.unwrap());
-            let vars = state.buffer(layout.library_log_vars.unwrap());
-            for i in 0..b {
-                let (m, v) = (self.l_enc.q_m[i], self.l_enc.q_v[i]);
-                let sd = v.sqrt();
-                self.library[i] = m + sd * noise.eps_l[i];
-                let s = batch.batch[i] as usize;
-                let (pm, ps) = (means[s].to_f64(), vars[s].to_f64().sqrt());
-                let vr = (sd.to_f64() / ps).powi(2);
-                let t1 = ((m.to_f64() - pm) / ps).powi(2);
-                self.kl_l[i] = 0.5 * (vr + t1 - 1.0 - vr.ln());
-                kl_l_sum += self.kl_l[i];
-            }
-        }
+            library_forward(
+                &mut self.library[..b],
+                &mut self.kl_l[..b],
+                self.l_enc.posterior(b),
+                &noise.eps_l[..b],
+                library_prior(state, &layout, batch),
+            )
+        };
 
         // Decoder.
         fc_stack_forward(
@@ -429,20 +424,11 @@ impl<T: Float> CpuEngine<T> {
             grad_scale,
         );
         let rec_sum: f64 = self.planes.reconstruction[..b].iter().sum();
-        let loss = (rec_sum + kl_weight * kl_z_sum + kl_l_sum) / b as f64;
-        let parts = LossParts {
-            n_cells: b,
-            loss,
-            reconstruction_sum: rec_sum,
-            kl_z_sum,
-            kl_l_sum,
-            kl_weight,
-        };
+        let parts = LossParts::from_sums(b, rec_sum, kl_z_sum, kl_l_sum, kl_weight);
         let Some(grads) = grads else { return Ok(parts) };
 
         // Backward: output heads -> h_d.
         let hd = &self.dec_layers.last().unwrap().out;
-        let h = cfg.n_hidden;
         head_backward(
             grads,
             &layout,
@@ -498,12 +484,7 @@ impl<T: Float> CpuEngine<T> {
                         } else {
                             (&batch.labels, cfg.n_labels)
                         };
-                        for i in 0..b {
-                            let c = codes[i] as usize;
-                            for j in 0..g {
-                                dpx[j * k + c] += dr[i * g + j];
-                            }
-                        }
+                        dispersion_category_backward(dpx, &dr[..b * g], &codes[..b], g, k);
                     }
                     Dispersion::GeneCell => unreachable!(),
                 }
@@ -522,29 +503,18 @@ impl<T: Float> CpuEngine<T> {
             batch,
             mode,
         );
-        let _ = h;
-        // Through the logistic-normal softmax: d z_pre = z (dz - sum(dz z)).
-        if cfg.latent_distribution == LatentDistribution::Ln {
-            for i in 0..b {
-                let zr = &self.z[i * l..(i + 1) * l];
-                let dz = &mut self.d_z[i * l..(i + 1) * l];
-                let dot: T = zr.iter().zip(dz.iter()).map(|(&a, &d)| a * d).sum();
-                for (d, &zv) in dz.iter_mut().zip(zr) {
-                    *d = zv * (*d - dot);
-                }
-            }
-        }
-        // Reparameterisation and KL: dq_m = dz + w m / B; du = (dz eps / (2 sd) + w (1 - 1/v) / (2 B)) exp(u).
-        let w = T::from_f64(kl_weight / b as f64);
-        let half = T::from_f64(0.5);
-        for i in 0..b * l {
-            let (m, v, u) = (self.z_enc.q_m[i], self.z_enc.q_v[i], self.z_enc.u[i]);
-            let sd = v.sqrt();
-            let dz = self.d_z[i];
-            self.z_enc.d_q_m[i] = dz + w * m;
-            self.z_enc.d_u[i] =
-                (dz * noise.eps_z[i] * half / sd + w * half * (T::ONE - T::ONE / v)) * u.exp();
-        }
+        // Through the softmax (ln), the reparameterisation and the KL.
+        let (post, post_grads) = self.z_enc.posterior_and_grads(b * l);
+        reparam_kl_backward(
+            post_grads,
+            &mut self.d_z[..b * l],
+            &self.z[..b * l],
+            post,
+            &noise.eps_z[..b * l],
+            T::from_f64(kl_weight / b as f64),
+            l,
+            ln,
+        );
         encoder_backward(
             &mut self.z_enc,
             &layout.z_encoder,
@@ -555,19 +525,15 @@ impl<T: Float> CpuEngine<T> {
             mode,
         );
         if !cfg.use_observed_lib_size {
-            let means = state.buffer(layout.library_log_means.unwrap());
-            let vars = state.buffer(layout.library_log_vars.unwrap());
-            let inv_b = T::from_f64(1.0 / b as f64);
-            for i in 0..b {
-                let (m, v, u) = (self.l_enc.q_m[i], self.l_enc.q_v[i], self.l_enc.u[i]);
-                let s = batch.batch[i] as usize;
-                let (pm, pv) = (means[s], vars[s]);
-                let dlib = self.planes.d_library[i];
-                self.l_enc.d_q_m[i] = dlib + (m - pm) / pv * inv_b;
-                let dv = dlib * noise.eps_l[i] * half / v.sqrt()
-                    + half * (T::ONE / pv - T::ONE / v) * inv_b;
-                self.l_enc.d_u[i] = dv * u.exp();
-            }
+            let (post, post_grads) = self.l_enc.posterior_and_grads(b);
+            library_backward(
+                post_grads,
+                &self.planes.d_library[..b],
+                post,
+                &noise.eps_l[..b],
+                library_prior(state, &layout, batch),
+                T::from_f64(1.0 / b as f64),
+            );
             encoder_backward(
                 &mut self.l_enc,
                 &layout.l_encoder,
@@ -594,20 +560,6 @@ fn head_product<T: Float>(y: &mut [T], x: &[T], weight: &[T], b: usize, h: usize
         y,
         g,
     );
-}
-
-/// `v <- softmax(v)`, as torch computes it: `exp(v - max) / sum`. The logistic-normal latent uses it
-/// in the step and in `Scvi::latent_representation`.
-pub fn softmax_in_place<T: Float>(v: &mut [T]) {
-    let mx = v
-        .iter()
-        .fold(T::from_f64(f64::NEG_INFINITY), |m, &x| m.max(x));
-    let mut s = T::ZERO;
-    for x in v.iter_mut() {
-        *x = (*x - mx).exp();
-        s += *x;
-    }
-    v.iter_mut().for_each(|x| *x /= s);
 }
 
 fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcParams<'a, T> {
@@ -782,10 +734,7 @@ fn encoder_forward<T: Float>(
         0,
         n,
     );
-    let eps = T::from_f64(VAR_EPS);
-    for (v, &u) in w.q_v[..b * n].iter_mut().zip(&w.u) {
-        *v = u.exp() + eps;
-    }
+    posterior_variance(&mut w.q_v[..b * n], &w.u[..b * n]);
 }
 
 /// Backward through a head `y = x W^T + b` with upstream `d` (`[B, n_out]`): weight gradients and

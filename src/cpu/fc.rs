@@ -9,22 +9,18 @@
 //!
 //! Backward of a normalisation `y = (x - mean) r` over a set of `D` values:
 //! `dx = r / D (D dy - sum dy - y sum(dy y))`.
+//!
+//! CPU twin of kernels/fc.cu (checked by tests/cuda_kernels.rs `fc_*`): `fc_post_fwd` is the bias
+//! and one-hot part of [`linear_forward`] ([`add_onehot_columns`]) then [`fc_post_forward`];
+//! `fc_post_bwd` is [`fc_post_backward`] then the bias and one-hot part of [`linear_backward`];
+//! `layer_norm_fwd` / `layer_norm_bwd` are the LayerNorm, ReLU and dropout steps of those two.
 
 use super::gemm::{add_column_sums, gemm, MatRef};
+use crate::engine::Mode;
 use crate::float::Float;
+use crate::model::config::{BN_EPS, BN_MOMENTUM, LN_EPS};
 use crate::model::layout::FcLayerIds;
 use crate::rng::{Philox, Stream};
-
-pub const BN_EPS: f64 = 1e-3;
-pub const BN_MOMENTUM: f64 = 0.01;
-pub const LN_EPS: f64 = 1e-5;
-
-/// Whether the network runs as in training (batch statistics, dropout) or inference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Train,
-    Eval,
-}
 
 /// What a layer keeps from its forward pass for the backward pass.
 #[derive(Default, Debug)]

@@ -5,6 +5,9 @@
 //! threads, so the result is the same on 1 thread or 64: an output with a long side is cut into
 //! slabs of `TILE` rows or columns; a small output with a long inner dimension (`dh = d W`,
 //! `128 x 2000 x 128`) is cut along `k` into chunks of `K_TILE`, whose products are summed in order.
+//!
+//! CPU twin of the GPU engine's cuBLAS products (`cuda::ops::linear_fwd`, `linear_wgrad`,
+//! `linear_dgrad`; tests/cuda_kernels.rs `gemm_*`).
 
 use crate::float::Float;
 use rayon::prelude::*;

@@ -13,6 +13,11 @@
 //!
 //! Each output element is summed in the same order (bias, one-hot, then the row's non-zeros in
 //! order; dW over cells in order) however the work is split between threads.
+//!
+//! CPU twin of kernels/sparse.cu (checked by tests/cuda_kernels.rs `sparse_*`):
+//! [`sparse_log1p_linear_forward`] of `sparse_log1p_linear_fwd` (whose bias and one-hot column
+//! fc.cu adds), [`sparse_log1p_linear_backward`] of `sparse_log1p_linear_bwd` (the gene columns
+//! of dW), and the transposition into `Wt` (`simd::transpose`) of `transpose_fwd`.
 
 use super::simd::{dispatch, transpose, transpose_raw, Kernel};
 use crate::batch::Minibatch;

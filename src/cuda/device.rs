@@ -1,11 +1,12 @@
 //! The device the engine talks to: a CUDA GPU through cudarc (driver API, NVRTC-compiled modules,
-//! cuBLAS), or the host emulation of the same kernels for tests ([`super::emu`]). Memory is
-//! addressed by raw device pointers ([`DevPtr`]), owned by [`DevBuf`]s; every kernel takes one
-//! `#[repr(C)]` argument struct ([`super::ops`]). All work goes to one stream, in order.
+//! cuBLAS), or, in builds with the `test-support` feature, the host emulation of the same kernels
+//! (`super::emu`), whose memory is plain host memory. Memory is addressed by raw device pointers
+//! ([`DevPtr`]), owned by [`DevBuf`]s; every kernel takes one `#[repr(C)]` argument struct
+//! ([`super::kernels`]). All work goes to one stream, in order.
 
-use super::emu;
+use super::kernels::{DevPtr, KERNEL_FILES};
 use super::libs::{self, Lib};
-use super::nvrtc::{self, Image, KERNEL_FILES};
+use super::nvrtc::{self, Image};
 use crate::error::{Error, Result};
 use cudarc::driver::{
     result as dr, sys as ds, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig,
@@ -13,9 +14,6 @@ use cudarc::driver::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A device address (a host address under emulation).
-pub type DevPtr = u64;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -153,9 +151,18 @@ struct CudaDev {
     arch: String,
 }
 
+/// The emulation library, in builds that have it; elsewhere a type with no value, so that the
+/// emulated paths below are compiled and type-checked but can never run.
+#[cfg(feature = "test-support")]
+type EmuLib = &'static super::emu::EmuLib;
+#[cfg(not(feature = "test-support"))]
+#[derive(Clone, Copy)]
+enum EmuLib {}
+
 enum Backend {
     Cuda(Box<CudaDev>),
-    Emu(&'static emu::EmuLib),
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+    Emu(EmuLib),
 }
 
 /// A device with its compiled kernels.
@@ -287,10 +294,11 @@ impl Gpu {
         })
     }
 
-    /// The host emulation of the kernels (tests only; see [`super::emu`]).
+    /// The host emulation of the kernels (tests only; see `super::emu`).
+    #[cfg(feature = "test-support")]
     pub fn emulated() -> Result<Gpu> {
         Ok(Gpu {
-            backend: Backend::Emu(emu::library()?),
+            backend: Backend::Emu(super::emu::library()?),
             info: DeviceInfo {
                 index: 0,
                 name: "host emulation of the CUDA kernels".into(),
@@ -545,33 +553,7 @@ impl Gpu {
                 unsafe { b.launch(cfg) }.map_err(|e| drv(e, &format!("launching {name}")))?;
                 Ok(())
             }
-            Backend::Emu(lib) => {
-                let k = lib
-                    .kernels
-                    .get(name)
-                    .ok_or_else(|| Error::Cuda(format!("kernel {name} is not emulated")))?;
-                let _g = emu::lock();
-                // SAFETY: as for CUDA; the emulated kernel reads its struct through the pointer.
-                let r = unsafe {
-                    (lib.launch)(
-                        *k,
-                        args as *const A as *const std::ffi::c_void,
-                        l.grid.0,
-                        l.grid.1,
-                        l.grid.2,
-                        l.block.0,
-                        l.block.1,
-                        l.block.2,
-                        l.smem as u64,
-                    )
-                };
-                if r != 0 {
-                    return Err(Error::Cuda(format!(
-                        "emulated launch of {name} failed ({r})"
-                    )));
-                }
-                Ok(())
-            }
+            Backend::Emu(lib) => emulated_launch(lib, name, l, args),
         }
     }
 
@@ -635,6 +617,16 @@ impl Gpu {
             }
         }
     }
+}
+
+/// Launch an emulated kernel with its argument struct.
+#[cfg(feature = "test-support")]
+fn emulated_launch<A>(lib: &EmuLib, name: &str, l: Launch, args: &A) -> Result<()> {
+    lib.launch(name, l.grid, l.block, l.smem, args)
+}
+#[cfg(not(feature = "test-support"))]
+fn emulated_launch<A>(lib: &EmuLib, _: &str, _: Launch, _: &A) -> Result<()> {
+    match *lib {}
 }
 
 /// The column-major reference GEMM used by the emulation, accumulating in f64.

@@ -10,7 +10,7 @@
 //! fc_post_fwd              + bias + one-hot, BatchNorm (batch stats, running stats), ReLU, dropout
 //! sgemm x (n_layers - 1)   further layers, each followed by fc_post_fwd
 //! sgemm x 2                q_m and q_v heads
-//! reparam_kl_fwd           q_v = exp(u) + 1e-4, z = q_m + sqrt(q_v) eps, KL_z  (ln: softmax)
+//! reparam_kl_fwd           q_v = exp(u) + VAR_EPS, z = q_m + sqrt(q_v) eps, KL_z  (ln: softmax)
 //! library_fwd              observed log library, or the l encoder's sample and KL_l
 //! sgemm, fc_post_fwd       decoder layers on [z, onehot]
 //! sgemm x 2-3              rho, pi (ZINB), r (gene-cell) heads: [B, G] logits
@@ -26,17 +26,16 @@
 //! Parameter gradients accumulate into a flat buffer in the parameters' layout; every kernel that
 //! sums over cells does it in a fixed order, so a run is reproducible bit for bit on one GPU.
 
-use super::device::{as_bytes, DevBuf, DevPtr, Gpu, PinnedBuf};
-use super::ops::{self, *};
+use super::device::{as_bytes, DevBuf, Gpu, PinnedBuf};
+use super::kernels::*;
+use super::ops;
 use crate::batch::Minibatch;
-use crate::cpu::{LossParts, Mode};
-use crate::engine::Engine;
+use crate::engine::{validate_minibatch, AdamConfig, Engine, LossParts, Mode};
 use crate::error::{Error, Result};
-use crate::model::config::{Dispersion, GeneLikelihood, LatentDistribution, ModelConfig};
+use crate::model::config::{Dispersion, LatentDistribution, ModelConfig};
 use crate::model::init::ModelState;
 use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
 use crate::rng::Stream;
-use crate::train::adam::AdamConfig;
 
 /// What one FCLayers layer keeps for its backward pass.
 struct LayerBufs {
@@ -149,11 +148,7 @@ impl CudaEngine {
         gpu.zero(grads.ptr(), grads.bytes())?;
         gpu.zero(adam_m.ptr(), adam_m.bytes())?;
         gpu.zero(adam_v.ptr(), adam_v.bytes())?;
-        let mut m = vec![0u8; np];
-        for t in layout.params.iter().filter(|t| t.trainable) {
-            m[t.range()].iter_mut().for_each(|v| *v = 1);
-        }
-        gpu.upload(mask.ptr(), &m)?;
+        gpu.upload(mask.ptr(), &layout.trainable_mask())?;
         let cfg = &layout.config;
         let wt_bytes = |ids: &EncoderIds| f32_bytes(cfg.n_input * ids.layers[0].linear.n_out);
         let wt_z = gpu.alloc(
@@ -207,67 +202,6 @@ impl CudaEngine {
     }
     fn buf(&self, id: usize) -> DevPtr {
         self.buffers.at::<f32>(self.layout.buffers[id].offset)
-    }
-
-    /// The same checks as the CPU engine, plus the CSR invariants the kernels rely on.
-    fn check_batch(&self, batch: &Minibatch, mode: Mode) -> Result<()> {
-        let cfg = &self.layout.config;
-        if batch.n_genes != cfg.n_input {
-            return Err(Error::Shape(format!(
-                "minibatch has {} genes, the model {}",
-                batch.n_genes, cfg.n_input
-            )));
-        }
-        if batch.is_empty() {
-            return Err(Error::Data("empty minibatch".into()));
-        }
-        if mode == Mode::Train && batch.len() < 2 && self.layout.batch_norms().next().is_some() {
-            return Err(Error::Data(
-                "BatchNorm cannot train on a minibatch of one cell".to_string(),
-            ));
-        }
-        let b = batch.len();
-        if batch.batch.len() < b || batch.labels.len() < b || batch.log_library.len() < b {
-            return Err(Error::Shape(
-                "minibatch covariates shorter than its rows".into(),
-            ));
-        }
-        if let Some(&s) = batch.batch[..b]
-            .iter()
-            .find(|&&s| s as usize >= cfg.n_batch)
-        {
-            return Err(Error::Data(format!(
-                "batch code {s} out of range (n_batch {})",
-                cfg.n_batch
-            )));
-        }
-        if let Some(&s) = batch.labels[..b]
-            .iter()
-            .find(|&&s| s as usize >= cfg.n_labels)
-        {
-            return Err(Error::Data(format!(
-                "label code {s} out of range (n_labels {})",
-                cfg.n_labels
-            )));
-        }
-        if batch.indptr.len() != b + 1 || batch.indices.len() != batch.values.len() {
-            return Err(Error::Shape("minibatch CSR arrays disagree".into()));
-        }
-        if batch.indices.len() > u32::MAX as usize {
-            return Err(Error::Data("minibatch has more than 2^32 non-zeros".into()));
-        }
-        for i in 0..b {
-            let (idx, _) = batch.row(i);
-            let ok = idx.windows(2).all(|w| w[0] < w[1])
-                && idx.last().is_none_or(|&g| (g as usize) < cfg.n_input);
-            if !ok {
-                return Err(Error::Data(format!(
-                    "minibatch row {i}: column indices must be strictly increasing and below {}",
-                    cfg.n_input
-                )));
-            }
-        }
-        Ok(())
     }
 
     fn alloc_layer(gpu: &Gpu, cap: usize, n: usize) -> Result<LayerBufs> {
@@ -438,20 +372,12 @@ impl CudaEngine {
 
     fn fc_args(&self, lb: &LayerBufs, ids: &FcLayerIds, b: usize, train: bool) -> FcPostArgs {
         let bn = ids.batch_norm.as_ref();
-        let use_dropout = train && ids.dropout > 0.0;
-        let mut flags = 0;
-        if bn.is_some() {
-            flags |= FC_HAS_BN;
-        }
-        if train {
-            flags |= FC_TRAIN;
-        }
-        if !ids.layer_norm {
-            flags |= FC_ACT;
-        }
-        if use_dropout {
-            flags |= FC_DROPOUT;
-        }
+        let flags = FcPostArgs::flags(
+            bn.is_some(),
+            train,
+            ids.layer_norm,
+            train && ids.dropout > 0.0,
+        );
         FcPostArgs {
             lin: lb.lin.ptr(),
             bias: self.p(ids.linear.bias),
@@ -483,21 +409,6 @@ impl CudaEngine {
         }
     }
 
-    fn ln_args(&self, lb: &LayerBufs, a: &FcPostArgs, d: DevPtr) -> LayerNormArgs {
-        LayerNormArgs {
-            pre: lb.pre.ptr(),
-            out: lb.out.ptr(),
-            d,
-            ln_inv: lb.ln_inv.ptr(),
-            key: a.key,
-            dropout_p: a.dropout_p,
-            dropout_scale: a.dropout_scale,
-            flags: a.flags & FC_DROPOUT,
-            rows: a.rows,
-            n: a.n,
-        }
-    }
-
     /// Everything after a layer's matrix product (`lb.lin` holds it), as `fc_post` on the CPU.
     fn fc_forward(
         &self,
@@ -511,7 +422,7 @@ impl CudaEngine {
         a.key = key;
         ops::fc_post(&self.gpu, &a, false)?;
         if ids.layer_norm {
-            ops::layer_norm(&self.gpu, &self.ln_args(lb, &a, 0), false)?;
+            ops::layer_norm(&self.gpu, &a.layer_norm(0, lb.ln_inv.ptr()), false)?;
         }
         Ok(())
     }
@@ -531,7 +442,7 @@ impl CudaEngine {
         a.key = key;
         a.lin = d;
         if ids.layer_norm {
-            ops::layer_norm(&self.gpu, &self.ln_args(lb, &a, d), true)?;
+            ops::layer_norm(&self.gpu, &a.layer_norm(d, lb.ln_inv.ptr()), true)?;
         }
         ops::fc_post(&self.gpu, &a, true)
     }
@@ -839,11 +750,7 @@ impl CudaEngine {
             rec: w.losses.ptr(),
             d_library: w.d_library.ptr(),
             grad_scale: 1.0 / b as f64,
-            likelihood: match lik {
-                GeneLikelihood::Zinb => LIK_ZINB,
-                GeneLikelihood::Nb => LIK_NB,
-                GeneLikelihood::Poisson => LIK_POISSON,
-            },
+            likelihood: likelihood_code(lik),
             theta_mode,
             n_cat: n_cat as u32,
             rows: b as u32,
@@ -864,7 +771,7 @@ impl CudaEngine {
         grads: bool,
     ) -> Result<LossParts> {
         self.gpu.bind()?;
-        self.check_batch(batch, mode)?;
+        validate_minibatch(batch, &self.layout, mode)?;
         let b = batch.len();
         self.reserve(b)?;
         self.upload(batch)?;
@@ -880,13 +787,13 @@ impl CudaEngine {
         self.encoder_forward(Which::Z, b, train, step)?;
         let mut za = self.latent_args(Which::Z, b);
         za.key = PhiloxKey::new(self.seed, Stream::LatentNoise, step);
-        ops::latent(&self.gpu, "reparam_kl_fwd", &za)?;
+        ops::latent(&self.gpu, REPARAM_KL_FWD, &za)?;
         if !cfg.use_observed_lib_size {
             self.encoder_forward(Which::L, b, train, step)?;
         }
         let mut la = self.latent_args(Which::L, b);
         la.key = PhiloxKey::new(self.seed, Stream::LibraryNoise, step);
-        ops::latent(&self.gpu, "library_fwd", &la)?;
+        ops::latent(&self.gpu, LIBRARY_FWD, &la)?;
 
         // Decoder.
         let w = self.work.as_ref().expect("work");
@@ -988,12 +895,12 @@ impl CudaEngine {
             // Reparameterisation and KL, then the z encoder.
             let mut zb = self.latent_args(Which::Z, b);
             zb.kl_w = (kl_weight / b as f64) as f32;
-            ops::latent(&self.gpu, "reparam_kl_bwd", &zb)?;
+            ops::latent(&self.gpu, REPARAM_KL_BWD, &zb)?;
             self.encoder_backward(Which::Z, b, train, step)?;
             if !cfg.use_observed_lib_size {
                 let mut lb = self.latent_args(Which::L, b);
                 lb.kl_w = (1.0 / b as f64) as f32;
-                ops::latent(&self.gpu, "library_bwd", &lb)?;
+                ops::latent(&self.gpu, LIBRARY_BWD, &lb)?;
                 self.encoder_backward(Which::L, b, train, step)?;
             }
         }
@@ -1014,21 +921,14 @@ impl CudaEngine {
         } else {
             self.kl_l.iter().sum()
         };
-        Ok(LossParts {
-            n_cells: b,
-            loss: (rec_sum + kl_weight * kl_z_sum + kl_l_sum) / b as f64,
-            reconstruction_sum: rec_sum,
-            kl_z_sum,
-            kl_l_sum,
-            kl_weight,
-        })
+        Ok(LossParts::from_sums(
+            b, rec_sum, kl_z_sum, kl_l_sum, kl_weight,
+        ))
     }
 
     /// One Adam step with the gradients of the last backward pass.
     pub fn adam_update(&mut self) -> Result<()> {
         self.adam_step += 1;
-        let c = self.adam_cfg;
-        let t = self.adam_step as i32;
         ops::adam(
             &self.gpu,
             &AdamArgs {
@@ -1037,15 +937,7 @@ impl CudaEngine {
                 m: self.adam_m.ptr(),
                 v: self.adam_v.ptr(),
                 mask: self.mask.ptr(),
-                n: self.layout.n_param_elems as u64,
-                step_size: (c.lr / (1.0 - c.beta1.powi(t))) as f32,
-                bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt() as f32,
-                beta1: c.beta1 as f32,
-                beta2: c.beta2 as f32,
-                one_minus_beta1: 1.0f32 - c.beta1 as f32,
-                one_minus_beta2: 1.0f32 - c.beta2 as f32,
-                weight_decay: c.weight_decay as f32,
-                eps: c.eps as f32,
+                ..AdamArgs::new(&self.adam_cfg, self.adam_step, self.layout.n_param_elems)
             },
         )?;
         self.wt_valid = false;
@@ -1137,7 +1029,7 @@ impl Engine for CudaEngine {
 
     fn encode(&mut self, batch: &Minibatch) -> Result<(Vec<f32>, Vec<f32>)> {
         self.gpu.bind()?;
-        self.check_batch(batch, Mode::Eval)?;
+        validate_minibatch(batch, &self.layout, Mode::Eval)?;
         let b = batch.len();
         self.reserve(b)?;
         self.upload(batch)?;
@@ -1145,7 +1037,7 @@ impl Engine for CudaEngine {
         self.encoder_forward(Which::Z, b, false, 0)?;
         let mut za = self.latent_args(Which::Z, b);
         za.key = PhiloxKey::new(self.seed, Stream::LatentNoise, 0);
-        ops::latent(&self.gpu, "reparam_kl_fwd", &za)?;
+        ops::latent(&self.gpu, REPARAM_KL_FWD, &za)?;
         self.last_b = b;
         self.posterior()
     }

@@ -1,5 +1,5 @@
-//! The kernel sources (kernels/*.cu, embedded at build time) and their run-time compilation with
-//! NVRTC for one GPU architecture, cached in memory per (architecture, source hash) and on disk
+//! The run-time compilation of the kernel sources ([`super::kernels`]) with NVRTC for one GPU
+//! architecture, cached in memory per (architecture, source hash) and on disk
 //! (`$SCVI_RS_KERNEL_CACHE`, else `$XDG_CACHE_HOME/scvi-rs/kernels`, else
 //! `~/.cache/scvi-rs/kernels`; a cache that cannot be written is skipped silently).
 //!
@@ -9,6 +9,7 @@
 //! architecture newer than this NVRTC knows gets PTX for the newest one it knows, for the driver to
 //! JIT.
 
+use super::kernels::{define_options, fnv1a, KernelFile, COMMON_CUH};
 use super::libs::{self, Lib};
 use crate::error::{Error, Result};
 use cudarc::nvrtc::sys as nv;
@@ -16,60 +17,6 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-
-/// The shared header.
-pub const COMMON_CUH: &str = include_str!("../../kernels/common.cuh");
-
-/// One kernel file and its entry points.
-#[derive(Clone, Copy, Debug)]
-pub struct KernelFile {
-    pub name: &'static str,
-    pub source: &'static str,
-    pub entries: &'static [&'static str],
-}
-
-/// Every kernel file, with the entry points the engine loads from it.
-pub const KERNEL_FILES: &[KernelFile] = &[
-    KernelFile {
-        name: "sparse.cu",
-        source: include_str!("../../kernels/sparse.cu"),
-        entries: &[
-            "sparse_log1p_linear_fwd",
-            "sparse_log1p_linear_bwd",
-            "transpose_fwd",
-        ],
-    },
-    KernelFile {
-        name: "fc.cu",
-        source: include_str!("../../kernels/fc.cu"),
-        entries: &[
-            "fc_post_fwd",
-            "fc_post_bwd",
-            "layer_norm_fwd",
-            "layer_norm_bwd",
-        ],
-    },
-    KernelFile {
-        name: "latent.cu",
-        source: include_str!("../../kernels/latent.cu"),
-        entries: &[
-            "reparam_kl_fwd",
-            "reparam_kl_bwd",
-            "library_fwd",
-            "library_bwd",
-        ],
-    },
-    KernelFile {
-        name: "output.cu",
-        source: include_str!("../../kernels/output.cu"),
-        entries: &["decoder_output_fwd", "decoder_output_bwd", "column_sum_bwd"],
-    },
-    KernelFile {
-        name: "adam.cu",
-        source: include_str!("../../kernels/adam.cu"),
-        entries: &["adam_step"],
-    },
-];
 
 /// What NVRTC produced: a CUBIN for a real architecture or PTX for a virtual one.
 #[derive(Clone, Debug)]
@@ -88,20 +35,6 @@ impl Image {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// 64-bit FNV-1a (the cache key; not cryptographic, only change detection).
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in *p {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// NVRTC's version, e.g. (12, 9).
@@ -164,14 +97,17 @@ pub fn arch_for(cc: i32) -> Result<String> {
 }
 
 /// Options every compile uses. Full-precision division and square roots (the defaults), no fast
-/// math: the kernels are checked against the CPU reference at f32 rounding.
+/// math: the kernels are checked against the CPU reference at f32 rounding. The constants shared
+/// with Rust come as `-D` defines ([`super::kernels::defines`]).
 fn options(arch: &str) -> Vec<String> {
-    vec![
+    let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
         "-default-device".to_string(),
         "-lineinfo".to_string(),
-    ]
+    ];
+    o.extend(define_options());
+    o
 }
 
 type CacheKey = (String, u64);

@@ -312,4 +312,14 @@ impl Layout {
             .chain(&self.decoder.layers)
             .filter_map(|l| l.batch_norm.as_ref())
     }
+
+    /// Per parameter element, 1 where its tensor receives gradients (`Tensor::trainable`), else 0:
+    /// the mask of the GPU's Adam kernel.
+    pub fn trainable_mask(&self) -> Vec<u8> {
+        let mut m = vec![0u8; self.n_param_elems];
+        for t in self.params.iter().filter(|t| t.trainable) {
+            m[t.range()].iter_mut().for_each(|v| *v = 1);
+        }
+        m
+    }
 }
