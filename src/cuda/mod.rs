@@ -30,10 +30,10 @@ pub use device::{DeviceInfo, Gpu};
 pub use engine::CudaEngine;
 
 use crate::engine::{AdamConfig, Engine};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::init::ModelState;
 
-/// The CUDA engine holding `state` on device `index`, or [`crate::Error::Cuda`] saying why there is
+/// The CUDA engine holding `state` on device `index`, or [`Error::Cuda`] saying why there is
 /// none (no driver, no NVRTC or cuBLAS, no such device, out of memory, a kernel that does not
 /// compile).
 pub fn engine(
@@ -54,9 +54,7 @@ pub fn availability() -> Result<usize> {
     }
     let n = device::device_count()?;
     if n == 0 {
-        return Err(crate::Error::Cuda(
-            "the CUDA driver reports no device".into(),
-        ));
+        return Err(Error::Cuda("the CUDA driver reports no device".into()));
     }
     Ok(n)
 }
