@@ -946,20 +946,15 @@ fn gemms(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
         up(gpu, &dx0),
     );
     let y = out_buf(gpu, b * n_out);
-    ops::linear_fwd(gpu, y.ptr(), xd.ptr(), wd.ptr(), b, n_in, ldw, n_out).unwrap();
-    ops::linear_wgrad(gpu, dwd.ptr(), dd.ptr(), xd.ptr(), b, n_in, ldw, n_out).unwrap();
-    ops::linear_dgrad(
-        gpu,
-        dxd.ptr(),
-        dd.ptr(),
-        wd.ptr(),
+    let s = ops::LinearShape {
         b,
         n_in,
         ldw,
         n_out,
-        true,
-    )
-    .unwrap();
+    };
+    ops::linear_fwd(gpu, y.ptr(), xd.ptr(), wd.ptr(), s).unwrap();
+    ops::linear_wgrad(gpu, dwd.ptr(), dd.ptr(), xd.ptr(), s).unwrap();
+    ops::linear_dgrad(gpu, dxd.ptr(), dd.ptr(), wd.ptr(), s, true).unwrap();
     let (x64, w64, d64) = (f64s(&x), f64s(&w), f64s(&d));
     let (mut wy, mut wdw, mut wdx) = (vec![0f64; b * n_out], f64s(&dw0), f64s(&dx0));
     let (xr, wc, wr) = (

@@ -9,7 +9,7 @@
 //! CPU twin of the GPU engine's cuBLAS products (`cuda::ops::linear_fwd`, `linear_wgrad`,
 //! `linear_dgrad`; tests/cuda_kernels.rs `gemm_*`).
 
-use crate::float::Float;
+use crate::float::{Float, RawMat};
 use rayon::prelude::*;
 
 /// A strided matrix operand: pointer offset zero at `data[0]`.
@@ -37,17 +37,34 @@ impl<'a, T> MatRef<'a, T> {
             cs: ld,
         }
     }
+
+    /// The `rows x cols` block at (`i0`, `j0`), for the GEMM kernel (read only, although the
+    /// pointer is `*mut`).
+    ///
+    /// # Safety
+    /// The block must lie inside `data` (callers check the extents first).
+    unsafe fn raw(&self, i0: usize, j0: usize, rows: usize, cols: usize) -> RawMat<T> {
+        RawMat {
+            ptr: unsafe { self.data.as_ptr().add(i0 * self.rs + j0 * self.cs) } as *mut T,
+            rows,
+            cols,
+            rs: self.rs as isize,
+            cs: self.cs as isize,
+        }
+    }
 }
 
+/// An output pointer shared by rayon tasks that write disjoint elements through it (the GEMM's
+/// tiles here, the sparse layer's gene blocks).
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: tiles write disjoint regions of the output; the pointer is only used inside `gemm`.
+pub(super) struct SendPtr<T>(pub(super) *mut T);
+// SAFETY: every user writes disjoint elements from different tasks (see each use).
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut T {
+    pub(super) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -96,22 +113,16 @@ pub fn gemm<T: Float>(
                 ldo: usize| {
         // SAFETY: A, B and C extents were checked above; callers pass disjoint output blocks.
         unsafe {
-            T::gemm_raw(
-                mm,
-                kk,
-                nn,
-                T::ONE,
-                a.data.as_ptr().add(i0 * a.rs + k0 * a.cs),
-                a.rs as isize,
-                a.cs as isize,
-                b.data.as_ptr().add(k0 * b.rs + j0 * b.cs),
-                b.rs as isize,
-                b.cs as isize,
-                beta,
-                out.get(),
-                ldo as isize,
-                1,
-            );
+            let a = a.raw(i0, k0, mm, kk);
+            let b = b.raw(k0, j0, kk, nn);
+            let c = RawMat {
+                ptr: out.get(),
+                rows: mm,
+                cols: nn,
+                rs: ldo as isize,
+                cs: 1,
+            };
+            T::gemm_raw(T::ONE, a, b, beta, c);
         }
     };
     if m * n <= SMALL_OUT && k >= 2 * K_TILE {

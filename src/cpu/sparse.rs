@@ -19,6 +19,7 @@
 //! fc.cu adds), [`sparse_log1p_linear_backward`] of `sparse_log1p_linear_bwd` (the gene columns
 //! of dW), and the transposition into `Wt` (`simd::transpose`) of `transpose_fwd`.
 
+use super::gemm::SendPtr;
 use super::simd::{dispatch, transpose, transpose_raw, Kernel};
 use crate::batch::Minibatch;
 use crate::float::Float;
@@ -91,17 +92,6 @@ impl<T: Float> SparseScratch<T> {
             ptr[j] = ptr[j - 1];
         }
         ptr[0] = 0;
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: tasks write disjoint elements through the pointer (see its use).
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
     }
 }
 

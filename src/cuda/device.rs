@@ -557,26 +557,9 @@ impl Gpu {
         }
     }
 
-    /// Column-major `C = alpha op(A) op(B) + beta C` (cuBLAS sgemm, pure f32: no TF32), with
-    /// `op(A)` m x k and `op(B)` k x n.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sgemm(
-        &self,
-        trans_a: bool,
-        trans_b: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: DevPtr,
-        lda: usize,
-        b: DevPtr,
-        ldb: usize,
-        beta: f32,
-        c: DevPtr,
-        ldc: usize,
-    ) -> Result<()> {
-        if m == 0 || n == 0 {
+    /// Column-major `C = alpha op(A) op(B) + beta C` (cuBLAS sgemm, pure f32: no TF32).
+    pub fn sgemm(&self, g: &Sgemm) -> Result<()> {
+        if g.m == 0 || g.n == 0 {
             return Ok(());
         }
         match &self.backend {
@@ -589,34 +572,49 @@ impl Gpu {
                 unsafe {
                     cudarc::cublas::result::sgemm(
                         *cd.blas.handle(),
-                        op(trans_a),
-                        op(trans_b),
-                        m as i32,
-                        n as i32,
-                        k as i32,
-                        &alpha,
-                        a as *const f32,
-                        lda as i32,
-                        b as *const f32,
-                        ldb as i32,
-                        &beta,
-                        c as *mut f32,
-                        ldc as i32,
+                        op(g.trans_a),
+                        op(g.trans_b),
+                        g.m as i32,
+                        g.n as i32,
+                        g.k as i32,
+                        &g.alpha,
+                        g.a as *const f32,
+                        g.lda as i32,
+                        g.b as *const f32,
+                        g.ldb as i32,
+                        &g.beta,
+                        g.c as *mut f32,
+                        g.ldc as i32,
                     )
                 }
                 .map_err(|e| Error::Cuda(format!("cuBLAS sgemm: {e:?}")))
             }
             Backend::Emu(_) => {
                 // SAFETY: as above, on host memory.
-                unsafe {
-                    host_sgemm(
-                        trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                    )
-                };
+                unsafe { host_sgemm(g) };
                 Ok(())
             }
         }
     }
+}
+
+/// The arguments of a column-major `C = alpha op(A) op(B) + beta C`, as cuBLAS's sgemm takes them:
+/// `op(A)` m x k, `op(B)` k x n, C m x n, leading dimensions in elements.
+#[derive(Clone, Copy, Debug)]
+pub struct Sgemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: DevPtr,
+    pub lda: usize,
+    pub b: DevPtr,
+    pub ldb: usize,
+    pub beta: f32,
+    pub c: DevPtr,
+    pub ldc: usize,
 }
 
 /// Launch an emulated kernel with its argument struct.
@@ -633,23 +631,21 @@ fn emulated_launch<A>(lib: &EmuLib, _: &str, _: Launch, _: &A) -> Result<()> {
 ///
 /// # Safety
 /// The pointers must address the matrices of the stated shapes in host memory.
-#[allow(clippy::too_many_arguments)]
-unsafe fn host_sgemm(
-    ta: bool,
-    tb: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: DevPtr,
-    lda: usize,
-    b: DevPtr,
-    ldb: usize,
-    beta: f32,
-    c: DevPtr,
-    ldc: usize,
-) {
-    let (a, b, c) = (a as *const f32, b as *const f32, c as *mut f32);
+unsafe fn host_sgemm(g: &Sgemm) {
+    let Sgemm {
+        trans_a: ta,
+        trans_b: tb,
+        m,
+        n,
+        k,
+        alpha,
+        lda,
+        ldb,
+        beta,
+        ldc,
+        ..
+    } = *g;
+    let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
     for j in 0..n {
         for i in 0..m {
             let mut s = 0.0f64;

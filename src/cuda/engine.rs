@@ -129,6 +129,26 @@ fn f32_bytes(n: usize) -> usize {
     n * 4
 }
 
+/// The product shape of an FCLayers layer (its weight carries the one-hot columns).
+fn layer_shape(li: &FcLayerIds, b: usize) -> ops::LinearShape {
+    ops::LinearShape {
+        b,
+        n_in: li.linear.n_in,
+        ldw: li.linear.n_in + li.n_cat,
+        n_out: li.linear.n_out,
+    }
+}
+
+/// The product shape of a head (no one-hot columns).
+fn head_shape(ids: &LinearIds, b: usize) -> ops::LinearShape {
+    ops::LinearShape {
+        b,
+        n_in: ids.n_in,
+        ldw: ids.n_in,
+        n_out: ids.n_out,
+    }
+}
+
 impl CudaEngine {
     /// An engine on `gpu` holding `state` (uploaded), with Adam's state at zero.
     pub fn new(gpu: Gpu, state: &ModelState<f32>, seed: u64, adam: AdamConfig) -> Result<Self> {
@@ -247,7 +267,10 @@ impl CudaEngine {
         let cfg = &self.layout.config;
         let (h, l, g) = (cfg.n_hidden, cfg.n_latent, cfg.n_input);
         let a = |len: usize, what: &str| gpu.alloc(f32_bytes(len), what);
-        let planes = "the [cells, genes] output planes";
+        let plane = |used: bool| {
+            let len = if used { cap * g } else { 0 };
+            a(len, "the [cells, genes] output planes")
+        };
         self.work = Some(Work {
             cap,
             z_enc: Self::alloc_encoder(gpu, cap, &self.layout.z_encoder, h)?,
@@ -270,24 +293,10 @@ impl CudaEngine {
             eps_l: a(cap, "noise")?,
             d_hd: a(cap * h, "decoder gradients")?,
             d_hd2: a(cap * h, "decoder gradients")?,
-            rho: a(cap * g, planes)?,
-            d_rho: a(cap * g, planes)?,
-            pi: a(
-                if cfg.gene_likelihood.has_pi() {
-                    cap * g
-                } else {
-                    0
-                },
-                planes,
-            )?,
-            r: a(
-                if cfg.gene_likelihood.has_theta() {
-                    cap * g
-                } else {
-                    0
-                },
-                planes,
-            )?,
+            rho: plane(true)?,
+            d_rho: plane(true)?,
+            pi: plane(cfg.gene_likelihood.has_pi())?,
+            r: plane(cfg.gene_likelihood.has_theta())?,
             d_library: a(cap, "library gradient")?,
             losses: gpu.alloc(3 * cap * 8, "per-cell losses")?,
         });
@@ -475,21 +484,13 @@ impl CudaEngine {
                 Stream::LibraryEncoderDropout,
             ),
         };
-        let cfg = &self.layout.config;
         let first = &ids.layers[0];
         ops::sparse_linear_fwd(
             &self.gpu,
             &SparseLinearArgs {
                 lin: enc.layers[0].lin.ptr(),
                 wt: wt.ptr(),
-                indptr: self.bp.indptr,
-                indices: self.bp.indices,
-                values: self.bp.values,
-                rows: b as u32,
-                h: first.linear.n_out as u32,
-                genes: cfg.n_input as u32,
-                ldw: (cfg.n_input + first.n_cat) as u32,
-                ..Default::default()
+                ..self.sparse_args(first, b)
             },
         )?;
         self.fc_forward(
@@ -500,36 +501,13 @@ impl CudaEngine {
             self.dropout_key(stream, step, 0, train),
         )?;
         for (i, li) in ids.layers.iter().enumerate().skip(1) {
-            ops::linear_fwd(
-                &self.gpu,
-                enc.layers[i].lin.ptr(),
-                enc.layers[i - 1].out.ptr(),
-                self.p(li.linear.weight),
-                b,
-                li.linear.n_in,
-                li.linear.n_in + li.n_cat,
-                li.linear.n_out,
-            )?;
-            self.fc_forward(
-                &enc.layers[i],
-                li,
-                b,
-                train,
-                self.dropout_key(stream, step, i, train),
-            )?;
+            let key = self.dropout_key(stream, step, i, train);
+            let x = enc.layers[i - 1].out.ptr();
+            self.layer_forward(&enc.layers[i], li, x, b, train, key)?;
         }
         let h = enc.layers.last().expect("a layer").out.ptr();
         for (head, out) in [(&ids.mean, &enc.q_m), (&ids.var, &enc.u)] {
-            ops::linear_fwd(
-                &self.gpu,
-                out.ptr(),
-                h,
-                self.p(head.weight),
-                b,
-                head.n_in,
-                head.n_in,
-                head.n_out,
-            )?;
+            self.head_forward(head, h, out.ptr(), b)?;
         }
         Ok(())
     }
@@ -544,7 +522,6 @@ impl CudaEngine {
                 Stream::LibraryEncoderDropout,
             ),
         };
-        let cfg = &self.layout.config;
         let h = enc.layers.last().expect("a layer").out.ptr();
         for (k, (head, d)) in [(&ids.mean, &enc.d_q_m), (&ids.var, &enc.d_u)]
             .into_iter()
@@ -554,37 +531,9 @@ impl CudaEngine {
         }
         let (mut d, mut d_next) = (enc.d_h.ptr(), enc.d_h2.ptr());
         for i in (1..ids.layers.len()).rev() {
-            let li = &ids.layers[i];
-            self.fc_backward(
-                &enc.layers[i],
-                li,
-                d,
-                b,
-                train,
-                self.dropout_key(stream, step, i, train),
-            )?;
-            let ldw = li.linear.n_in + li.n_cat;
-            ops::linear_wgrad(
-                &self.gpu,
-                self.g(li.linear.weight),
-                d,
-                enc.layers[i - 1].out.ptr(),
-                b,
-                li.linear.n_in,
-                ldw,
-                li.linear.n_out,
-            )?;
-            ops::linear_dgrad(
-                &self.gpu,
-                d_next,
-                d,
-                self.p(li.linear.weight),
-                b,
-                li.linear.n_in,
-                ldw,
-                li.linear.n_out,
-                false,
-            )?;
+            let key = self.dropout_key(stream, step, i, train);
+            let (lb, x) = (&enc.layers[i], enc.layers[i - 1].out.ptr());
+            self.layer_backward(lb, &ids.layers[i], (d, x, d_next), b, train, key)?;
             std::mem::swap(&mut d, &mut d_next);
         }
         let first = &ids.layers[0];
@@ -601,14 +550,7 @@ impl CudaEngine {
             &SparseLinearArgs {
                 d,
                 dweight: self.g(first.linear.weight),
-                indptr: self.bp.indptr,
-                indices: self.bp.indices,
-                values: self.bp.values,
-                rows: b as u32,
-                h: first.linear.n_out as u32,
-                genes: cfg.n_input as u32,
-                ldw: (cfg.n_input + first.n_cat) as u32,
-                ..Default::default()
+                ..self.sparse_args(first, b)
             },
         )
     }
@@ -623,16 +565,8 @@ impl CudaEngine {
         accumulate: bool,
         b: usize,
     ) -> Result<()> {
-        ops::linear_wgrad(
-            &self.gpu,
-            self.g(ids.weight),
-            d,
-            x,
-            b,
-            ids.n_in,
-            ids.n_in,
-            ids.n_out,
-        )?;
+        let s = head_shape(ids, b);
+        ops::linear_wgrad(&self.gpu, self.g(ids.weight), d, x, s)?;
         ops::column_sum(
             &self.gpu,
             &ColumnArgs {
@@ -643,17 +577,60 @@ impl CudaEngine {
                 ..Default::default()
             },
         )?;
-        ops::linear_dgrad(
-            &self.gpu,
-            dx,
-            d,
-            self.p(ids.weight),
-            b,
-            ids.n_in,
-            ids.n_in,
-            ids.n_out,
-            accumulate,
-        )
+        ops::linear_dgrad(&self.gpu, dx, d, self.p(ids.weight), s, accumulate)
+    }
+
+    /// A head's product `y = x W^T` (its bias is added by the kernel that reads `y`).
+    fn head_forward(&self, ids: &LinearIds, x: DevPtr, y: DevPtr, b: usize) -> Result<()> {
+        ops::linear_fwd(&self.gpu, y, x, self.p(ids.weight), head_shape(ids, b))
+    }
+
+    /// One FCLayers layer on the dense input `x`: the product into `lb.lin`, then the fused rest.
+    fn layer_forward(
+        &self,
+        lb: &LayerBufs,
+        li: &FcLayerIds,
+        x: DevPtr,
+        b: usize,
+        train: bool,
+        key: PhiloxKey,
+    ) -> Result<()> {
+        let s = layer_shape(li, b);
+        ops::linear_fwd(&self.gpu, lb.lin.ptr(), x, self.p(li.linear.weight), s)?;
+        self.fc_forward(lb, li, b, train, key)
+    }
+
+    /// Backward through [`Self::layer_forward`] with `(d, x, dx)`: `d` holds dloss/dout (used as
+    /// scratch), `x` the layer's input; the weight gradients accumulate and `dx` receives
+    /// dloss/dx.
+    fn layer_backward(
+        &self,
+        lb: &LayerBufs,
+        li: &FcLayerIds,
+        (d, x, dx): (DevPtr, DevPtr, DevPtr),
+        b: usize,
+        train: bool,
+        key: PhiloxKey,
+    ) -> Result<()> {
+        self.fc_backward(lb, li, d, b, train, key)?;
+        let (s, w) = (layer_shape(li, b), li.linear.weight);
+        ops::linear_wgrad(&self.gpu, self.g(w), d, x, s)?;
+        ops::linear_dgrad(&self.gpu, dx, d, self.p(w), s, false)
+    }
+
+    /// The sparse first layer's arguments for `b` cells of the minibatch on the device.
+    fn sparse_args(&self, first: &FcLayerIds, b: usize) -> SparseLinearArgs {
+        let g = self.layout.config.n_input;
+        SparseLinearArgs {
+            indptr: self.bp.indptr,
+            indices: self.bp.indices,
+            values: self.bp.values,
+            rows: b as u32,
+            h: first.linear.n_out as u32,
+            genes: g as u32,
+            ldw: (g + first.n_cat) as u32,
+            ..Default::default()
+        }
     }
 
     fn latent_args(&self, which: Which, b: usize) -> LatentArgs {
@@ -778,7 +755,7 @@ impl CudaEngine {
         self.refresh_transposes()?;
         let train = mode == Mode::Train;
         let cfg = self.layout.config.clone();
-        let (h, g) = (cfg.n_hidden, cfg.n_input);
+        let g = cfg.n_input;
         if grads {
             self.gpu.zero(self.grads.ptr(), self.grads.bytes())?;
         }
@@ -804,22 +781,10 @@ impl CudaEngine {
             } else {
                 w.dec[i - 1].out.ptr()
             };
-            ops::linear_fwd(
-                &self.gpu,
-                w.dec[i].lin.ptr(),
-                x,
-                self.p(li.linear.weight),
-                b,
-                li.linear.n_in,
-                li.linear.n_in + li.n_cat,
-                li.linear.n_out,
-            )?;
-            self.fc_forward(&w.dec[i], li, b, train, PhiloxKey::default())?;
+            self.layer_forward(&w.dec[i], li, x, b, train, PhiloxKey::default())?;
         }
         let hd = w.dec.last().expect("a layer").out.ptr();
-        let head = |ids: &LinearIds, y: DevPtr| {
-            ops::linear_fwd(&self.gpu, y, hd, self.p(ids.weight), b, h, h, g)
-        };
+        let head = |ids: &LinearIds, y: DevPtr| self.head_forward(ids, hd, y, b);
         head(&dec.scale, w.rho.ptr())?;
         if cfg.gene_likelihood.has_pi() {
             head(&dec.dropout, w.pi.ptr())?;
@@ -858,36 +823,13 @@ impl CudaEngine {
             // Decoder layers -> dz.
             let (mut d, mut d_next) = (w.d_hd.ptr(), w.d_hd2.ptr());
             for i in (0..dec.layers.len()).rev() {
-                let li = &dec.layers[i];
-                self.fc_backward(&w.dec[i], li, d, b, train, PhiloxKey::default())?;
-                let x = if i == 0 {
-                    w.z.ptr()
+                let (x, dx) = if i == 0 {
+                    (w.z.ptr(), w.d_z.ptr())
                 } else {
-                    w.dec[i - 1].out.ptr()
+                    (w.dec[i - 1].out.ptr(), d_next)
                 };
-                let ldw = li.linear.n_in + li.n_cat;
-                ops::linear_wgrad(
-                    &self.gpu,
-                    self.g(li.linear.weight),
-                    d,
-                    x,
-                    b,
-                    li.linear.n_in,
-                    ldw,
-                    li.linear.n_out,
-                )?;
-                let dx = if i == 0 { w.d_z.ptr() } else { d_next };
-                ops::linear_dgrad(
-                    &self.gpu,
-                    dx,
-                    d,
-                    self.p(li.linear.weight),
-                    b,
-                    li.linear.n_in,
-                    ldw,
-                    li.linear.n_out,
-                    false,
-                )?;
+                let key = PhiloxKey::default();
+                self.layer_backward(&w.dec[i], &dec.layers[i], (d, x, dx), b, train, key)?;
                 if i > 0 {
                     std::mem::swap(&mut d, &mut d_next);
                 }

@@ -2,7 +2,7 @@
 //! the tests launch a kernel the same way (the argument structs and entry names are in
 //! [`super::kernels`]); and the dense products, as cuBLAS calls.
 
-use super::device::{Gpu, Launch};
+use super::device::{Gpu, Launch, Sgemm};
 use super::kernels::*;
 use crate::error::Result;
 
@@ -88,58 +88,81 @@ pub fn adam(gpu: &Gpu, a: &AdamArgs) -> Result<()> {
     gpu.launch(ADAM_STEP, Launch::cover(a.n as usize, 256), a)
 }
 
-/// `y = x W[:, :n_in]^T` for row-major y `[B, n_out]`, x `[B, n_in]`, W `[n_out, ldw]`.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_fwd(
-    gpu: &Gpu,
-    y: DevPtr,
-    x: DevPtr,
-    w: DevPtr,
-    b: usize,
-    n_in: usize,
-    ldw: usize,
-    n_out: usize,
-) -> Result<()> {
-    if n_in == 0 {
-        return gpu.zero(y, b * n_out * 4);
+/// The shape of a Linear's product: `b` rows of `n_in` inputs, `n_out` outputs, the weight
+/// `[n_out, ldw]` row-major (`ldw = n_in + n_cat`: the one-hot columns follow the inputs, and the
+/// products leave them alone).
+#[derive(Clone, Copy, Debug)]
+pub struct LinearShape {
+    pub b: usize,
+    pub n_in: usize,
+    pub ldw: usize,
+    pub n_out: usize,
+}
+
+/// `y = x W[:, :n_in]^T` for row-major y `[B, n_out]`, x `[B, n_in]`.
+pub fn linear_fwd(gpu: &Gpu, y: DevPtr, x: DevPtr, w: DevPtr, s: LinearShape) -> Result<()> {
+    if s.n_in == 0 {
+        return gpu.zero(y, s.b * s.n_out * 4);
     }
-    gpu.sgemm(
-        true, false, n_out, b, n_in, 1.0, w, ldw, x, n_in, 0.0, y, n_out,
-    )
+    // Column-major: y^T [n_out, B] = W[:, :n_in] (as [n_in, n_out], transposed) x^T.
+    gpu.sgemm(&Sgemm {
+        trans_a: true,
+        trans_b: false,
+        m: s.n_out,
+        n: s.b,
+        k: s.n_in,
+        alpha: 1.0,
+        a: w,
+        lda: s.ldw,
+        b: x,
+        ldb: s.n_in,
+        beta: 0.0,
+        c: y,
+        ldc: s.n_out,
+    })
 }
 
 /// `dW[:, :n_in] += d^T x`.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_wgrad(
-    gpu: &Gpu,
-    dw: DevPtr,
-    d: DevPtr,
-    x: DevPtr,
-    b: usize,
-    n_in: usize,
-    ldw: usize,
-    n_out: usize,
-) -> Result<()> {
-    gpu.sgemm(
-        false, true, n_in, n_out, b, 1.0, x, n_in, d, n_out, 1.0, dw, ldw,
-    )
+pub fn linear_wgrad(gpu: &Gpu, dw: DevPtr, d: DevPtr, x: DevPtr, s: LinearShape) -> Result<()> {
+    gpu.sgemm(&Sgemm {
+        trans_a: false,
+        trans_b: true,
+        m: s.n_in,
+        n: s.n_out,
+        k: s.b,
+        alpha: 1.0,
+        a: x,
+        lda: s.n_in,
+        b: d,
+        ldb: s.n_out,
+        beta: 1.0,
+        c: dw,
+        ldc: s.ldw,
+    })
 }
 
 /// `dx = d W[:, :n_in]` (`accumulate`: `dx += ...`).
-#[allow(clippy::too_many_arguments)]
 pub fn linear_dgrad(
     gpu: &Gpu,
     dx: DevPtr,
     d: DevPtr,
     w: DevPtr,
-    b: usize,
-    n_in: usize,
-    ldw: usize,
-    n_out: usize,
+    s: LinearShape,
     accumulate: bool,
 ) -> Result<()> {
-    let beta = if accumulate { 1.0 } else { 0.0 };
-    gpu.sgemm(
-        false, false, n_in, b, n_out, 1.0, w, ldw, d, n_out, beta, dx, n_in,
-    )
+    gpu.sgemm(&Sgemm {
+        trans_a: false,
+        trans_b: false,
+        m: s.n_in,
+        n: s.b,
+        k: s.n_out,
+        alpha: 1.0,
+        a: w,
+        lda: s.ldw,
+        b: d,
+        ldb: s.n_out,
+        beta: if accumulate { 1.0 } else { 0.0 },
+        c: dx,
+        ldc: s.n_in,
+    })
 }
