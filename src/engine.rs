@@ -1,6 +1,6 @@
 //! The contract every engine implements (the CPU reference in `cpu/`, the GPU engine in `cuda/`), so
 //! the trainer, the inference code, the CLI and the tests do not know which one runs: the [`Engine`]
-//! trait and the types it speaks ([`LossParts`], [`Mode`], [`AdamConfig`]), and the checks every
+//! trait and the types it speaks ([`LossParts`], [`Pass`], [`Mode`], [`AdamConfig`]), and the checks every
 //! engine makes on a minibatch before it computes ([`validate_minibatch`]).
 //!
 //! An engine owns the model's values, the optimiser state and its buffers; noise comes from the
@@ -14,10 +14,22 @@ use crate::model::layout::Layout;
 use serde::{Deserialize, Serialize};
 
 pub trait Engine {
+    /// The forward pass over `batch` and, with `pass.grads`, the backward pass into the engine's
+    /// gradient buffer (zeroed first). In `Mode::Train` BatchNorm uses and updates batch
+    /// statistics and dropout is on. The per-cell losses are kept for [`Engine::per_cell_losses`].
+    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts>;
+    /// One Adam update of the parameters with the gradients of the last backward pass.
+    fn adam_update(&mut self) -> Result<()>;
     /// Forward, backward and one Adam update on a training minibatch; `step` keys the noise.
-    fn train_step(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts>;
+    fn train_step(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
+        let parts = self.forward_backward(batch, Pass::train(step, kl_weight))?;
+        self.adam_update()?;
+        Ok(parts)
+    }
     /// The loss in inference mode (running BatchNorm statistics, no dropout), noise keyed by `step`.
-    fn eval_loss(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts>;
+    fn eval_loss(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
+        self.forward_backward(batch, Pass::eval(step, kl_weight))
+    }
     /// Per-cell reconstruction loss, KL_z and KL_l of the last `eval_loss` / `train_step`.
     fn per_cell_losses(&self, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>);
     /// The posterior `q_m`, `q_v` (`[B, L]` each, row-major) in inference mode.
@@ -50,6 +62,37 @@ impl LossParts {
             kl_z_sum,
             kl_l_sum,
             kl_weight,
+        }
+    }
+}
+
+/// One pass over a minibatch: the step index that keys its noise, the KL weight, the mode, and
+/// whether the backward pass runs too.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pass {
+    pub step: u64,
+    pub kl_weight: f64,
+    pub mode: Mode,
+    pub grads: bool,
+}
+
+impl Pass {
+    /// A training pass with gradients.
+    pub fn train(step: u64, kl_weight: f64) -> Pass {
+        Pass {
+            step,
+            kl_weight,
+            mode: Mode::Train,
+            grads: true,
+        }
+    }
+    /// An inference pass, loss only.
+    pub fn eval(step: u64, kl_weight: f64) -> Pass {
+        Pass {
+            step,
+            kl_weight,
+            mode: Mode::Eval,
+            grads: false,
         }
     }
 }

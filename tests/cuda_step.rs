@@ -18,7 +18,7 @@ use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::{CpuEngine, CpuTrainer};
 use scvi_rs::cuda::CudaEngine;
-use scvi_rs::engine::{AdamConfig, Engine, Mode};
+use scvi_rs::engine::{AdamConfig, Engine, Mode, Pass};
 use scvi_rs::model::config::{
     Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement,
 };
@@ -200,7 +200,7 @@ fn step_matches(target: Target, what: &str) {
         let mut eng =
             CudaEngine::new(gpu, &state, run_seed, AdamConfig::default()).expect("gpu engine");
         let gp = eng
-            .forward_backward(&batch, step, kl_weight, Mode::Train, true)
+            .forward_backward(&batch, Pass::train(step, kl_weight))
             .expect("gpu step");
         let mut c = Checker::new(format!("{what} / {name} (seed {seed})"));
         let loss_tol = Tol::new(1e-5, 1e-6, 1e-5);

@@ -4,7 +4,7 @@
 use super::adam::Adam;
 use super::engine::{CpuEngine, NoiseBuffers};
 use crate::batch::Minibatch;
-use crate::engine::{AdamConfig, Engine, LossParts, Mode};
+use crate::engine::{AdamConfig, Engine, LossParts, Pass};
 use crate::error::Result;
 use crate::float::Float;
 use crate::model::init::ModelState;
@@ -32,38 +32,26 @@ impl<T: Float> CpuTrainer<T> {
             state,
         }
     }
+}
 
-    fn run(
-        &mut self,
-        batch: &Minibatch,
-        step: u64,
-        kl_weight: f64,
-        mode: Mode,
-        grads: bool,
-    ) -> Result<LossParts> {
+impl<T: Float> Engine for CpuTrainer<T> {
+    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts> {
         let l = self.state.layout.config.n_latent;
-        self.noise.draw(&self.rng, step, batch.len(), l);
-        let noise = self.noise.as_step(Some((self.rng, step)));
-        let g = if grads {
+        self.noise.draw(&self.rng, pass.step, batch.len(), l);
+        let noise = self.noise.as_step(Some((self.rng, pass.step)));
+        let g = if pass.grads {
             self.grads.iter_mut().for_each(|g| *g = T::ZERO);
             Some(&mut self.grads[..])
         } else {
             None
         };
         self.engine
-            .forward_backward(&mut self.state, g, batch, &noise, kl_weight, mode)
+            .forward_backward(&mut self.state, g, batch, &noise, pass.kl_weight, pass.mode)
     }
-}
 
-impl<T: Float> Engine for CpuTrainer<T> {
-    fn train_step(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
-        let parts = self.run(batch, step, kl_weight, Mode::Train, true)?;
+    fn adam_update(&mut self) -> Result<()> {
         self.adam.update(&mut self.state.params, &self.grads);
-        Ok(parts)
-    }
-
-    fn eval_loss(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
-        self.run(batch, step, kl_weight, Mode::Eval, false)
+        Ok(())
     }
 
     fn per_cell_losses(&self, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {

@@ -30,7 +30,7 @@ use super::device::{as_bytes, DevBuf, Gpu, PinnedBuf};
 use super::kernels::*;
 use super::ops;
 use crate::batch::Minibatch;
-use crate::engine::{validate_minibatch, AdamConfig, Engine, LossParts, Mode};
+use crate::engine::{validate_minibatch, AdamConfig, Engine, LossParts, Mode, Pass};
 use crate::error::{Error, Result};
 use crate::model::config::{Dispersion, LatentDistribution, ModelConfig};
 use crate::model::init::ModelState;
@@ -418,42 +418,36 @@ impl CudaEngine {
         }
     }
 
-    /// Everything after a layer's matrix product (`lb.lin` holds it), as `fc_post` on the CPU.
-    fn fc_forward(
+    /// A layer's post-product part, as `fc_post` on the CPU. Forward (`d` None): `lb.lin` holds
+    /// the product. Backward: `d` holds dloss/dout and becomes dloss/dlin; the bias, one-hot
+    /// column and BatchNorm gradients accumulate.
+    fn fc_post(
         &self,
         lb: &LayerBufs,
         ids: &FcLayerIds,
-        b: usize,
-        train: bool,
+        (b, train): (usize, bool),
         key: PhiloxKey,
+        d: Option<DevPtr>,
     ) -> Result<()> {
         let mut a = self.fc_args(lb, ids, b, train);
         a.key = key;
-        ops::fc_post(&self.gpu, &a, false)?;
-        if ids.layer_norm {
-            ops::layer_norm(&self.gpu, &a.layer_norm(0, lb.ln_inv.ptr()), false)?;
+        let ln = ids.layer_norm;
+        match d {
+            None => {
+                ops::fc_post(&self.gpu, &a, false)?;
+                if ln {
+                    ops::layer_norm(&self.gpu, &a.layer_norm(0, lb.ln_inv.ptr()), false)?;
+                }
+                Ok(())
+            }
+            Some(d) => {
+                a.lin = d;
+                if ln {
+                    ops::layer_norm(&self.gpu, &a.layer_norm(d, lb.ln_inv.ptr()), true)?;
+                }
+                ops::fc_post(&self.gpu, &a, true)
+            }
         }
-        Ok(())
-    }
-
-    /// Backward through a layer's post-product part: `d` holds dloss/dout and becomes
-    /// dloss/dlin; bias, one-hot column and BatchNorm gradients accumulate.
-    fn fc_backward(
-        &self,
-        lb: &LayerBufs,
-        ids: &FcLayerIds,
-        d: DevPtr,
-        b: usize,
-        train: bool,
-        key: PhiloxKey,
-    ) -> Result<()> {
-        let mut a = self.fc_args(lb, ids, b, train);
-        a.key = key;
-        a.lin = d;
-        if ids.layer_norm {
-            ops::layer_norm(&self.gpu, &a.layer_norm(d, lb.ln_inv.ptr()), true)?;
-        }
-        ops::fc_post(&self.gpu, &a, true)
     }
 
     fn dropout_key(&self, stream: Stream, step: u64, layer: usize, train: bool) -> PhiloxKey {
@@ -468,21 +462,24 @@ impl CudaEngine {
         }
     }
 
-    fn encoder_forward(&self, which: Which, b: usize, train: bool, step: u64) -> Result<()> {
+    /// An encoder's ids, device buffers and dropout stream.
+    fn encoder(&self, which: Which) -> (&EncoderIds, &EncoderBufs, Stream) {
         let w = self.work.as_ref().expect("work");
-        let (ids, enc, wt, stream) = match which {
-            Which::Z => (
-                &self.layout.z_encoder,
-                &w.z_enc,
-                &self.wt_z,
-                Stream::EncoderDropout,
-            ),
+        match which {
+            Which::Z => (&self.layout.z_encoder, &w.z_enc, Stream::EncoderDropout),
             Which::L => (
                 &self.layout.l_encoder,
                 w.l_enc.as_ref().expect("l encoder"),
-                self.wt_l.as_ref().expect("l encoder weights"),
                 Stream::LibraryEncoderDropout,
             ),
+        }
+    }
+
+    fn encoder_forward(&self, which: Which, b: usize, train: bool, step: u64) -> Result<()> {
+        let (ids, enc, stream) = self.encoder(which);
+        let wt = match which {
+            Which::Z => &self.wt_z,
+            Which::L => self.wt_l.as_ref().expect("l encoder weights"),
         };
         let first = &ids.layers[0];
         ops::sparse_linear_fwd(
@@ -493,17 +490,12 @@ impl CudaEngine {
                 ..self.sparse_args(first, b)
             },
         )?;
-        self.fc_forward(
-            &enc.layers[0],
-            first,
-            b,
-            train,
-            self.dropout_key(stream, step, 0, train),
-        )?;
+        let key0 = self.dropout_key(stream, step, 0, train);
+        self.fc_post(&enc.layers[0], first, (b, train), key0, None)?;
         for (i, li) in ids.layers.iter().enumerate().skip(1) {
             let key = self.dropout_key(stream, step, i, train);
             let x = enc.layers[i - 1].out.ptr();
-            self.layer_forward(&enc.layers[i], li, x, b, train, key)?;
+            self.layer_forward(&enc.layers[i], li, x, (b, train), key)?;
         }
         let h = enc.layers.last().expect("a layer").out.ptr();
         for (head, out) in [(&ids.mean, &enc.q_m), (&ids.var, &enc.u)] {
@@ -513,15 +505,7 @@ impl CudaEngine {
     }
 
     fn encoder_backward(&self, which: Which, b: usize, train: bool, step: u64) -> Result<()> {
-        let w = self.work.as_ref().expect("work");
-        let (ids, enc, stream) = match which {
-            Which::Z => (&self.layout.z_encoder, &w.z_enc, Stream::EncoderDropout),
-            Which::L => (
-                &self.layout.l_encoder,
-                w.l_enc.as_ref().expect("l encoder"),
-                Stream::LibraryEncoderDropout,
-            ),
-        };
+        let (ids, enc, stream) = self.encoder(which);
         let h = enc.layers.last().expect("a layer").out.ptr();
         for (k, (head, d)) in [(&ids.mean, &enc.d_q_m), (&ids.var, &enc.d_u)]
             .into_iter()
@@ -533,18 +517,12 @@ impl CudaEngine {
         for i in (1..ids.layers.len()).rev() {
             let key = self.dropout_key(stream, step, i, train);
             let (lb, x) = (&enc.layers[i], enc.layers[i - 1].out.ptr());
-            self.layer_backward(lb, &ids.layers[i], (d, x, d_next), b, train, key)?;
+            self.layer_backward(lb, &ids.layers[i], (d, x, d_next), (b, train), key)?;
             std::mem::swap(&mut d, &mut d_next);
         }
         let first = &ids.layers[0];
-        self.fc_backward(
-            &enc.layers[0],
-            first,
-            d,
-            b,
-            train,
-            self.dropout_key(stream, step, 0, train),
-        )?;
+        let key0 = self.dropout_key(stream, step, 0, train);
+        self.fc_post(&enc.layers[0], first, (b, train), key0, Some(d))?;
         ops::sparse_linear_bwd(
             &self.gpu,
             &SparseLinearArgs {
@@ -585,19 +563,19 @@ impl CudaEngine {
         ops::linear_fwd(&self.gpu, y, x, self.p(ids.weight), head_shape(ids, b))
     }
 
-    /// One FCLayers layer on the dense input `x`: the product into `lb.lin`, then the fused rest.
+    /// One FCLayers layer on the dense input `x` for `b` cells: the product into `lb.lin`, then the
+    /// fused rest.
     fn layer_forward(
         &self,
         lb: &LayerBufs,
         li: &FcLayerIds,
         x: DevPtr,
-        b: usize,
-        train: bool,
+        (b, train): (usize, bool),
         key: PhiloxKey,
     ) -> Result<()> {
         let s = layer_shape(li, b);
         ops::linear_fwd(&self.gpu, lb.lin.ptr(), x, self.p(li.linear.weight), s)?;
-        self.fc_forward(lb, li, b, train, key)
+        self.fc_post(lb, li, (b, train), key, None)
     }
 
     /// Backward through [`Self::layer_forward`] with `(d, x, dx)`: `d` holds dloss/dout (used as
@@ -608,11 +586,10 @@ impl CudaEngine {
         lb: &LayerBufs,
         li: &FcLayerIds,
         (d, x, dx): (DevPtr, DevPtr, DevPtr),
-        b: usize,
-        train: bool,
+        (b, train): (usize, bool),
         key: PhiloxKey,
     ) -> Result<()> {
-        self.fc_backward(lb, li, d, b, train, key)?;
+        self.fc_post(lb, li, (b, train), key, Some(d))?;
         let (s, w) = (layer_shape(li, b), li.linear.weight);
         ops::linear_wgrad(&self.gpu, self.g(w), d, x, s)?;
         ops::linear_dgrad(&self.gpu, dx, d, self.p(w), s, false)
@@ -736,156 +713,6 @@ impl CudaEngine {
         }
     }
 
-    /// The forward pass and, with `grads`, the backward pass into the gradient buffer (zeroed
-    /// first); as `CpuEngine::forward_backward`. Returns the loss parts; the per-cell losses are
-    /// kept for [`Engine::per_cell_losses`].
-    pub fn forward_backward(
-        &mut self,
-        batch: &Minibatch,
-        step: u64,
-        kl_weight: f64,
-        mode: Mode,
-        grads: bool,
-    ) -> Result<LossParts> {
-        self.gpu.bind()?;
-        validate_minibatch(batch, &self.layout, mode)?;
-        let b = batch.len();
-        self.reserve(b)?;
-        self.upload(batch)?;
-        self.refresh_transposes()?;
-        let train = mode == Mode::Train;
-        let cfg = self.layout.config.clone();
-        let g = cfg.n_input;
-        if grads {
-            self.gpu.zero(self.grads.ptr(), self.grads.bytes())?;
-        }
-
-        // Encoders, reparameterisation, library.
-        self.encoder_forward(Which::Z, b, train, step)?;
-        let mut za = self.latent_args(Which::Z, b);
-        za.key = PhiloxKey::new(self.seed, Stream::LatentNoise, step);
-        ops::latent(&self.gpu, REPARAM_KL_FWD, &za)?;
-        if !cfg.use_observed_lib_size {
-            self.encoder_forward(Which::L, b, train, step)?;
-        }
-        let mut la = self.latent_args(Which::L, b);
-        la.key = PhiloxKey::new(self.seed, Stream::LibraryNoise, step);
-        ops::latent(&self.gpu, LIBRARY_FWD, &la)?;
-
-        // Decoder.
-        let w = self.work.as_ref().expect("work");
-        let dec = &self.layout.decoder;
-        for (i, li) in dec.layers.iter().enumerate() {
-            let x = if i == 0 {
-                w.z.ptr()
-            } else {
-                w.dec[i - 1].out.ptr()
-            };
-            self.layer_forward(&w.dec[i], li, x, b, train, PhiloxKey::default())?;
-        }
-        let hd = w.dec.last().expect("a layer").out.ptr();
-        let head = |ids: &LinearIds, y: DevPtr| self.head_forward(ids, hd, y, b);
-        head(&dec.scale, w.rho.ptr())?;
-        if cfg.gene_likelihood.has_pi() {
-            head(&dec.dropout, w.pi.ptr())?;
-        }
-        let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
-        if cell_theta {
-            head(&dec.r, w.r.ptr())?;
-        }
-        let oa = self.output_args(b);
-        ops::decoder_output(&self.gpu, &oa, grads)?;
-
-        if grads {
-            // Output heads -> h_d.
-            self.head_backward(&dec.scale, w.d_rho.ptr(), hd, w.d_hd.ptr(), false, b)?;
-            if cfg.gene_likelihood.has_pi() {
-                self.head_backward(&dec.dropout, w.pi.ptr(), hd, w.d_hd.ptr(), true, b)?;
-            }
-            if cfg.gene_likelihood.has_theta() {
-                if cell_theta {
-                    self.head_backward(&dec.r, w.r.ptr(), hd, w.d_hd.ptr(), true, b)?;
-                } else {
-                    ops::column_sum(
-                        &self.gpu,
-                        &ColumnArgs {
-                            d: w.r.ptr(),
-                            out: self.g(self.layout.px_r.expect("px_r")),
-                            codes: oa.codes,
-                            rows: b as u32,
-                            n: g as u32,
-                            n_cat: oa.n_cat,
-                            pad: 0,
-                        },
-                    )?;
-                }
-            }
-            // Decoder layers -> dz.
-            let (mut d, mut d_next) = (w.d_hd.ptr(), w.d_hd2.ptr());
-            for i in (0..dec.layers.len()).rev() {
-                let (x, dx) = if i == 0 {
-                    (w.z.ptr(), w.d_z.ptr())
-                } else {
-                    (w.dec[i - 1].out.ptr(), d_next)
-                };
-                let key = PhiloxKey::default();
-                self.layer_backward(&w.dec[i], &dec.layers[i], (d, x, dx), b, train, key)?;
-                if i > 0 {
-                    std::mem::swap(&mut d, &mut d_next);
-                }
-            }
-            // Reparameterisation and KL, then the z encoder.
-            let mut zb = self.latent_args(Which::Z, b);
-            zb.kl_w = (kl_weight / b as f64) as f32;
-            ops::latent(&self.gpu, REPARAM_KL_BWD, &zb)?;
-            self.encoder_backward(Which::Z, b, train, step)?;
-            if !cfg.use_observed_lib_size {
-                let mut lb = self.latent_args(Which::L, b);
-                lb.kl_w = (1.0 / b as f64) as f32;
-                ops::latent(&self.gpu, LIBRARY_BWD, &lb)?;
-                self.encoder_backward(Which::L, b, train, step)?;
-            }
-        }
-
-        // The per-cell losses: the step's one wait for the device.
-        let cap = self.work.as_ref().expect("work").cap;
-        let mut losses = vec![0f64; 3 * cap];
-        let lp = self.work.as_ref().expect("work").losses.ptr();
-        self.gpu.download_f64(&mut losses, lp)?;
-        self.rec = losses[..b].to_vec();
-        self.kl_z = losses[cap..cap + b].to_vec();
-        self.kl_l = losses[2 * cap..2 * cap + b].to_vec();
-        self.last_b = b;
-        let rec_sum: f64 = self.rec.iter().sum();
-        let kl_z_sum: f64 = self.kl_z.iter().sum();
-        let kl_l_sum: f64 = if cfg.use_observed_lib_size {
-            0.0
-        } else {
-            self.kl_l.iter().sum()
-        };
-        Ok(LossParts::from_sums(
-            b, rec_sum, kl_z_sum, kl_l_sum, kl_weight,
-        ))
-    }
-
-    /// One Adam step with the gradients of the last backward pass.
-    pub fn adam_update(&mut self) -> Result<()> {
-        self.adam_step += 1;
-        ops::adam(
-            &self.gpu,
-            &AdamArgs {
-                params: self.params.ptr(),
-                grads: self.grads.ptr(),
-                m: self.adam_m.ptr(),
-                v: self.adam_v.ptr(),
-                mask: self.mask.ptr(),
-                ..AdamArgs::new(&self.adam_cfg, self.adam_step, self.layout.n_param_elems)
-            },
-        )?;
-        self.wt_valid = false;
-        Ok(())
-    }
-
     /// The gradient buffer (parameters' layout) of the last backward pass.
     pub fn gradients(&self) -> Result<Vec<f32>> {
         self.gpu.bind()?;
@@ -950,14 +777,145 @@ pub fn check_config(cfg: &ModelConfig) -> Result<()> {
 }
 
 impl Engine for CudaEngine {
-    fn train_step(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
-        let parts = self.forward_backward(batch, step, kl_weight, Mode::Train, true)?;
-        self.adam_update()?;
-        Ok(parts)
+    /// As `CpuEngine::forward_backward`, as a sequence of launches (see the module documentation).
+    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts> {
+        let (step, kl_weight, mode, grads) = (pass.step, pass.kl_weight, pass.mode, pass.grads);
+        self.gpu.bind()?;
+        validate_minibatch(batch, &self.layout, mode)?;
+        let b = batch.len();
+        self.reserve(b)?;
+        self.upload(batch)?;
+        self.refresh_transposes()?;
+        let train = mode == Mode::Train;
+        let cfg = self.layout.config.clone();
+        let g = cfg.n_input;
+        if grads {
+            self.gpu.zero(self.grads.ptr(), self.grads.bytes())?;
+        }
+
+        // Encoders, reparameterisation, library.
+        self.encoder_forward(Which::Z, b, train, step)?;
+        let mut za = self.latent_args(Which::Z, b);
+        za.key = PhiloxKey::new(self.seed, Stream::LatentNoise, step);
+        ops::latent(&self.gpu, REPARAM_KL_FWD, &za)?;
+        if !cfg.use_observed_lib_size {
+            self.encoder_forward(Which::L, b, train, step)?;
+        }
+        let mut la = self.latent_args(Which::L, b);
+        la.key = PhiloxKey::new(self.seed, Stream::LibraryNoise, step);
+        ops::latent(&self.gpu, LIBRARY_FWD, &la)?;
+
+        // Decoder.
+        let w = self.work.as_ref().expect("work");
+        let dec = &self.layout.decoder;
+        for (i, li) in dec.layers.iter().enumerate() {
+            let x = if i == 0 {
+                w.z.ptr()
+            } else {
+                w.dec[i - 1].out.ptr()
+            };
+            self.layer_forward(&w.dec[i], li, x, (b, train), PhiloxKey::default())?;
+        }
+        let hd = w.dec.last().expect("a layer").out.ptr();
+        let head = |ids: &LinearIds, y: DevPtr| self.head_forward(ids, hd, y, b);
+        head(&dec.scale, w.rho.ptr())?;
+        if cfg.gene_likelihood.has_pi() {
+            head(&dec.dropout, w.pi.ptr())?;
+        }
+        let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
+        if cell_theta {
+            head(&dec.r, w.r.ptr())?;
+        }
+        let oa = self.output_args(b);
+        ops::decoder_output(&self.gpu, &oa, grads)?;
+
+        if grads {
+            // Output heads -> h_d.
+            self.head_backward(&dec.scale, w.d_rho.ptr(), hd, w.d_hd.ptr(), false, b)?;
+            if cfg.gene_likelihood.has_pi() {
+                self.head_backward(&dec.dropout, w.pi.ptr(), hd, w.d_hd.ptr(), true, b)?;
+            }
+            if cfg.gene_likelihood.has_theta() {
+                if cell_theta {
+                    self.head_backward(&dec.r, w.r.ptr(), hd, w.d_hd.ptr(), true, b)?;
+                } else {
+                    ops::column_sum(
+                        &self.gpu,
+                        &ColumnArgs {
+                            d: w.r.ptr(),
+                            out: self.g(self.layout.px_r.expect("px_r")),
+                            codes: oa.codes,
+                            rows: b as u32,
+                            n: g as u32,
+                            n_cat: oa.n_cat,
+                            pad: 0,
+                        },
+                    )?;
+                }
+            }
+            // Decoder layers -> dz.
+            let (mut d, mut d_next) = (w.d_hd.ptr(), w.d_hd2.ptr());
+            for i in (0..dec.layers.len()).rev() {
+                let (x, dx) = if i == 0 {
+                    (w.z.ptr(), w.d_z.ptr())
+                } else {
+                    (w.dec[i - 1].out.ptr(), d_next)
+                };
+                let key = PhiloxKey::default();
+                self.layer_backward(&w.dec[i], &dec.layers[i], (d, x, dx), (b, train), key)?;
+                if i > 0 {
+                    std::mem::swap(&mut d, &mut d_next);
+                }
+            }
+            // Reparameterisation and KL, then the z encoder.
+            let mut zb = self.latent_args(Which::Z, b);
+            zb.kl_w = (kl_weight / b as f64) as f32;
+            ops::latent(&self.gpu, REPARAM_KL_BWD, &zb)?;
+            self.encoder_backward(Which::Z, b, train, step)?;
+            if !cfg.use_observed_lib_size {
+                let mut lb = self.latent_args(Which::L, b);
+                lb.kl_w = (1.0 / b as f64) as f32;
+                ops::latent(&self.gpu, LIBRARY_BWD, &lb)?;
+                self.encoder_backward(Which::L, b, train, step)?;
+            }
+        }
+
+        // The per-cell losses: the step's one wait for the device.
+        let cap = self.work.as_ref().expect("work").cap;
+        let mut losses = vec![0f64; 3 * cap];
+        let lp = self.work.as_ref().expect("work").losses.ptr();
+        self.gpu.download_f64(&mut losses, lp)?;
+        self.rec = losses[..b].to_vec();
+        self.kl_z = losses[cap..cap + b].to_vec();
+        self.kl_l = losses[2 * cap..2 * cap + b].to_vec();
+        self.last_b = b;
+        let rec_sum: f64 = self.rec.iter().sum();
+        let kl_z_sum: f64 = self.kl_z.iter().sum();
+        let kl_l_sum: f64 = if cfg.use_observed_lib_size {
+            0.0
+        } else {
+            self.kl_l.iter().sum()
+        };
+        Ok(LossParts::from_sums(
+            b, rec_sum, kl_z_sum, kl_l_sum, kl_weight,
+        ))
     }
 
-    fn eval_loss(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
-        self.forward_backward(batch, step, kl_weight, Mode::Eval, false)
+    fn adam_update(&mut self) -> Result<()> {
+        self.adam_step += 1;
+        ops::adam(
+            &self.gpu,
+            &AdamArgs {
+                params: self.params.ptr(),
+                grads: self.grads.ptr(),
+                m: self.adam_m.ptr(),
+                v: self.adam_v.ptr(),
+                mask: self.mask.ptr(),
+                ..AdamArgs::new(&self.adam_cfg, self.adam_step, self.layout.n_param_elems)
+            },
+        )?;
+        self.wt_valid = false;
+        Ok(())
     }
 
     fn per_cell_losses(&self, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
