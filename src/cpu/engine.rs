@@ -361,8 +361,11 @@ impl<T: Float> CpuEngine<T> {
             &self.z,
             batch,
             mode,
-            None,
-            Stream::EncoderDropout,
+            LayerNoise {
+                dropout: None,
+                stream: Stream::EncoderDropout,
+                layer: 0,
+            },
         );
         let hd = &self.dec_layers.last().unwrap().out;
         let dec = &layout.decoder;
@@ -429,65 +432,48 @@ impl<T: Float> CpuEngine<T> {
 
         // Backward: output heads -> h_d.
         let hd = &self.dec_layers.last().unwrap().out;
-        head_backward(
-            grads,
-            &layout,
-            &dec.scale,
-            &self.planes.d_rho,
-            Some(&self.planes.sum_d_rho),
-            hd,
-            state,
-            &mut self.d_hd,
-            false,
-            b,
-        );
-        if cfg.gene_likelihood.has_pi() {
-            head_backward(
-                grads,
-                &layout,
-                &dec.dropout,
-                &self.planes.pi,
-                Some(&self.planes.sum_d_pi),
-                hd,
-                state,
-                &mut self.d_hd,
-                true,
-                b,
+        let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
+        {
+            let mut head = |ids: &LinearIds, d: &[T], sums: Option<&[T]>, accumulate: bool| {
+                let dx = &mut self.d_hd;
+                head_backward(grads, &layout, ids, d, sums, hd, state, dx, accumulate, b)
+            };
+            head(
+                &dec.scale,
+                &self.planes.d_rho,
+                Some(&self.planes.sum_d_rho),
+                false,
             );
-        }
-        if cfg.gene_likelihood.has_theta() {
-            if cfg.dispersion == Dispersion::GeneCell {
-                head_backward(
-                    grads,
-                    &layout,
-                    &dec.r,
-                    &self.planes.r,
-                    None,
-                    hd,
-                    state,
-                    &mut self.d_hd,
+            if cfg.gene_likelihood.has_pi() {
+                head(
+                    &dec.dropout,
+                    &self.planes.pi,
+                    Some(&self.planes.sum_d_pi),
                     true,
-                    b,
                 );
-            } else {
-                let t = &layout.params[layout.px_r.unwrap()];
-                let dpx = &mut grads[t.range()];
-                let dr = &self.planes.r;
-                match cfg.dispersion {
-                    Dispersion::Gene => dpx[..g]
-                        .iter_mut()
-                        .zip(&self.planes.sum_d_r[..g])
-                        .for_each(|(o, &v)| *o += v),
-                    Dispersion::GeneBatch | Dispersion::GeneLabel => {
-                        let (codes, k) = if cfg.dispersion == Dispersion::GeneBatch {
-                            (&batch.batch, cfg.n_batch)
-                        } else {
-                            (&batch.labels, cfg.n_labels)
-                        };
-                        dispersion_category_backward(dpx, &dr[..b * g], &codes[..b], g, k);
-                    }
-                    Dispersion::GeneCell => unreachable!(),
+            }
+            if cell_theta {
+                head(&dec.r, &self.planes.r, None, true);
+            }
+        }
+        if cfg.gene_likelihood.has_theta() && !cell_theta {
+            let t = &layout.params[layout.px_r.unwrap()];
+            let dpx = &mut grads[t.range()];
+            let dr = &self.planes.r;
+            match cfg.dispersion {
+                Dispersion::Gene => dpx[..g]
+                    .iter_mut()
+                    .zip(&self.planes.sum_d_r[..g])
+                    .for_each(|(o, &v)| *o += v),
+                Dispersion::GeneBatch | Dispersion::GeneLabel => {
+                    let (codes, k) = if cfg.dispersion == Dispersion::GeneBatch {
+                        (&batch.batch, cfg.n_batch)
+                    } else {
+                        (&batch.labels, cfg.n_labels)
+                    };
+                    dispersion_category_backward(dpx, &dr[..b * g], &codes[..b], g, k);
                 }
+                Dispersion::GeneCell => unreachable!(),
             }
         }
         // Decoder FC stack -> dz.
@@ -571,7 +557,27 @@ fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcP
     }
 }
 
-/// Forward through an FCLayers stack whose first layer takes the dense `x`.
+/// Where a layer's dropout mask comes from: the step's generator and index (None: no dropout),
+/// the stack's stream, and the layer's index in its stack (`step * 16 + layer` keys the mask).
+#[derive(Clone, Copy)]
+struct LayerNoise {
+    dropout: Option<(Philox, u64)>,
+    stream: Stream,
+    layer: usize,
+}
+
+impl LayerNoise {
+    /// The noise of the layer `i` places further down the stack.
+    fn at(self, i: usize) -> Self {
+        LayerNoise {
+            layer: self.layer + i,
+            ..self
+        }
+    }
+}
+
+/// Forward through (part of) an FCLayers stack whose first layer takes the dense `x0`; `noise` is
+/// that of its first layer.
 #[allow(clippy::too_many_arguments)]
 fn fc_stack_forward<T: Float>(
     caches: &mut [FcCache<T>],
@@ -581,8 +587,7 @@ fn fc_stack_forward<T: Float>(
     x0: &[T],
     batch: &Minibatch,
     mode: Mode,
-    dropout: Option<(Philox, u64)>,
-    stream: Stream,
+    noise: LayerNoise,
 ) {
     let b = batch.len();
     for (i, ids) in layers.iter().enumerate() {
@@ -600,20 +605,19 @@ fn fc_stack_forward<T: Float>(
             ids.n_cat,
             ids.linear.n_out,
         );
-        fc_post(&mut rest[0], lin, ids, state, mode, dropout, stream, i, b);
+        fc_post(&mut rest[0], lin, ids, state, mode, noise.at(i), b);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Everything after a layer's product (`lin`): the normalisations, ReLU and dropout, with the
+/// running statistics (and their step count) updated in training.
 fn fc_post<T: Float>(
     cache: &mut FcCache<T>,
     lin: &mut [T],
     ids: &FcLayerIds,
     state: &mut ModelState<T>,
     mode: Mode,
-    dropout: Option<(Philox, u64)>,
-    stream: Stream,
-    layer: usize,
+    noise: LayerNoise,
     b: usize,
 ) {
     let ModelState {
@@ -642,12 +646,18 @@ fn fc_post<T: Float>(
         }
         BnStats { mean, var }
     });
-    let key = dropout.map(|(rng, step)| DropoutKey {
+    let key = noise.dropout.map(|(rng, step)| DropoutKey {
         rng,
-        stream,
-        index: step * 16 + layer as u64,
+        stream: noise.stream,
+        index: step * 16 + noise.layer as u64,
     });
     fc_post_forward(cache, lin, ids, &fp, stats, mode, key, b);
+}
+
+/// A head `y = x W^T + bias` (`x` `[B, n_in]`, no covariate).
+fn head_forward<T: Float>(y: &mut [T], x: &[T], ids: &LinearIds, state: &ModelState<T>, b: usize) {
+    let (w, bias) = (state.param(ids.weight), state.param(ids.bias));
+    linear_forward(y, x, &[], w, bias, b, ids.n_in, 0, ids.n_out);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -673,67 +683,20 @@ fn encoder_forward<T: Float>(
         first.linear.n_out,
         sparse,
     );
-    fc_post(
-        &mut w.layers[0],
-        &mut w.lin,
-        first,
-        state,
-        mode,
+    let noise = LayerNoise {
         dropout,
         stream,
-        0,
-        b,
-    );
-    for (i, lids) in ids.layers.iter().enumerate().skip(1) {
-        let (prev, rest) = w.layers.split_at_mut(i);
-        let p = layer_params(state, lids);
-        linear_forward(
-            &mut w.lin,
-            &prev[i - 1].out,
-            &batch.batch,
-            p.weight,
-            p.bias,
-            b,
-            lids.linear.n_in,
-            lids.n_cat,
-            lids.linear.n_out,
-        );
-        fc_post(
-            &mut rest[0],
-            &mut w.lin,
-            lids,
-            state,
-            mode,
-            dropout,
-            stream,
-            i,
-            b,
-        );
-    }
+        layer: 0,
+    };
+    fc_post(&mut w.layers[0], &mut w.lin, first, state, mode, noise, b);
+    // The layers above the first are dense.
+    let (l0, above) = w.layers.split_at_mut(1);
+    let (x0, rest) = (&l0[0].out, &ids.layers[1..]);
+    fc_stack_forward(above, &mut w.lin, rest, state, x0, batch, mode, noise.at(1));
     let h = &w.layers.last().unwrap().out;
+    head_forward(&mut w.q_m, h, &ids.mean, state, b);
+    head_forward(&mut w.u, h, &ids.var, state, b);
     let n = ids.mean.n_out;
-    linear_forward(
-        &mut w.q_m,
-        h,
-        &[],
-        state.param(ids.mean.weight),
-        state.param(ids.mean.bias),
-        b,
-        ids.mean.n_in,
-        0,
-        n,
-    );
-    linear_forward(
-        &mut w.u,
-        h,
-        &[],
-        state.param(ids.var.weight),
-        state.param(ids.var.bias),
-        b,
-        ids.var.n_in,
-        0,
-        n,
-    );
     posterior_variance(&mut w.q_v[..b * n], &w.u[..b * n]);
 }
 
@@ -776,8 +739,9 @@ fn head_backward<T: Float>(
     );
 }
 
-/// Backward through an FCLayers stack. `d` holds the gradient of the stack's output (it is used as
-/// scratch); `dx0`, when given, receives the gradient of the first layer's dense input.
+/// Backward through (part of) an FCLayers stack. `d` holds the gradient of the stack's output (it
+/// is used as scratch); the gradient of the first layer's dense input goes to `dx0` when given,
+/// else to `d`.
 #[allow(clippy::too_many_arguments)]
 fn fc_stack_backward<T: Float>(
     caches: &mut [FcCache<T>],
@@ -800,13 +764,13 @@ fn fc_stack_backward<T: Float>(
         let mut g = layer_grads(grads, layout, ids);
         fc_post_backward(d, &mut caches[i], ids, &p, &mut g, mode, b);
         let x = if i == 0 { x0 } else { &caches[i - 1].out };
-        let dx = if i == 0 {
-            dx0.as_deref_mut()
-        } else {
-            Some(&mut d_next[..])
+        let to_dx0 = i == 0 && dx0.is_some();
+        let dx: &mut [T] = match (i, dx0.as_deref_mut()) {
+            (0, Some(dx0)) => dx0,
+            _ => &mut d_next[..],
         };
         linear_backward(
-            dx,
+            Some(dx),
             false,
             g.weight,
             g.bias,
@@ -820,7 +784,7 @@ fn fc_stack_backward<T: Float>(
             ids.n_cat,
             ids.linear.n_out,
         );
-        if i > 0 {
+        if !to_dx0 {
             std::mem::swap(d, d_next);
         }
     }
@@ -877,29 +841,11 @@ fn encoder_backward<T: Float>(
     head_backward(
         grads, layout, &ids.var, &w.d_u, None, h, state, &mut w.d_h, true, b,
     );
-    // Layers above the first are dense.
-    for i in (1..ids.layers.len()).rev() {
-        let lids = &ids.layers[i];
-        let p = layer_params(state, lids);
-        let mut g = layer_grads(grads, layout, lids);
-        fc_post_backward(&mut w.d_h, &mut w.layers[i], lids, &p, &mut g, mode, b);
-        linear_backward(
-            Some(&mut w.d_h2[..]),
-            false,
-            g.weight,
-            g.bias,
-            None,
-            &w.d_h,
-            &w.layers[i - 1].out,
-            &batch.batch,
-            p.weight,
-            b,
-            lids.linear.n_in,
-            lids.n_cat,
-            lids.linear.n_out,
-        );
-        std::mem::swap(&mut w.d_h, &mut w.d_h2);
-    }
+    // The layers above the first are dense.
+    let (l0, above) = w.layers.split_at_mut(1);
+    let (x0, rest) = (&l0[0].out, &ids.layers[1..]);
+    let (d, d_next) = (&mut w.d_h, &mut w.d_h2);
+    fc_stack_backward(above, rest, state, grads, d, d_next, None, x0, batch, mode);
     let first = &ids.layers[0];
     let p = layer_params(state, first);
     let mut g = layer_grads(grads, layout, first);
