@@ -20,23 +20,14 @@ mod common;
 use common::gpu::{emulated_or_skip, Checker, Target, Tol};
 use common::{f64s, test_seed, Rng};
 use scvi_rs::batch::Minibatch;
+// The CPU twins, by module: each is named here by its module, as `latent::reparam_kl_forward`.
 use scvi_rs::cpu::adam::Adam;
-use scvi_rs::cpu::fc::{
-    add_onehot_columns, fc_post_backward, fc_post_forward, linear_backward, BnStats, DropoutKey,
-    FcCache, FcGrads, FcParams,
-};
-use scvi_rs::cpu::gemm::{add_column_sums, gemm, MatRef};
-use scvi_rs::cpu::latent::{
-    library_backward, library_forward, library_observed_forward, posterior_variance,
-    reparam_kl_backward, reparam_kl_forward, LibraryPrior, Posterior, PosteriorGrads,
-};
-use scvi_rs::cpu::output::{
-    decoder_output, dispersion_category_backward, HeadBiases, OutputPlanes, ThetaSource, ThetaTable,
-};
+use scvi_rs::cpu::fc::{self, BnStats, DropoutKey, FcCache, FcGrads, FcParams};
+use scvi_rs::cpu::gemm::{self, MatRef};
+use scvi_rs::cpu::latent::{self, LibraryPrior, Posterior, PosteriorGrads};
+use scvi_rs::cpu::output::{self, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
 use scvi_rs::cpu::simd::transpose;
-use scvi_rs::cpu::sparse::{
-    sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
-};
+use scvi_rs::cpu::sparse::{self, SparseInput, SparseScratch};
 use scvi_rs::cuda::device::{DevBuf, Gpu};
 use scvi_rs::cuda::kernels::*;
 use scvi_rs::cuda::ops;
@@ -99,7 +90,7 @@ fn upload_csr(gpu: &Gpu, mb: &Minibatch) -> (DevBuf, DevBuf, DevBuf) {
 const F32: Tol = Tol::new(1e-5, 1e-6, 1e-5);
 
 /// sparse.cu: transpose_fwd, sparse_log1p_linear_fwd / _bwd against src/cpu/sparse.rs.
-fn sparse(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
+fn sparse_kernels(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     let (b, g, h, ncat) = (
         5 + rng.below(20),
         40 + rng.below(300),
@@ -153,7 +144,7 @@ fn sparse(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     let mut scratch = SparseScratch::default();
     let mut want = vec![0f64; b * h];
     let zero_bias = vec![0f64; h];
-    sparse_log1p_linear_forward(
+    sparse::sparse_log1p_linear_forward(
         &mut want,
         &mb,
         &input,
@@ -185,7 +176,7 @@ fn sparse(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     .unwrap();
     // The kernel adds the gene columns of the twin's dW; its bias and one-hot parts are fc.cu's.
     let (mut twin_dw, mut twin_db) = (vec![0f64; h * ldw], vec![0f64; h]);
-    sparse_log1p_linear_backward(
+    sparse::sparse_log1p_linear_backward(
         &mut twin_dw,
         &mut twin_db,
         &f64s(&d),
@@ -208,7 +199,7 @@ fn sparse(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
 }
 
 /// fc.cu for every flag combination: (BatchNorm, training, LayerNorm, dropout p).
-fn fc(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
+fn fc_kernels(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     for (bn, train, ln, p) in [
         (true, true, false, 0.1),
         (true, false, false, 0.1),
@@ -327,7 +318,7 @@ fn fc_layer(
         .flat_map(|row| row.iter().zip(&bias64).map(|(&x, &bi)| x as f64 + bi))
         .collect();
     if ncat > 0 {
-        add_onehot_columns(&mut v, &cats, &w64, n_in, ldw, n);
+        fc::add_onehot_columns(&mut v, &cats, &w64, n_in, ldw, n);
     }
     let mut cache = FcCache::<f64>::default();
     cache.resize(b, n);
@@ -341,7 +332,7 @@ fn fc_layer(
         stream: Stream::EncoderDropout,
         index: key.index,
     });
-    fc_post_forward(&mut cache, &mut v, &ids, &params, stats, mode, dropout, b);
+    fc::fc_post_forward(&mut cache, &mut v, &ids, &params, stats, mode, dropout, b);
 
     let tol = Tol::new(1e-4, 1e-5, 1e-5);
     let mut check = |what: &str, got: Vec<f32>, want: &[f64], tol: Tol| {
@@ -412,10 +403,10 @@ fn fc_layer(
         bn_weight: Some(&mut want_dgamma),
         bn_bias: Some(&mut want_dbeta),
     };
-    fc_post_backward(&mut g, &mut cache, &ids, &params, &mut grads, mode, b);
+    fc::fc_post_backward(&mut g, &mut cache, &ids, &params, &mut grads, mode, b);
     // The bias and one-hot part of the Linear's backward (x = 0: no product columns).
     let no_input = vec![0f64; b * n_in];
-    linear_backward(
+    fc::linear_backward(
         None,
         false,
         &mut want_dw,
@@ -447,7 +438,7 @@ fn fc_layer(
 
 /// latent.cu: reparam_kl_* (normal and logistic-normal latent) and library_* (observed and
 /// latent library) against src/cpu/latent.rs.
-fn latent(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
+fn latent_kernels(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     reparam_kl(gpu, rng, c, false);
     reparam_kl(gpu, rng, c, true);
     library(gpu, rng, c, true);
@@ -520,7 +511,7 @@ fn reparam_kl(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, ln: bool) {
     // The CPU twin.
     let (q_m, u_b) = (plus_bias(&qm0, &bm), plus_bias(&u0, &bv));
     let mut q_v = vec![0f64; b * l];
-    posterior_variance(&mut q_v, &u_b);
+    latent::posterior_variance(&mut q_v, &u_b);
     let post = Posterior {
         q_m: &q_m,
         u: &u_b,
@@ -528,9 +519,9 @@ fn reparam_kl(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, ln: bool) {
     };
     let eps64 = f64s(&want_eps);
     let (mut wz, mut wkl) = (vec![0f64; b * l], vec![0f64; b]);
-    reparam_kl_forward(&mut wz, &mut wkl, post, &eps64, l, ln);
+    latent::reparam_kl_forward(&mut wz, &mut wkl, post, &eps64, l, ln);
     let (mut wdqm, mut wdu, mut d_z) = (vec![0f64; b * l], vec![0f64; b * l], f64s(&dz0));
-    reparam_kl_backward(
+    latent::reparam_kl_backward(
         PosteriorGrads {
             d_q_m: &mut wdqm,
             d_u: &mut wdu,
@@ -614,7 +605,7 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
     let tag = format!("library observed={observed}");
     let (mut wlib, mut wkl) = (vec![0f64; b], vec![0f64; b]);
     if observed {
-        library_observed_forward(&mut wlib, &mut wkl, &f64s(&loglib));
+        latent::library_observed_forward(&mut wlib, &mut wkl, &f64s(&loglib));
         let want: Vec<f32> = wlib.iter().map(|&v| v as f32).collect();
         c.check_exact(
             &format!("{tag}: library = log library"),
@@ -635,7 +626,7 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
     // The CPU twin.
     let (q_m, u_b) = (plus_bias(&qm0, &bm), plus_bias(&u0, &bv));
     let mut q_v = vec![0f64; b];
-    posterior_variance(&mut q_v, &u_b);
+    latent::posterior_variance(&mut q_v, &u_b);
     let post = Posterior {
         q_m: &q_m,
         u: &u_b,
@@ -647,9 +638,9 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
         means: &pm64,
         vars: &pv64,
     };
-    library_forward(&mut wlib, &mut wkl, post, &eps64, prior);
+    latent::library_forward(&mut wlib, &mut wkl, post, &eps64, prior);
     let (mut wdqm, mut wdu) = (vec![0f64; b], vec![0f64; b]);
-    library_backward(
+    latent::library_backward(
         PosteriorGrads {
             d_q_m: &mut wdqm,
             d_u: &mut wdu,
@@ -680,7 +671,7 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
 
 /// output.cu: decoder_output_* for every likelihood and dispersion source, then column_sum_bwd,
 /// against src/cpu/output.rs.
-fn output(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
+fn output_kernels(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     for (lik, modes) in [
         (
             GeneLikelihood::Zinb,
@@ -798,7 +789,7 @@ fn decoder(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, lik: GeneLikelihood, theta
         _ => ThetaSource::None,
     };
     let lib64 = f64s(&lib);
-    decoder_output(
+    output::decoder_output(
         &mut planes,
         &mb,
         lik,
@@ -865,9 +856,9 @@ fn columns(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
         .unwrap();
         let mut want = f64s(&o0[..len]);
         if cats == 0 {
-            add_column_sums(&mut want, &f64s(&d), b, n, n);
+            gemm::add_column_sums(&mut want, &f64s(&d), b, n, n);
         } else {
-            dispersion_category_backward(&mut want, &f64s(&d), &codes, n, cats);
+            output::dispersion_category_backward(&mut want, &f64s(&d), &codes, n, cats);
         }
         c.check(
             &format!("column_sum_bwd categories={cats}"),
@@ -879,7 +870,7 @@ fn columns(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
 }
 
 /// adam.cu: three steps against src/cpu/adam.rs (in f32, as training runs it).
-fn adam(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
+fn adam_kernel(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     let cfg = ModelConfig {
         n_input: 30 + rng.below(50),
         n_hidden: 16,
@@ -925,7 +916,7 @@ fn adam(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
 
 /// The cuBLAS products of `cuda::ops` against src/cpu/gemm.rs, as `fc::linear_forward` and
 /// `fc::linear_backward` call it.
-fn gemms(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
+fn gemm_products(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     let (b, n_in, ncat, n_out) = (
         1 + rng.below(40),
         1 + rng.below(60),
@@ -962,8 +953,8 @@ fn gemms(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
         MatRef::cols(&w64, ldw),
         MatRef::rows(&w64, ldw),
     );
-    gemm(b, n_in, n_out, xr, wc, 0.0, &mut wy, n_out);
-    gemm(
+    gemm::gemm(b, n_in, n_out, xr, wc, 0.0, &mut wy, n_out);
+    gemm::gemm(
         n_out,
         b,
         n_in,
@@ -973,7 +964,7 @@ fn gemms(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
         &mut wdw,
         ldw,
     );
-    gemm(
+    gemm::gemm(
         b,
         n_out,
         n_in,
@@ -1034,12 +1025,12 @@ macro_rules! kernel_tests {
 }
 
 kernel_tests! {
-    sparse: sparse_emulated, sparse_gpu;
-    fc: fc_emulated, fc_gpu;
-    latent: latent_emulated, latent_gpu;
-    output: output_emulated, output_gpu;
-    adam: adam_emulated, adam_gpu;
-    gemms: gemm_emulated, gemm_gpu;
+    sparse_kernels: sparse_emulated, sparse_gpu;
+    fc_kernels: fc_emulated, fc_gpu;
+    latent_kernels: latent_emulated, latent_gpu;
+    output_kernels: output_emulated, output_gpu;
+    adam_kernel: adam_emulated, adam_gpu;
+    gemm_products: gemm_emulated, gemm_gpu;
 }
 
 /// The `#[repr(C)]` argument structs have the C++ compiler's sizes for their kernel twins.

@@ -82,6 +82,13 @@ impl<T: Float> NoiseBuffers<T> {
     }
 }
 
+/// Which encoder.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Z,
+    L,
+}
+
 #[derive(Default)]
 struct EncoderWork<T> {
     layers: Vec<FcCache<T>>,
@@ -258,22 +265,54 @@ impl<T: Float> CpuEngine<T> {
         (&self.z[..b * l], &self.planes.scale[..b * g])
     }
 
+    /// The z (`Which::Z`) or library (`Which::L`) encoder's forward pass, on the prepared input.
+    fn encoder_forward(
+        &mut self,
+        which: Which,
+        state: &mut ModelState<T>,
+        batch: &Minibatch,
+        mode: Mode,
+        dropout: Option<(Philox, u64)>,
+    ) {
+        let (w, ids, stream) = match which {
+            Which::Z => (
+                &mut self.z_enc,
+                &self.layout.z_encoder,
+                Stream::EncoderDropout,
+            ),
+            Which::L => (
+                &mut self.l_enc,
+                &self.layout.l_encoder,
+                Stream::LibraryEncoderDropout,
+            ),
+        };
+        let input = (&self.input, &mut self.sparse);
+        encoder_forward(w, ids, state, batch, input, mode, dropout, stream);
+    }
+
+    /// Backward through an encoder from its `d_q_m` and `d_u`.
+    fn encoder_backward(
+        &mut self,
+        which: Which,
+        state: &ModelState<T>,
+        grads: &mut [T],
+        batch: &Minibatch,
+        mode: Mode,
+    ) {
+        let (w, ids) = match which {
+            Which::Z => (&mut self.z_enc, &self.layout.z_encoder),
+            Which::L => (&mut self.l_enc, &self.layout.l_encoder),
+        };
+        let input = (&self.input, &mut self.sparse);
+        encoder_backward(w, ids, state, grads, batch, input, mode);
+    }
+
     /// The encoders only, in eval mode: fills the posterior (`posterior()`).
     pub fn encode(&mut self, state: &mut ModelState<T>, batch: &Minibatch) -> Result<()> {
         validate_minibatch(batch, &self.layout, Mode::Eval)?;
         self.reserve(batch.len());
-        let layout = self.layout.clone();
         self.input.prepare(batch);
-        encoder_forward(
-            &mut self.z_enc,
-            &layout.z_encoder,
-            state,
-            batch,
-            (&self.input, &mut self.sparse),
-            Mode::Eval,
-            None,
-            Stream::EncoderDropout,
-        );
+        self.encoder_forward(Which::Z, state, batch, Mode::Eval, None);
         Ok(())
     }
 
@@ -306,16 +345,7 @@ impl<T: Float> CpuEngine<T> {
 
         // Encoders.
         self.input.prepare(batch);
-        encoder_forward(
-            &mut self.z_enc,
-            &layout.z_encoder,
-            state,
-            batch,
-            (&self.input, &mut self.sparse),
-            mode,
-            dropout,
-            Stream::EncoderDropout,
-        );
+        self.encoder_forward(Which::Z, state, batch, mode, dropout);
         let ln = cfg.latent_distribution == LatentDistribution::Ln;
         let kl_z_sum = reparam_kl_forward(
             &mut self.z[..b * l],
@@ -333,16 +363,7 @@ impl<T: Float> CpuEngine<T> {
             );
             0.0
         } else {
-            encoder_forward(
-                &mut self.l_enc,
-                &layout.l_encoder,
-                state,
-                batch,
-                (&self.input, &mut self.sparse),
-                mode,
-                dropout,
-                Stream::LibraryEncoderDropout,
-            );
+            self.encoder_forward(Which::L, state, batch, mode, dropout);
             library_forward(
                 &mut self.library[..b],
                 &mut self.kl_l[..b],
@@ -501,15 +522,7 @@ impl<T: Float> CpuEngine<T> {
             l,
             ln,
         );
-        encoder_backward(
-            &mut self.z_enc,
-            &layout.z_encoder,
-            state,
-            grads,
-            batch,
-            (&self.input, &mut self.sparse),
-            mode,
-        );
+        self.encoder_backward(Which::Z, state, grads, batch, mode);
         if !cfg.use_observed_lib_size {
             let (post, post_grads) = self.l_enc.posterior_and_grads(b);
             library_backward(
@@ -520,15 +533,7 @@ impl<T: Float> CpuEngine<T> {
                 library_prior(state, &layout, batch),
                 T::from_f64(1.0 / b as f64),
             );
-            encoder_backward(
-                &mut self.l_enc,
-                &layout.l_encoder,
-                state,
-                grads,
-                batch,
-                (&self.input, &mut self.sparse),
-                mode,
-            );
+            self.encoder_backward(Which::L, state, grads, batch, mode);
         }
         Ok(parts)
     }
