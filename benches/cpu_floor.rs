@@ -14,19 +14,18 @@
 
 mod common;
 
-use common::{BenchData, BATCH_SIZE};
+use common::{linear_dgrad, linear_fwd, linear_wgrad, uniform, BenchData, OutputStage, BATCH_SIZE};
 use scvi_rs::cpu::adam::Adam;
 use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::gemm::{gemm, MatRef};
-use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
 use scvi_rs::cpu::{CpuEngine, CpuTrainer};
 use scvi_rs::engine::{AdamConfig, Engine, Mode};
 use scvi_rs::model::init::ModelState;
-use scvi_rs::model::{GeneLikelihood, Layout};
-use scvi_rs::rng::{Philox, Stream};
+use scvi_rs::model::Layout;
+use scvi_rs::rng::Philox;
 
 /// Counts heap allocations, to check that a warmed-up step makes none.
 struct Counting;
@@ -47,12 +46,6 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 }
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut u = vec![0.0f64; n];
-    Philox::new(key).fill_uniform(Stream::Init, 0, &mut u);
-    u.iter().map(|&v| lo + (hi - lo) * v as f32).collect()
-}
 
 /// A timed item: `calls` calls of `f` per round.
 struct Item<'a> {
@@ -233,28 +226,12 @@ fn run(
         uniform(n * n, 7, -1.0, 1.0),
         vec![0f32; n * n],
     );
-    // The output kernel's inputs.
-    let mut planes = OutputPlanes::<f32>::default();
-    planes.resize(b, g);
-    let mut planes2 = OutputPlanes::<f32>::default();
-    planes2.resize(b, g);
-    let mut planes3 = OutputPlanes::<f32>::default();
-    planes3.resize(b, g);
-    let rho = uniform(b * g, 8, -3.0, 3.0);
-    let pi = uniform(b * g, 9, -4.0, 2.0);
-    let px_r = uniform(g, 10, -1.0, 2.0);
-    let (bias_rho, bias_pi) = (uniform(g, 14, -0.1, 0.1), uniform(g, 15, -0.1, 0.1));
-    let biases = HeadBiases {
-        rho: &bias_rho,
-        pi: Some(&bias_pi),
-        r: None,
-    };
-    let mut table = ThetaTable::default();
-    table.fill(&px_r, g, 1);
-    let lib: Vec<Vec<f32>> = mbs
-        .iter()
-        .map(|m| m.log_library.iter().map(|&v| v as f32).collect())
-        .collect();
+    // The output kernel's inputs (one set per timed item).
+    let (mut out1, mut out2, mut out3) = (
+        OutputStage::new(mbs, b, g),
+        OutputStage::new(mbs, b, g),
+        OutputStage::new(mbs, b, g),
+    );
     // The sparse layer's inputs.
     let w1 = uniform(h * g, 11, -0.05, 0.05);
     let b1 = uniform(h, 12, -0.05, 0.05);
@@ -294,138 +271,30 @@ fn run(
         (0usize, 0, 0, 0, 0, 0, 0, 0);
     let mut items = vec![
         item("GEMM y = h W^T  [B,H]x[H,G]", one_head, 4, || {
-            gemm(
-                b,
-                h,
-                g,
-                MatRef::rows(&x, h),
-                MatRef::cols(&w, h),
-                0.0,
-                &mut y,
-                g,
-            )
+            linear_fwd(&mut y, &x, &w, b, h, g)
         }),
         item("GEMM dW += d^T h [G,B]x[B,H]", one_head, 4, || {
-            gemm(
-                g,
-                b,
-                h,
-                MatRef::cols(&d, g),
-                MatRef::rows(&x, h),
-                1.0,
-                &mut dw,
-                h,
-            )
+            linear_wgrad(&mut dw, &d, &x, b, h, g)
         }),
         item("GEMM dh = d W   [B,G]x[G,H]", one_head, 4, || {
-            gemm(
-                b,
-                g,
-                h,
-                MatRef::rows(&d, g),
-                MatRef::rows(&w, h),
-                0.0,
-                &mut dx,
-                h,
-            )
+            linear_dgrad(&mut dx, &d, &w, b, h, g)
         }),
         item("GEMM six head products in a row", heads, 1, || {
             for _ in 0..2 {
-                gemm(
-                    b,
-                    h,
-                    g,
-                    MatRef::rows(&x, h),
-                    MatRef::cols(&w, h),
-                    0.0,
-                    &mut y2,
-                    g,
-                );
-                gemm(
-                    g,
-                    b,
-                    h,
-                    MatRef::cols(&d, g),
-                    MatRef::rows(&x, h),
-                    1.0,
-                    &mut dw2,
-                    h,
-                );
-                gemm(
-                    b,
-                    g,
-                    h,
-                    MatRef::rows(&d, g),
-                    MatRef::rows(&w, h),
-                    0.0,
-                    &mut dx2,
-                    h,
-                );
+                linear_fwd(&mut y2, &x, &w, b, h, g);
+                linear_wgrad(&mut dw2, &d, &x, b, h, g);
+                linear_dgrad(&mut dx2, &d, &w, b, h, g);
             }
         }),
         item("GEMM small products (L = 10)", small, 8, || {
             for _ in 0..2 {
-                gemm(
-                    b,
-                    h,
-                    l,
-                    MatRef::rows(&x, h),
-                    MatRef::cols(&wl, h),
-                    0.0,
-                    &mut yl,
-                    l,
-                );
-                gemm(
-                    l,
-                    b,
-                    h,
-                    MatRef::cols(&yl, l),
-                    MatRef::rows(&x, h),
-                    1.0,
-                    &mut wlg,
-                    h,
-                );
-                gemm(
-                    b,
-                    l,
-                    h,
-                    MatRef::rows(&yl, l),
-                    MatRef::rows(&wl, h),
-                    0.0,
-                    &mut yh,
-                    h,
-                );
+                linear_fwd(&mut yl, &x, &wl, b, h, l);
+                linear_wgrad(&mut wlg, &yl, &x, b, h, l);
+                linear_dgrad(&mut yh, &yl, &wl, b, h, l);
             }
-            gemm(
-                b,
-                l,
-                h,
-                MatRef::rows(&xl, l),
-                MatRef::cols(&wl, l),
-                0.0,
-                &mut yh,
-                h,
-            );
-            gemm(
-                h,
-                b,
-                l,
-                MatRef::cols(&yh, h),
-                MatRef::rows(&xl, l),
-                1.0,
-                &mut wlg,
-                l,
-            );
-            gemm(
-                b,
-                h,
-                l,
-                MatRef::rows(&yh, h),
-                MatRef::rows(&wlg, l),
-                0.0,
-                &mut yl,
-                l,
-            );
+            linear_fwd(&mut yh, &xl, &wl, b, l, h);
+            linear_wgrad(&mut wlg, &yh, &xl, b, l, h);
+            linear_dgrad(&mut yl, &yh, &wlg, b, l, h);
         }),
         item(
             "GEMM 1024^3 (the library's peak)",
@@ -448,49 +317,14 @@ fn run(
             "  copy of the two input planes (subtracted below)",
             0.0,
             4,
-            || {
-                planes.scale[..b * g].copy_from_slice(&rho);
-                planes.pi[..b * g].copy_from_slice(&pi);
-            },
+            || out1.reset(),
         ),
         item("output: softmax + ZINB + gradients (fused)", 0.0, 4, || {
-            let i = k1 % nm;
-            planes2.scale[..b * g].copy_from_slice(&rho);
-            planes2.pi[..b * g].copy_from_slice(&pi);
-            let theta = ThetaSource::Table {
-                table: &table,
-                codes: None,
-            };
-            decoder_output(
-                &mut planes2,
-                &mbs[i],
-                GeneLikelihood::Zinb,
-                theta,
-                biases,
-                &lib[i],
-                true,
-                1.0 / b as f64,
-            );
+            out2.run(mbs, k1 % nm, true);
             k1 += 1;
         }),
         item("output, forward only (validation)", 0.0, 4, || {
-            let i = k2 % nm;
-            planes3.scale[..b * g].copy_from_slice(&rho);
-            planes3.pi[..b * g].copy_from_slice(&pi);
-            let theta = ThetaSource::Table {
-                table: &table,
-                codes: None,
-            };
-            decoder_output(
-                &mut planes3,
-                &mbs[i],
-                GeneLikelihood::Zinb,
-                theta,
-                biases,
-                &lib[i],
-                false,
-                1.0 / b as f64,
-            );
+            out3.run(mbs, k2 % nm, false);
             k2 += 1;
         }),
         item("sparse input: log1p of the counts", 0.0, 4, || {
@@ -637,36 +471,9 @@ fn run(
                     .for_each(|x| *x = x.wrapping_add(1));
                 let t = std::time::Instant::now();
                 for _ in 0..2 {
-                    gemm(
-                        b,
-                        h,
-                        g,
-                        MatRef::rows(&x, h),
-                        MatRef::cols(&w, h),
-                        0.0,
-                        &mut y3,
-                        g,
-                    );
-                    gemm(
-                        g,
-                        b,
-                        h,
-                        MatRef::cols(&d, g),
-                        MatRef::rows(&x, h),
-                        1.0,
-                        &mut dw3,
-                        h,
-                    );
-                    gemm(
-                        b,
-                        g,
-                        h,
-                        MatRef::rows(&d, g),
-                        MatRef::rows(&w, h),
-                        0.0,
-                        &mut dx3,
-                        h,
-                    );
+                    linear_fwd(&mut y3, &x, &w, b, h, g);
+                    linear_wgrad(&mut dw3, &d, &x, b, h, g);
+                    linear_dgrad(&mut dx3, &d, &w, b, h, g);
                 }
                 t.elapsed().as_secs_f64()
             })

@@ -5,27 +5,19 @@
 
 mod common;
 
-use common::BATCH_SIZE;
+use common::{linear_dgrad, linear_fwd, linear_wgrad, uniform, OutputStage, BATCH_SIZE};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use scvi_rs::cpu::adam::Adam;
 use scvi_rs::cpu::engine::NoiseBuffers;
-use scvi_rs::cpu::gemm::{gemm, MatRef};
-use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
 use scvi_rs::cpu::{CpuEngine, CpuTrainer};
 use scvi_rs::engine::{AdamConfig, Engine, Mode};
 use scvi_rs::model::init::ModelState;
-use scvi_rs::model::{GeneLikelihood, Layout};
-use scvi_rs::rng::{Philox, Stream};
+use scvi_rs::model::Layout;
+use scvi_rs::rng::Philox;
 use std::time::Duration;
-
-fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut u = vec![0.0f64; n];
-    Philox::new(key).fill_uniform(Stream::Init, 0, &mut u);
-    u.iter().map(|&v| lo + (hi - lo) * v as f32).collect()
-}
 
 fn benches(c: &mut Criterion) {
     let bd = common::load();
@@ -84,23 +76,7 @@ fn benches(c: &mut Criterion) {
     let mut stage = c.benchmark_group("stage");
     stage.throughput(Throughput::Elements(b as u64));
     // The fused decoder output.
-    let mut planes = OutputPlanes::<f32>::default();
-    planes.resize(b, g);
-    let rho = uniform(b * g, 8, -3.0, 3.0);
-    let pi = uniform(b * g, 9, -4.0, 2.0);
-    let px_r = uniform(g, 10, -1.0, 2.0);
-    let (bias_rho, bias_pi) = (uniform(g, 14, -0.1, 0.1), uniform(g, 15, -0.1, 0.1));
-    let biases = HeadBiases {
-        rho: &bias_rho,
-        pi: Some(&bias_pi),
-        r: None,
-    };
-    let mut table = ThetaTable::default();
-    table.fill(&px_r, g, 1);
-    let lib: Vec<Vec<f32>> = mbs
-        .iter()
-        .map(|m| m.log_library.iter().map(|&v| v as f32).collect())
-        .collect();
+    let mut out = OutputStage::new(&mbs, b, g);
     for (name, grads) in [
         ("output: softmax + ZINB + gradients", true),
         ("output: forward only", false),
@@ -108,23 +84,7 @@ fn benches(c: &mut Criterion) {
         let mut k = 0;
         stage.bench_function(name, |bench| {
             bench.iter(|| {
-                let i = k % mbs.len();
-                planes.scale[..b * g].copy_from_slice(&rho);
-                planes.pi[..b * g].copy_from_slice(&pi);
-                let theta = ThetaSource::Table {
-                    table: &table,
-                    codes: None,
-                };
-                decoder_output(
-                    &mut planes,
-                    &mbs[i],
-                    GeneLikelihood::Zinb,
-                    theta,
-                    biases,
-                    &lib[i],
-                    grads,
-                    1.0 / b as f64,
-                );
+                out.run(&mbs, k % mbs.len(), grads);
                 k += 1;
             })
         });
@@ -163,46 +123,13 @@ fn benches(c: &mut Criterion) {
     let mut dw = vec![0.0f32; g * h];
     let mut dx = vec![0.0f32; b * h];
     stage.bench_function("GEMM head forward y = h W^T", |bench| {
-        bench.iter(|| {
-            gemm(
-                b,
-                h,
-                g,
-                MatRef::rows(&x, h),
-                MatRef::cols(&w, h),
-                0.0,
-                &mut yy,
-                g,
-            )
-        })
+        bench.iter(|| linear_fwd(&mut yy, &x, &w, b, h, g))
     });
     stage.bench_function("GEMM head dW += d^T h", |bench| {
-        bench.iter(|| {
-            gemm(
-                g,
-                b,
-                h,
-                MatRef::cols(&dd, g),
-                MatRef::rows(&x, h),
-                1.0,
-                &mut dw,
-                h,
-            )
-        })
+        bench.iter(|| linear_wgrad(&mut dw, &dd, &x, b, h, g))
     });
     stage.bench_function("GEMM head dh = d W", |bench| {
-        bench.iter(|| {
-            gemm(
-                b,
-                g,
-                h,
-                MatRef::rows(&dd, g),
-                MatRef::rows(&w, h),
-                0.0,
-                &mut dx,
-                h,
-            )
-        })
+        bench.iter(|| linear_dgrad(&mut dx, &dd, &w, b, h, g))
     });
     // Adam over the whole parameter buffer.
     let mut params = vec![0.01f32; layout.n_param_elems];

@@ -452,6 +452,85 @@ fn plus_bias(x: &[f32], bias: &[f32]) -> Vec<f64> {
         .collect()
 }
 
+/// A latent's device buffers for `rows` cells: the heads' products (`q_m`, `u`, `[rows, n]`) and
+/// biases (`b_m`, `b_v`, `[n]`) and the upstream gradient `dz` as given, and the kernels' outputs.
+struct LatentBufs {
+    q_m: DevBuf,
+    u: DevBuf,
+    b_m: DevBuf,
+    b_v: DevBuf,
+    dz: DevBuf,
+    q_v: DevBuf,
+    z: DevBuf,
+    eps: DevBuf,
+    kl: DevBuf,
+    d_q_m: DevBuf,
+    d_u: DevBuf,
+}
+
+impl LatentBufs {
+    fn new(gpu: &Gpu, rows: usize, [q_m, u, b_m, b_v, dz]: [&[f32]; 5]) -> Self {
+        let out = || out_buf(gpu, q_m.len());
+        LatentBufs {
+            q_m: up(gpu, q_m),
+            u: up(gpu, u),
+            b_m: up(gpu, b_m),
+            b_v: up(gpu, b_v),
+            dz: up(gpu, dz),
+            q_v: out(),
+            z: out(),
+            eps: out(),
+            kl: gpu.alloc(rows * 8, "kl").unwrap(),
+            d_q_m: out(),
+            d_u: out(),
+        }
+    }
+
+    /// The kernels' arguments over these buffers, `rows` cells of `n` dimensions.
+    fn args(&self, rows: usize, n: usize) -> LatentArgs {
+        LatentArgs {
+            q_m: self.q_m.ptr(),
+            b_m: self.b_m.ptr(),
+            u: self.u.ptr(),
+            b_v: self.b_v.ptr(),
+            q_v: self.q_v.ptr(),
+            z: self.z.ptr(),
+            eps: self.eps.ptr(),
+            kl: self.kl.ptr(),
+            dz: self.dz.ptr(),
+            d_q_m: self.d_q_m.ptr(),
+            d_u: self.d_u.ptr(),
+            rows: rows as u32,
+            n: n as u32,
+            ..Default::default()
+        }
+    }
+}
+
+/// The CPU twin's posterior from the same inputs: the biases added (in f64), `q_v` from `u`.
+struct HostPosterior {
+    q_m: Vec<f64>,
+    u: Vec<f64>,
+    q_v: Vec<f64>,
+}
+
+impl HostPosterior {
+    fn new(q_m: &[f32], u: &[f32], b_m: &[f32], b_v: &[f32]) -> Self {
+        let (q_m, u) = (plus_bias(q_m, b_m), plus_bias(u, b_v));
+        let mut q_v = vec![0f64; u.len()];
+        latent::posterior_variance(&mut q_v, &u);
+        HostPosterior { q_m, u, q_v }
+    }
+
+    fn view(&self) -> Posterior<'_, f64> {
+        Posterior {
+            q_m: &self.q_m,
+            u: &self.u,
+            q_v: &self.q_v,
+        }
+    }
+}
+
 /// The Philox normals of `stream` at `step`, as the kernels draw them: f64, rounded to f32.
 fn normals(seed: u64, stream: Stream, step: u64, n: usize) -> Vec<f32> {
     let mut v = vec![0f64; n];
@@ -467,36 +546,14 @@ fn reparam_kl(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, ln: bool) {
     let u0 = rng.vec(b * l, -3.0, 1.0);
     let bm = rng.vec(l, -0.5, 0.5);
     let bv = rng.vec(l, -0.5, 0.5);
-    let (qm, u, bmd, bvd) = (up(gpu, &qm0), up(gpu, &u0), up(gpu, &bm), up(gpu, &bv));
-    let (qv, z, eps, dqm, du) = (
-        out_buf(gpu, b * l),
-        out_buf(gpu, b * l),
-        out_buf(gpu, b * l),
-        out_buf(gpu, b * l),
-        out_buf(gpu, b * l),
-    );
-    let kl = gpu.alloc(b * 8, "kl").unwrap();
     let dz0 = rng.vec(b * l, -1.0, 1.0);
-    let dz = up(gpu, &dz0);
     let kl_w = rng.uniform() as f32 / b as f32;
+    let dev = LatentBufs::new(gpu, b, [&qm0, &u0, &bm, &bv, &dz0]);
     let a = LatentArgs {
-        q_m: qm.ptr(),
-        b_m: bmd.ptr(),
-        u: u.ptr(),
-        b_v: bvd.ptr(),
-        q_v: qv.ptr(),
-        z: z.ptr(),
-        eps: eps.ptr(),
-        kl: kl.ptr(),
-        dz: dz.ptr(),
-        d_q_m: dqm.ptr(),
-        d_u: du.ptr(),
         key: PhiloxKey::new(seed, Stream::LatentNoise, step),
         kl_w,
         flags: if ln { LAT_LN } else { 0 },
-        rows: b as u32,
-        n: l as u32,
-        ..Default::default()
+        ..dev.args(b, l)
     };
     ops::latent(gpu, REPARAM_KL_FWD, &a).unwrap();
     ops::latent(gpu, REPARAM_KL_BWD, &a).unwrap();
@@ -504,19 +561,13 @@ fn reparam_kl(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, ln: bool) {
     let tag = format!("latent ln={ln}");
     c.check_exact(
         &format!("{tag}: eps (Philox normals)"),
-        &down(gpu, &eps, b * l),
+        &down(gpu, &dev.eps, b * l),
         &want_eps,
     );
 
     // The CPU twin.
-    let (q_m, u_b) = (plus_bias(&qm0, &bm), plus_bias(&u0, &bv));
-    let mut q_v = vec![0f64; b * l];
-    latent::posterior_variance(&mut q_v, &u_b);
-    let post = Posterior {
-        q_m: &q_m,
-        u: &u_b,
-        q_v: &q_v,
-    };
+    let host = HostPosterior::new(&qm0, &u0, &bm, &bv);
+    let post = host.view();
     let eps64 = f64s(&want_eps);
     let (mut wz, mut wkl) = (vec![0f64; b * l], vec![0f64; b]);
     latent::reparam_kl_forward(&mut wz, &mut wkl, post, &eps64, l, ln);
@@ -538,13 +589,13 @@ fn reparam_kl(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, ln: bool) {
     let tol = Tol::new(1e-4, 1e-6, 1e-5);
     let gtol = Tol::new(1e-3, 1e-5, 1e-4);
     let got = |buf: &DevBuf| f64s(&down(gpu, buf, b * l));
-    c.check(&format!("{tag}: fwd q_m"), &got(&qm), &q_m, tol);
-    c.check(&format!("{tag}: fwd q_v"), &got(&qv), &q_v, tol);
-    c.check(&format!("{tag}: fwd z"), &got(&z), &wz, tol);
-    let kl_got = down64(gpu, &kl, b);
+    c.check(&format!("{tag}: fwd q_m"), &got(&dev.q_m), &host.q_m, tol);
+    c.check(&format!("{tag}: fwd q_v"), &got(&dev.q_v), &host.q_v, tol);
+    c.check(&format!("{tag}: fwd z"), &got(&dev.z), &wz, tol);
+    let kl_got = down64(gpu, &dev.kl, b);
     c.check(&format!("{tag}: fwd KL_z per cell"), &kl_got, &wkl, tol);
-    c.check(&format!("{tag}: bwd d q_m"), &got(&dqm), &wdqm, gtol);
-    c.check(&format!("{tag}: bwd d u"), &got(&du), &wdu, gtol);
+    c.check(&format!("{tag}: bwd d q_m"), &got(&dev.d_q_m), &wdqm, gtol);
+    c.check(&format!("{tag}: bwd d u"), &got(&dev.d_u), &wdu, gtol);
 }
 
 fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
@@ -560,37 +611,14 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
     let pv = rng.vec(k, 0.2, 1.0);
     let codes: Vec<u32> = (0..b).map(|_| rng.below(k) as u32).collect();
     let dlib0 = rng.vec(b, -1.0, 1.0);
-    let (qm, u, bmd, bvd, ll, pmd, pvd, cd, dl) = (
-        up(gpu, &qm0),
-        up(gpu, &u0),
-        up(gpu, &bm),
-        up(gpu, &bv),
+    let dev = LatentBufs::new(gpu, b, [&qm0, &u0, &bm, &bv, &dlib0]);
+    let (ll, pmd, pvd, cd) = (
         up(gpu, &loglib),
         up(gpu, &pm),
         up(gpu, &pv),
         up_u32(gpu, &codes),
-        up(gpu, &dlib0),
     );
-    let (qv, z, eps, dqm, du) = (
-        out_buf(gpu, b),
-        out_buf(gpu, b),
-        out_buf(gpu, b),
-        out_buf(gpu, b),
-        out_buf(gpu, b),
-    );
-    let kl = gpu.alloc(b * 8, "kl").unwrap();
     let a = LatentArgs {
-        q_m: qm.ptr(),
-        b_m: bmd.ptr(),
-        u: u.ptr(),
-        b_v: bvd.ptr(),
-        q_v: qv.ptr(),
-        z: z.ptr(),
-        eps: eps.ptr(),
-        kl: kl.ptr(),
-        dz: dl.ptr(),
-        d_q_m: dqm.ptr(),
-        d_u: du.ptr(),
         log_library: ll.ptr(),
         prior_means: pmd.ptr(),
         prior_vars: pvd.ptr(),
@@ -598,8 +626,7 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
         key: PhiloxKey::new(seed, Stream::LibraryNoise, step),
         kl_w: 1.0 / b as f32,
         flags: if observed { LAT_OBSERVED } else { 0 },
-        rows: b as u32,
-        n: 1,
+        ..dev.args(b, 1)
     };
     ops::latent(gpu, LIBRARY_FWD, &a).unwrap();
     let tag = format!("library observed={observed}");
@@ -609,29 +636,28 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
         let want: Vec<f32> = wlib.iter().map(|&v| v as f32).collect();
         c.check_exact(
             &format!("{tag}: library = log library"),
-            &down(gpu, &z, b),
+            &down(gpu, &dev.z, b),
             &want,
         );
-        c.check(&format!("{tag}: KL_l = 0"), &down64(gpu, &kl, b), &wkl, F32);
+        c.check(
+            &format!("{tag}: KL_l = 0"),
+            &down64(gpu, &dev.kl, b),
+            &wkl,
+            F32,
+        );
         return;
     }
     ops::latent(gpu, LIBRARY_BWD, &a).unwrap();
     let want_eps = normals(seed, Stream::LibraryNoise, step, b);
     c.check_exact(
         &format!("{tag}: eps_l (Philox normals)"),
-        &down(gpu, &eps, b),
+        &down(gpu, &dev.eps, b),
         &want_eps,
     );
 
     // The CPU twin.
-    let (q_m, u_b) = (plus_bias(&qm0, &bm), plus_bias(&u0, &bv));
-    let mut q_v = vec![0f64; b];
-    latent::posterior_variance(&mut q_v, &u_b);
-    let post = Posterior {
-        q_m: &q_m,
-        u: &u_b,
-        q_v: &q_v,
-    };
+    let host = HostPosterior::new(&qm0, &u0, &bm, &bv);
+    let post = host.view();
     let (pm64, pv64, eps64) = (f64s(&pm), f64s(&pv), f64s(&want_eps));
     let prior = LibraryPrior {
         codes: &codes,
@@ -655,18 +681,18 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
     let got = |buf: &DevBuf| f64s(&down(gpu, buf, b));
     c.check(
         &format!("{tag}: fwd library"),
-        &got(&z),
+        &got(&dev.z),
         &wlib,
         Tol::new(1e-4, 1e-6, 1e-5),
     );
     c.check(
         &format!("{tag}: fwd KL_l per cell"),
-        &down64(gpu, &kl, b),
+        &down64(gpu, &dev.kl, b),
         &wkl,
         Tol::new(1e-4, 1e-5, 1e-5),
     );
-    c.check(&format!("{tag}: bwd d q_m"), &got(&dqm), &wdqm, gtol);
-    c.check(&format!("{tag}: bwd d u"), &got(&du), &wdu, gtol);
+    c.check(&format!("{tag}: bwd d q_m"), &got(&dev.d_q_m), &wdqm, gtol);
+    c.check(&format!("{tag}: bwd d u"), &got(&dev.d_u), &wdu, gtol);
 }
 
 /// output.cu: decoder_output_* for every likelihood and dispersion source, then column_sum_bwd,

@@ -6,10 +6,12 @@
 #![allow(dead_code)]
 
 use scvi_rs::batch::Minibatch;
+use scvi_rs::cpu::gemm::{gemm, MatRef};
+use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
 use scvi_rs::data::open::open_dataset;
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::data::Dataset;
-use scvi_rs::model::ModelConfig;
+use scvi_rs::model::{GeneLikelihood, ModelConfig};
 use scvi_rs::rng::{Philox, Stream};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -118,4 +120,92 @@ pub fn time(reps: usize, inner: usize, mut f: impl FnMut()) -> (f64, f64) {
         .collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[0], v[v.len() / 2])
+}
+
+/// `n` values uniform in [lo, hi), from the Philox stream `Init` under `key`.
+pub fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut u = vec![0.0f64; n];
+    Philox::new(key).fill_uniform(Stream::Init, 0, &mut u);
+    u.iter().map(|&v| lo + (hi - lo) * v as f32).collect()
+}
+
+/// The three products of a Linear `[b, i] -> [b, o]` (weight `[o, i]`) as the engine runs them
+/// through `cpu::gemm`: `y = x W^T`.
+pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], b: usize, i: usize, o: usize) {
+    gemm(b, i, o, MatRef::rows(x, i), MatRef::cols(w, i), 0.0, y, o)
+}
+
+/// `dW += d^T x`.
+pub fn linear_wgrad(dw: &mut [f32], d: &[f32], x: &[f32], b: usize, i: usize, o: usize) {
+    gemm(o, b, i, MatRef::cols(d, o), MatRef::rows(x, i), 1.0, dw, i)
+}
+
+/// `dx = d W`.
+pub fn linear_dgrad(dx: &mut [f32], d: &[f32], w: &[f32], b: usize, i: usize, o: usize) {
+    gemm(b, o, i, MatRef::rows(d, o), MatRef::rows(w, i), 0.0, dx, i)
+}
+
+/// The fused decoder output's inputs (ZINB, a per-gene dispersion) for `b` cells and `g` genes:
+/// random logits, biases and dispersions, and each minibatch's log library.
+pub struct OutputStage {
+    pub planes: OutputPlanes<f32>,
+    pub rho: Vec<f32>,
+    pub pi: Vec<f32>,
+    bias_rho: Vec<f32>,
+    bias_pi: Vec<f32>,
+    table: ThetaTable<f32>,
+    lib: Vec<Vec<f32>>,
+}
+
+impl OutputStage {
+    pub fn new(mbs: &[Minibatch], b: usize, g: usize) -> Self {
+        let mut planes = OutputPlanes::<f32>::default();
+        planes.resize(b, g);
+        let mut table = ThetaTable::default();
+        table.fill(&uniform(g, 10, -1.0, 2.0), g, 1);
+        OutputStage {
+            planes,
+            rho: uniform(b * g, 8, -3.0, 3.0),
+            pi: uniform(b * g, 9, -4.0, 2.0),
+            bias_rho: uniform(g, 14, -0.1, 0.1),
+            bias_pi: uniform(g, 15, -0.1, 0.1),
+            table,
+            lib: mbs
+                .iter()
+                .map(|m| m.log_library.iter().map(|&v| v as f32).collect())
+                .collect(),
+        }
+    }
+
+    /// Copy the logits into the planes (the kernel overwrites them).
+    pub fn reset(&mut self) {
+        let n = self.rho.len();
+        self.planes.scale[..n].copy_from_slice(&self.rho);
+        self.planes.pi[..n].copy_from_slice(&self.pi);
+    }
+
+    /// One call of the kernel on minibatch `i` of `mbs` (the planes reset first).
+    pub fn run(&mut self, mbs: &[Minibatch], i: usize, grads: bool) {
+        self.reset();
+        let theta = ThetaSource::Table {
+            table: &self.table,
+            codes: None,
+        };
+        let biases = HeadBiases {
+            rho: &self.bias_rho,
+            pi: Some(&self.bias_pi),
+            r: None,
+        };
+        let b = mbs[i].len();
+        decoder_output(
+            &mut self.planes,
+            &mbs[i],
+            GeneLikelihood::Zinb,
+            theta,
+            biases,
+            &self.lib[i],
+            grads,
+            1.0 / b as f64,
+        );
+    }
 }
