@@ -87,6 +87,16 @@ pub struct CellCodes {
     pub labels: Vec<u32>,
 }
 
+impl CellCodes {
+    /// The codes as the loader takes them.
+    pub fn covariates(&self) -> Covariates<'_> {
+        Covariates {
+            batch: &self.batch,
+            labels: &self.labels,
+        }
+    }
+}
+
 /// The ELBO of a set of cells, with scvi-tools' signs: `elbo` is `get_elbo()` (the mean ELBO, a
 /// negative number, higher is better); the parts are per-cell means of the losses (positive).
 #[derive(Clone, Debug, Serialize)]
@@ -301,10 +311,7 @@ impl Scvi {
             )));
         }
         let mut engine = self.engine(device, cfg.seed, cfg.adam)?;
-        let cov = Covariates {
-            batch: &codes.batch,
-            labels: &codes.labels,
-        };
+        let cov = codes.covariates();
         let history = train::fit(
             engine.as_mut(),
             data.counts.as_ref(),
@@ -343,10 +350,7 @@ impl Scvi {
         let mut engine = self.engine(device, 0, train::AdamConfig::default())?;
         let mut out = vec![0f32; data.n_cells() * l];
         let order: Vec<usize> = (0..data.n_cells()).collect();
-        let cov = Covariates {
-            batch: &codes.batch,
-            labels: &codes.labels,
-        };
+        let cov = codes.covariates();
         let ln = self.meta.model.latent_distribution == LatentDistribution::Ln;
         let rng = Philox::new(0);
         // Scratch for the logistic-normal Monte Carlo mean, reused across cells.
@@ -398,10 +402,7 @@ impl Scvi {
         let codes = self.codes_for(data)?;
         self.check_library(data, cells)?;
         let mut engine = self.engine(device, seed, train::AdamConfig::default())?;
-        let cov = Covariates {
-            batch: &codes.batch,
-            labels: &codes.labels,
-        };
+        let cov = codes.covariates();
         let s = train::evaluate(
             engine.as_mut(),
             data.counts.as_ref(),

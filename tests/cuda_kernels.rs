@@ -18,7 +18,7 @@
 mod common;
 
 use common::gpu::{emulated_or_skip, Checker, Target, Tol};
-use common::{f64s, test_seed, Rng};
+use common::{f64s, seeded, Rng};
 use scvi_rs::batch::Minibatch;
 // The CPU twins, by module: each is named here by its module, as `latent::reparam_kl_forward`.
 use scvi_rs::cpu::adam::Adam;
@@ -1026,13 +1026,9 @@ fn run(test: &str, target: Target, check: fn(&Gpu, &mut Rng, &mut Checker)) {
     let Some(gpu) = target.open(test) else {
         return;
     };
-    let seed = test_seed();
-    println!(
-        "{test} on {}: seed {seed} (SCVI_RS_TEST_SEED={seed} repeats it)",
-        gpu.info.name
-    );
+    let (seed, mut rng) = seeded(&format!("{test} on {}", gpu.info.name));
     let mut c = Checker::new(format!("{test} (seed {seed})"));
-    check(&gpu, &mut Rng(seed), &mut c);
+    check(&gpu, &mut rng, &mut c);
     c.finish();
 }
 

@@ -13,7 +13,7 @@
 mod common;
 
 use common::gpu::{Checker, Target, Tol};
-use common::{f64s, test_seed, Rng};
+use common::{f64s, seeded, Rng};
 use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::{CpuEngine, CpuTrainer};
@@ -162,9 +162,7 @@ fn step_matches(target: Target, what: &str) {
     if target.open(what).is_none() {
         return;
     }
-    let seed = test_seed();
-    println!("{what}: seed {seed} (SCVI_RS_TEST_SEED={seed} repeats it)");
-    let mut rng = Rng(seed);
+    let (seed, mut rng) = seeded(what);
     let g = 150 + rng.below(60);
     let mut failures = Vec::new();
     for (name, cfg) in configs(g) {
@@ -263,9 +261,7 @@ fn training_matches(target: Target, what: &str) {
     if target.open(what).is_none() {
         return;
     }
-    let seed = test_seed();
-    println!("{what}: seed {seed}");
-    let mut rng = Rng(seed);
+    let (seed, mut rng) = seeded(what);
     let g = 120 + rng.below(40);
     let mut failures = Vec::new();
     for (name, cfg) in configs(g).into_iter().take(4) {

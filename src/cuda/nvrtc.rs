@@ -241,56 +241,56 @@ fn compile_program(prog: nv::nvrtcProgram, file: &KernelFile, arch: &str) -> Res
             log.trim_end()
         )));
     }
-    let mut size: usize = 0;
     if arch.starts_with("sm_") {
-        // SAFETY: `prog` compiled; `size` is a valid out-pointer and the buffer has `size` bytes.
-        check(
-            unsafe { nv::nvrtcGetCUBINSize(prog, &mut size) },
-            "nvrtcGetCUBINSize",
+        // SAFETY: `prog` compiled; the out-pointers are valid and the buffer has the announced size.
+        let bytes = program_output(
+            ["nvrtcGetCUBINSize", "nvrtcGetCUBIN"],
+            |n| unsafe { nv::nvrtcGetCUBINSize(prog, n) },
+            |p| unsafe { nv::nvrtcGetCUBIN(prog, p) },
         )?;
-        let mut buf = vec![0u8; size];
-        check(
-            unsafe { nv::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char) },
-            "nvrtcGetCUBIN",
-        )?;
-        Ok(Image::Cubin(buf))
+        Ok(Image::Cubin(bytes))
     } else {
-        // SAFETY: as above, for the PTX text (NUL-terminated, `size` includes the NUL).
-        check(
-            unsafe { nv::nvrtcGetPTXSize(prog, &mut size) },
-            "nvrtcGetPTXSize",
+        // SAFETY: as above, for the PTX text (NUL-terminated, the size includes the NUL).
+        let mut bytes = program_output(
+            ["nvrtcGetPTXSize", "nvrtcGetPTX"],
+            |n| unsafe { nv::nvrtcGetPTXSize(prog, n) },
+            |p| unsafe { nv::nvrtcGetPTX(prog, p) },
         )?;
-        let mut buf = vec![0u8; size];
-        check(
-            unsafe { nv::nvrtcGetPTX(prog, buf.as_mut_ptr() as *mut c_char) },
-            "nvrtcGetPTX",
-        )?;
-        while buf.last() == Some(&0) {
-            buf.pop();
+        while bytes.last() == Some(&0) {
+            bytes.pop();
         }
-        String::from_utf8(buf)
+        String::from_utf8(bytes)
             .map(Image::Ptx)
             .map_err(|_| Error::Cuda("NVRTC returned PTX that is not UTF-8".into()))
     }
 }
 
+/// One of a program's outputs (CUBIN, PTX, the log): its size from `size`, then its bytes from
+/// `get` into a buffer of that size; `what` names the two calls for errors.
+fn program_output(
+    what: [&str; 2],
+    size: impl FnOnce(&mut usize) -> nv::nvrtcResult,
+    get: impl FnOnce(*mut c_char) -> nv::nvrtcResult,
+) -> Result<Vec<u8>> {
+    let mut n: usize = 0;
+    check(size(&mut n), what[0])?;
+    let mut buf = vec![0u8; n.max(1)];
+    check(get(buf.as_mut_ptr() as *mut c_char), what[1])?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
 fn program_log(prog: nv::nvrtcProgram) -> Option<String> {
-    let mut size: usize = 0;
-    // SAFETY: `prog` is live; the buffer has the `size` bytes NVRTC announced.
-    unsafe {
-        if nv::nvrtcGetProgramLogSize(prog, &mut size) != nv::nvrtcResult::NVRTC_SUCCESS {
-            return None;
-        }
-        let mut buf = vec![0u8; size.max(1)];
-        if nv::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut c_char)
-            != nv::nvrtcResult::NVRTC_SUCCESS
-        {
-            return None;
-        }
-        Some(
-            CStr::from_bytes_until_nul(&buf)
-                .map(|c| c.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        )
-    }
+    // SAFETY: `prog` is live; the out-pointers are valid and the buffer has the announced size.
+    let log = program_output(
+        ["nvrtcGetProgramLogSize", "nvrtcGetProgramLog"],
+        |n| unsafe { nv::nvrtcGetProgramLogSize(prog, n) },
+        |p| unsafe { nv::nvrtcGetProgramLog(prog, p) },
+    )
+    .ok()?;
+    Some(
+        CStr::from_bytes_until_nul(&log)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    )
 }

@@ -13,16 +13,12 @@ pub fn fc_post(gpu: &Gpu, a: &FcPostArgs, backward: bool) -> Result<()> {
         block: (FC_TX, FC_TY, 1),
         smem: 0,
     };
-    gpu.launch(if backward { FC_POST_BWD } else { FC_POST_FWD }, l, a)
+    gpu.launch([FC_POST_FWD, FC_POST_BWD][backward as usize], l, a)
 }
 
 /// layer_norm_fwd / layer_norm_bwd: one block of 128 per row.
 pub fn layer_norm(gpu: &Gpu, a: &LayerNormArgs, backward: bool) -> Result<()> {
-    let name = if backward {
-        LAYER_NORM_BWD
-    } else {
-        LAYER_NORM_FWD
-    };
+    let name = [LAYER_NORM_FWD, LAYER_NORM_BWD][backward as usize];
     gpu.launch(name, Launch::new(a.rows, LN_THREADS), a)
 }
 
@@ -70,11 +66,7 @@ pub fn latent(gpu: &Gpu, name: &'static str, a: &LatentArgs) -> Result<()> {
 
 /// decoder_output_fwd (loss only) / decoder_output_bwd (loss and gradients): one block per cell.
 pub fn decoder_output(gpu: &Gpu, a: &OutputArgs, grads: bool) -> Result<()> {
-    let name = if grads {
-        DECODER_OUTPUT_BWD
-    } else {
-        DECODER_OUTPUT_FWD
-    };
+    let name = [DECODER_OUTPUT_FWD, DECODER_OUTPUT_BWD][grads as usize];
     gpu.launch(name, Launch::new(a.rows, OUT_THREADS), a)
 }
 

@@ -324,6 +324,22 @@ mod f32_tests {
         worst
     }
 
+    /// `f` within `ulps` ulp (relative) of `reference` over `xs`; prints the worst error.
+    fn assert_ulps(
+        name: &str,
+        xs: &[f32],
+        f: impl Fn(f32) -> f32,
+        reference: impl Fn(f64) -> f64,
+        ulps: f64,
+    ) {
+        let (err, at) = max_rel(xs, f, reference);
+        println!(
+            "{name}: max rel error {err:.3e} ({:.2} ulp) at {at}",
+            err / ULP
+        );
+        assert!(err < ulps * ULP, "{name} rel error {err:e} at {at}");
+    }
+
     /// Every 37th float between `lo` and `hi` (same sign), plus the ends.
     fn floats(lo: f32, hi: f32) -> Vec<f32> {
         let (a, b) = (
@@ -352,12 +368,13 @@ mod f32_tests {
     #[test]
     fn exp_f32_error_bound() {
         // The normal range of the result.
-        let (err, at) = max_rel(&signed_range(-87.3, 88.7), exp_f32, f64::exp);
-        println!(
-            "exp_f32: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
+        assert_ulps(
+            "exp_f32",
+            &signed_range(-87.3, 88.7),
+            exp_f32,
+            f64::exp,
+            2.0,
         );
-        assert!(err < 2.0 * ULP, "exp_f32 rel error {err:e} at {at}");
         assert_eq!(exp_f32(0.0), 1.0);
         assert_eq!(exp_f32(-200.0), 0.0);
         assert_eq!(exp_f32(100.0), f32::INFINITY);
@@ -372,36 +389,27 @@ mod f32_tests {
 
     #[test]
     fn fast_variants_error_bounds() {
-        let (err, at) = max_rel(&signed_range(-87.3, 88.3), exp_f32_fast, f64::exp);
-        println!(
-            "exp_f32_fast: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
+        assert_ulps(
+            "exp_f32_fast",
+            &signed_range(-87.3, 88.3),
+            exp_f32_fast,
+            f64::exp,
+            2.0,
         );
-        assert!(err < 2.0 * ULP, "exp_f32_fast rel error {err:e} at {at}");
         for x in [-87.31f32, -100.0, -1e30, f32::NEG_INFINITY] {
             let y = exp_f32_fast(x);
             assert!(y > 0.0 && y <= 1.3e-38, "exp_f32_fast({x}) = {y}");
         }
         let mut xs = floats(f32::MIN_POSITIVE, f32::MAX);
         xs.extend(floats(0.5, 2.0));
-        let (err, at) = max_rel(&xs, ln_f32_fast, f64::ln);
-        println!(
-            "ln_f32_fast: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 2.0 * ULP, "ln_f32_fast rel error {err:e} at {at}");
+        assert_ulps("ln_f32_fast", &xs, ln_f32_fast, f64::ln, 2.0);
     }
 
     #[test]
     fn ln_f32_error_bound() {
         let mut xs = floats(f32::from_bits(1), f32::MAX);
         xs.extend(floats(0.5, 2.0));
-        let (err, at) = max_rel(&xs, ln_f32, f64::ln);
-        println!(
-            "ln_f32: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 2.0 * ULP, "ln_f32 rel error {err:e} at {at}");
+        assert_ulps("ln_f32", &xs, ln_f32, f64::ln, 2.0);
         assert_eq!(ln_f32(1.0), 0.0);
         assert_eq!(ln_f32(0.0), f32::NEG_INFINITY);
         assert_eq!(ln_f32(f32::INFINITY), f32::INFINITY);
@@ -412,12 +420,7 @@ mod f32_tests {
     fn ln_1p_f32_error_bound() {
         let mut xs = floats(-0.999, -1e-30);
         xs.extend(floats(1e-30, 1e30));
-        let (err, at) = max_rel(&xs, ln_1p_f32, f64::ln_1p);
-        println!(
-            "ln_1p_f32: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 2.0 * ULP, "ln_1p_f32 rel error {err:e} at {at}");
+        assert_ulps("ln_1p_f32", &xs, ln_1p_f32, f64::ln_1p, 2.0);
         assert_eq!(ln_1p_f32(0.0), 0.0);
         assert_eq!(ln_1p_f32(1e-30), 1e-30);
         assert_eq!(ln_1p_f32(-1.0), f32::NEG_INFINITY);
@@ -431,22 +434,12 @@ mod f32_tests {
         // subnormal and the error is absolute, under 2e-45).
         let xs = signed_range(-87.3, 20.0);
         let sp = |x: f32| ln_1p_f32(exp_f32(x));
-        let (err, at) = max_rel(&xs, sp, softplus);
-        println!(
-            "softplus (f32): max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 4.0 * ULP, "softplus {err:e} at {at}");
+        assert_ulps("softplus (f32)", &xs, sp, softplus, 4.0);
         let sg = |x: f32| {
             let e = exp_f32(x);
             e / (1.0 + e)
         };
-        let (err, at) = max_rel(&xs, sg, sigmoid);
-        println!(
-            "sigmoid (f32): max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 4.0 * ULP, "sigmoid {err:e} at {at}");
+        assert_ulps("sigmoid (f32)", &xs, sg, sigmoid, 4.0);
     }
 
     #[test]

@@ -20,6 +20,13 @@ pub fn test_seed() -> u64 {
         })
 }
 
+/// A seed (`test_seed`), printed with `what` so that a failure can be repeated, and a generator.
+pub fn seeded(what: &str) -> (u64, Rng) {
+    let seed = test_seed();
+    println!("{what}: seed {seed} (SCVI_RS_TEST_SEED={seed} repeats it)");
+    (seed, Rng(seed))
+}
+
 /// SplitMix64: the tests' own inputs (weights, counts, shapes), independent of the library's Philox.
 pub struct Rng(pub u64);
 
