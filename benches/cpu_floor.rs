@@ -14,18 +14,18 @@
 
 mod common;
 
-use common::{linear_dgrad, linear_fwd, linear_wgrad, uniform, BenchData, OutputStage, BATCH_SIZE};
+use common::{
+    linear_dgrad, linear_fwd, linear_wgrad, uniform, BareStep, BenchData, OutputStage, BATCH_SIZE,
+};
 use scvi_rs::cpu::adam::Adam;
-use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::gemm::{gemm, MatRef};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
-use scvi_rs::cpu::{CpuEngine, CpuTrainer};
-use scvi_rs::engine::{AdamConfig, Engine, Mode};
+use scvi_rs::cpu::CpuTrainer;
+use scvi_rs::engine::{AdamConfig, Engine};
 use scvi_rs::model::init::ModelState;
 use scvi_rs::model::Layout;
-use scvi_rs::rng::Philox;
 
 /// Counts heap allocations, to check that a warmed-up step makes none.
 struct Counting;
@@ -133,39 +133,9 @@ fn f32_against_f64(bd: &BenchData, mb: &scvi_rs::batch::Minibatch) {
     let layout = Layout::new(&bd.config());
     let s64 = ModelState::<f64>::init(layout.clone(), 3);
     let s32: ModelState<f32> = s64.cast();
-    let rng = Philox::new(5);
-    let l = layout.config.n_latent;
-    let (mut n64, mut n32) = (
-        NoiseBuffers::<f64>::default(),
-        NoiseBuffers::<f32>::default(),
-    );
-    n64.draw(&rng, 0, mb.len(), l);
-    n32.draw(&rng, 0, mb.len(), l);
-    let (mut g64, mut g32) = (
-        vec![0.0f64; layout.n_param_elems],
-        vec![0.0f32; layout.n_param_elems],
-    );
-    let (mut st64, mut st32) = (s64.clone(), s32.clone());
-    let p64 = CpuEngine::<f64>::new(layout.clone())
-        .forward_backward(
-            &mut st64,
-            Some(&mut g64),
-            mb,
-            &n64.as_step(Some((rng, 0))),
-            0.5,
-            Mode::Train,
-        )
-        .unwrap();
-    let p32 = CpuEngine::<f32>::new(layout.clone())
-        .forward_backward(
-            &mut st32,
-            Some(&mut g32),
-            mb,
-            &n32.as_step(Some((rng, 0))),
-            0.5,
-            Mode::Train,
-        )
-        .unwrap();
+    let (mut e64, mut e32) = (BareStep::new(s64, 5), BareStep::new(s32, 5));
+    let (p64, p32) = (e64.run(mb, 0), e32.run(mb, 0));
+    let (g64, g32) = (&e64.grads, &e32.grads);
     let mut worst = (0.0f64, String::new());
     for t in layout.params.iter().filter(|t| t.trainable) {
         let (a, b) = (&g32[t.range()], &g64[t.range()]);
@@ -253,16 +223,9 @@ fn run(
     // The whole step.
     let mut trainer = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
     let mut trainer_eval = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
-    let mut engine = CpuEngine::<f32>::new(layout.clone());
-    let mut st = state.clone();
-    let mut gbuf = vec![0.0f32; layout.n_param_elems];
-    let mut noise = NoiseBuffers::<f32>::default();
-    let rng = Philox::new(0);
+    let mut bare = BareStep::new(state.clone(), 0);
     // The step by hand, in parts.
-    let mut engine2 = CpuEngine::<f32>::new(layout.clone());
-    let mut st2 = state.clone();
-    let mut gbuf2 = vec![0.0f32; layout.n_param_elems];
-    let mut noise2 = NoiseBuffers::<f32>::default();
+    let mut bare2 = BareStep::new(state.clone(), 0);
     let mut adam2 = Adam::<f32>::new(AdamConfig::default(), &layout);
     let parts = std::cell::RefCell::new([vec![], vec![], vec![], vec![]]);
 
@@ -365,18 +328,7 @@ fn run(
             heads + small + sparse_flops,
             4,
             || {
-                let mb = &mbs[k7 % nm];
-                noise.draw(&rng, k7 as u64, mb.len(), l);
-                engine
-                    .forward_backward(
-                        &mut st,
-                        Some(&mut gbuf),
-                        mb,
-                        &noise.as_step(Some((rng, k7 as u64))),
-                        0.5,
-                        Mode::Train,
-                    )
-                    .unwrap();
+                bare.run(&mbs[k7 % nm], k7 as u64);
                 k7 += 1;
             },
         ),
@@ -392,22 +344,13 @@ fn run(
             move || {
                 let mb = &mbs[k as usize % nm];
                 let t0 = std::time::Instant::now();
-                noise2.draw(&rng, k, mb.len(), l);
+                bare2.draw(mb, k);
                 let t1 = std::time::Instant::now();
-                gbuf2.iter_mut().for_each(|g| *g = 0.0);
+                bare2.grads.iter_mut().for_each(|g| *g = 0.0);
                 let t2 = std::time::Instant::now();
-                engine2
-                    .forward_backward(
-                        &mut st2,
-                        Some(&mut gbuf2),
-                        mb,
-                        &noise2.as_step(Some((rng, k))),
-                        0.5,
-                        Mode::Train,
-                    )
-                    .unwrap();
+                bare2.pass(mb, k);
                 let t3 = std::time::Instant::now();
-                adam2.update(&mut st2.params, &gbuf2);
+                adam2.update(&mut bare2.state.params, &bare2.grads);
                 let t4 = std::time::Instant::now();
                 let mut p = parts.borrow_mut();
                 for (v, (a, b)) in p.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3), (t3, t4)]) {
@@ -486,18 +429,7 @@ fn run(
         let mut k = 1000u64;
         let mut one = |n: u64| {
             for _ in 0..n {
-                let mb = &mbs[k as usize % nm];
-                noise.draw(&rng, k, mb.len(), l);
-                engine
-                    .forward_backward(
-                        &mut st,
-                        Some(&mut gbuf),
-                        mb,
-                        &noise.as_step(Some((rng, k))),
-                        0.5,
-                        Mode::Train,
-                    )
-                    .unwrap();
+                bare.run(&mbs[k as usize % nm], k);
                 k += 1;
             }
         };

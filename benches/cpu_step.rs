@@ -5,25 +5,23 @@
 
 mod common;
 
-use common::{linear_dgrad, linear_fwd, linear_wgrad, uniform, OutputStage, BATCH_SIZE};
+use common::{linear_dgrad, linear_fwd, linear_wgrad, uniform, BareStep, OutputStage, BATCH_SIZE};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use scvi_rs::cpu::adam::Adam;
-use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
-use scvi_rs::cpu::{CpuEngine, CpuTrainer};
-use scvi_rs::engine::{AdamConfig, Engine, Mode};
+use scvi_rs::cpu::CpuTrainer;
+use scvi_rs::engine::{AdamConfig, Engine};
 use scvi_rs::model::init::ModelState;
 use scvi_rs::model::Layout;
-use scvi_rs::rng::Philox;
 use std::time::Duration;
 
 fn benches(c: &mut Criterion) {
     let bd = common::load();
     let mbs = bd.minibatches(8);
     let cfg = bd.config();
-    let (b, g, h, l) = (BATCH_SIZE, cfg.n_input, cfg.n_hidden, cfg.n_latent);
+    let (b, g, h) = (BATCH_SIZE, cfg.n_input, cfg.n_hidden);
     let layout = Layout::new(&cfg);
     let state = ModelState::<f32>::init(layout.clone(), 0);
 
@@ -39,26 +37,11 @@ fn benches(c: &mut Criterion) {
             k += 1;
         })
     });
-    let mut engine = CpuEngine::<f32>::new(layout.clone());
-    let mut st = state.clone();
-    let mut grads = vec![0.0f32; layout.n_param_elems];
-    let mut noise = NoiseBuffers::<f32>::default();
-    let rng = Philox::new(0);
+    let mut bare = BareStep::new(state.clone(), 0);
     let mut k = 0u64;
     step.bench_function("forward_backward", |bench| {
         bench.iter(|| {
-            let mb = &mbs[k as usize % mbs.len()];
-            noise.draw(&rng, k, mb.len(), l);
-            engine
-                .forward_backward(
-                    &mut st,
-                    Some(&mut grads),
-                    mb,
-                    &noise.as_step(Some((rng, k))),
-                    0.5,
-                    Mode::Train,
-                )
-                .unwrap();
+            bare.run(&mbs[k as usize % mbs.len()], k);
             k += 1;
         })
     });

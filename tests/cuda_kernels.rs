@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::gpu::{emulated_or_skip, Checker, Target, Tol};
+use common::gpu::{device_tests, emulated_or_skip, Checker, Target, Tol};
 use common::{f64s, seeded, Rng};
 use scvi_rs::batch::Minibatch;
 // The CPU twins, by module: each is named here by its module, as `latent::reparam_kl_forward`.
@@ -1022,7 +1022,7 @@ fn gemm_products(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
 }
 
 /// Run one kernel file's checks on `target`, with a fresh printed seed.
-fn run(test: &str, target: Target, check: fn(&Gpu, &mut Rng, &mut Checker)) {
+fn run(target: Target, test: &str, check: fn(&Gpu, &mut Rng, &mut Checker)) {
     let Some(gpu) = target.open(test) else {
         return;
     };
@@ -1032,27 +1032,14 @@ fn run(test: &str, target: Target, check: fn(&Gpu, &mut Rng, &mut Checker)) {
     c.finish();
 }
 
-/// One test per kernel file and device: `cargo test --test cuda_kernels latent` runs latent.cu's.
-macro_rules! kernel_tests {
-    ($($check:ident: $emulated:ident, $gpu:ident;)*) => {$(
-        #[test]
-        fn $emulated() {
-            run(stringify!($emulated), Target::Emulated, $check);
-        }
-        #[test]
-        fn $gpu() {
-            run(stringify!($gpu), Target::Gpu, $check);
-        }
-    )*};
-}
-
-kernel_tests! {
-    sparse_kernels: sparse_emulated, sparse_gpu;
-    fc_kernels: fc_emulated, fc_gpu;
-    latent_kernels: latent_emulated, latent_gpu;
-    output_kernels: output_emulated, output_gpu;
-    adam_kernel: adam_emulated, adam_gpu;
-    gemm_products: gemm_emulated, gemm_gpu;
+// One test per kernel file and device: `cargo test --test cuda_kernels latent` runs latent.cu's.
+device_tests! {
+    sparse_emulated, sparse_gpu => |t, n| run(t, n, sparse_kernels);
+    fc_emulated, fc_gpu => |t, n| run(t, n, fc_kernels);
+    latent_emulated, latent_gpu => |t, n| run(t, n, latent_kernels);
+    output_emulated, output_gpu => |t, n| run(t, n, output_kernels);
+    adam_emulated, adam_gpu => |t, n| run(t, n, adam_kernel);
+    gemm_emulated, gemm_gpu => |t, n| run(t, n, gemm_products);
 }
 
 /// The `#[repr(C)]` argument structs have the C++ compiler's sizes for their kernel twins.

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::gpu::{Checker, Target, Tol};
+use common::gpu::{device_tests, Checker, Target, Tol};
 use common::{f64s, seeded, Rng};
 use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::engine::NoiseBuffers;
@@ -321,22 +321,7 @@ fn training_matches(target: Target, what: &str) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-#[test]
-fn step_matches_cpu_on_gpu() {
-    step_matches(Target::Gpu, "step_matches_cpu_on_gpu");
-}
-
-#[test]
-fn step_matches_cpu_emulated() {
-    step_matches(Target::Emulated, "step_matches_cpu_emulated");
-}
-
-#[test]
-fn training_matches_cpu_on_gpu() {
-    training_matches(Target::Gpu, "training_matches_cpu_on_gpu");
-}
-
-#[test]
-fn training_matches_cpu_emulated() {
-    training_matches(Target::Emulated, "training_matches_cpu_emulated");
+device_tests! {
+    step_matches_cpu_emulated, step_matches_cpu_on_gpu => step_matches;
+    training_matches_cpu_emulated, training_matches_cpu_on_gpu => training_matches;
 }

@@ -6,11 +6,16 @@
 #![allow(dead_code)]
 
 use scvi_rs::batch::Minibatch;
+use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::gemm::{gemm, MatRef};
 use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
+use scvi_rs::cpu::CpuEngine;
 use scvi_rs::data::open::open_dataset;
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::data::Dataset;
+use scvi_rs::engine::{LossParts, Mode};
+use scvi_rs::float::Float;
+use scvi_rs::model::init::ModelState;
 use scvi_rs::model::{GeneLikelihood, ModelConfig};
 use scvi_rs::rng::{Philox, Stream};
 use std::path::PathBuf;
@@ -207,5 +212,50 @@ impl OutputStage {
             grads,
             1.0 / b as f64,
         );
+    }
+}
+
+/// The CPU engine's forward and backward pass alone (no optimiser), with its own parameters,
+/// gradient buffer (accumulating, as the benches do not need it cleared) and noise, keyed by the
+/// step as `CpuTrainer` keys it; KL weight 0.5, training mode.
+pub struct BareStep<T> {
+    pub engine: CpuEngine<T>,
+    pub state: ModelState<T>,
+    pub grads: Vec<T>,
+    noise: NoiseBuffers<T>,
+    rng: Philox,
+}
+
+impl<T: Float> BareStep<T> {
+    pub fn new(state: ModelState<T>, seed: u64) -> Self {
+        let layout = state.layout.clone();
+        BareStep {
+            engine: CpuEngine::new(layout.clone()),
+            grads: vec![T::ZERO; layout.n_param_elems],
+            noise: NoiseBuffers::default(),
+            rng: Philox::new(seed),
+            state,
+        }
+    }
+
+    /// Draw the noise of step `k` for `mb`.
+    pub fn draw(&mut self, mb: &Minibatch, k: u64) {
+        let l = self.state.layout.config.n_latent;
+        self.noise.draw(&self.rng, k, mb.len(), l);
+    }
+
+    /// The pass on `mb` with the noise drawn for step `k`.
+    pub fn pass(&mut self, mb: &Minibatch, k: u64) -> LossParts {
+        let noise = self.noise.as_step(Some((self.rng, k)));
+        let grads = Some(&mut self.grads[..]);
+        self.engine
+            .forward_backward(&mut self.state, grads, mb, &noise, 0.5, Mode::Train)
+            .unwrap()
+    }
+
+    /// Draw, then pass.
+    pub fn run(&mut self, mb: &Minibatch, k: u64) -> LossParts {
+        self.draw(mb, k);
+        self.pass(mb, k)
     }
 }

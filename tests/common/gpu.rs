@@ -56,6 +56,24 @@ impl Target {
     }
 }
 
+/// A pair of tests per line, `emulated_name, gpu_name => body;`: each calls `body(target, name)`
+/// with its device (the host emulation, the GPU) and its own name.
+#[allow(unused_macros)] // Each test binary uses a part of the helpers.
+macro_rules! device_tests {
+    ($($emulated:ident, $gpu:ident => $body:expr;)*) => {$(
+        #[test]
+        fn $emulated() {
+            ($body)(crate::common::gpu::Target::Emulated, stringify!($emulated));
+        }
+        #[test]
+        fn $gpu() {
+            ($body)(crate::common::gpu::Target::Gpu, stringify!($gpu));
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use device_tests;
+
 /// Whether NVRTC loads; prints why not.
 pub fn nvrtc_or_skip(test: &str) -> bool {
     match libs::require(Lib::Nvrtc) {
