@@ -235,39 +235,39 @@ __device__ __forceinline__ unsigned flat_block_threads() {
     return blockDim.x * blockDim.y * blockDim.z;
 }
 
-__device__ __forceinline__ double block_sum_f64(double v, double* buf) {
+// `op(acc, v)` over the block's values, in a fixed order: the non-power-of-two tail folded first,
+// then halving.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T* buf, Op op) {
     const unsigned t = flat_tid(), n = flat_block_threads();
     buf[t] = v;
     __syncthreads();
-    // Fold the non-power-of-two tail first, then halve.
     unsigned p = 1;
     while (p * 2 <= n) p *= 2;
-    if (t >= p) buf[t - p] += buf[t];
+    if (t >= p) buf[t - p] = op(buf[t - p], buf[t]);
     __syncthreads();
     for (unsigned s = p / 2; s > 0; s /= 2) {
-        if (t < s) buf[t] += buf[t + s];
+        if (t < s) buf[t] = op(buf[t], buf[t + s]);
         __syncthreads();
     }
-    const double r = buf[0];
+    const T r = buf[0];
     __syncthreads();
     return r;
 }
 
+struct SumF64 {
+    __device__ __forceinline__ double operator()(double a, double b) const { return a + b; }
+};
+struct MaxF32 {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+__device__ __forceinline__ double block_sum_f64(double v, double* buf) {
+    return block_reduce(v, buf, SumF64());
+}
+
 __device__ __forceinline__ float block_max_f32(float v, float* buf) {
-    const unsigned t = flat_tid(), n = flat_block_threads();
-    buf[t] = v;
-    __syncthreads();
-    unsigned p = 1;
-    while (p * 2 <= n) p *= 2;
-    if (t >= p) buf[t - p] = fmaxf(buf[t - p], buf[t]);
-    __syncthreads();
-    for (unsigned s = p / 2; s > 0; s /= 2) {
-        if (t < s) buf[t] = fmaxf(buf[t], buf[t + s]);
-        __syncthreads();
-    }
-    const float r = buf[0];
-    __syncthreads();
-    return r;
+    return block_reduce(v, buf, MaxF32());
 }
 
 // ------------------------------------------------------------------------------------------------

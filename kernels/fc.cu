@@ -59,6 +59,21 @@ struct FcPostArgs {
     u32 pad;
 };
 
+// The total over the FC_TY threads of column tx of their partial sums v, divided by B, for every
+// thread of the column (through red and col in shared memory).
+__device__ __forceinline__ double column_mean(double v, double (*red)[FC_TX], double* col, u32 B) {
+    const u32 tx = threadIdx.x, ty = threadIdx.y;
+    red[ty][tx] = v;
+    __syncthreads();
+    if (ty == 0) {
+        double t = 0.0;
+        for (int k = 0; k < FC_TY; ++k) t += red[k][tx];
+        col[tx] = t / (double)B;
+    }
+    __syncthreads();
+    return col[tx];
+}
+
 SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
     __shared__ double red[FC_TY][FC_TX];
     __shared__ double col_mean[FC_TX];
@@ -82,15 +97,7 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
     if (has_bn) {
         double mean, var;
         if (train) {
-            red[ty][tx] = s;
-            __syncthreads();
-            if (ty == 0) {
-                double t = 0.0;
-                for (int k = 0; k < FC_TY; ++k) t += red[k][tx];
-                col_mean[tx] = t / (double)B;
-            }
-            __syncthreads();
-            mean = col_mean[tx];
+            mean = column_mean(s, red, col_mean, B);
             double q = 0.0;
             if (live) {
                 for (u32 r = ty; r < B; r += FC_TY) {
@@ -98,15 +105,7 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
                     q += d * d;
                 }
             }
-            red[ty][tx] = q;
-            __syncthreads();
-            if (ty == 0) {
-                double t = 0.0;
-                for (int k = 0; k < FC_TY; ++k) t += red[k][tx];
-                col_var[tx] = t / (double)B;
-            }
-            __syncthreads();
-            var = col_var[tx];
+            var = column_mean(q, red, col_var, B);
             if (ty == 0 && live) {
                 const double unbias = B > 1 ? (double)B / ((double)B - 1.0) : 1.0;
                 const double rm = (double)a.running_mean[j], rv = (double)a.running_var[j];

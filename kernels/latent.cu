@@ -48,24 +48,34 @@ struct LatentArgs {
     u32 n;
 };
 
+// Element e (dimension k) of a posterior, stored: the heads' biases added (q_m, u), q_v = exp(u) +
+// VAR_EPS, the standard normal eps (element e of the key's stream) and the sample
+// z = q_m + sqrt(q_v) eps. Returns q_m and sqrt(q_v) for the KL.
+struct Draw {
+    float m, sd;
+};
+__device__ __forceinline__ Draw draw_posterior(const LatentArgs& a, u64 e, u32 k) {
+    const float m = a.q_m[e] + a.b_m[k];
+    const float u = a.u[e] + a.b_v[k];
+    const float v = expf(u) + (float)SCVI_VAR_EPS;
+    const float ep = (float)normal_at(a.key, e);
+    const float sd = sqrtf(v);
+    a.q_m[e] = m;
+    a.u[e] = u;
+    a.q_v[e] = v;
+    a.eps[e] = ep;
+    a.z[e] = m + sd * ep;
+    return {m, sd};
+}
+
 SCVI_KERNEL(reparam_kl_fwd, LatentArgs) {
     const u32 b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= a.rows) return;
     const u32 L = a.n;
     double kl = 0.0;
     for (u32 k = 0; k < L; ++k) {
-        const u64 e = (u64)b * L + k;
-        const float m = a.q_m[e] + a.b_m[k];
-        const float u = a.u[e] + a.b_v[k];
-        const float v = expf(u) + (float)SCVI_VAR_EPS;
-        const float ep = (float)normal_at(a.key, e);
-        const float sd = sqrtf(v);
-        a.q_m[e] = m;
-        a.u[e] = u;
-        a.q_v[e] = v;
-        a.eps[e] = ep;
-        a.z[e] = m + sd * ep;
-        const double md = (double)m, vr = (double)(sd * sd);
+        const Draw d = draw_posterior(a, (u64)b * L + k, k);
+        const double md = (double)d.m, vr = (double)(d.sd * d.sd);
         kl += 0.5 * (vr + md * md - 1.0 - log(vr));
     }
     a.kl[b] = kl;
@@ -111,20 +121,11 @@ SCVI_KERNEL(library_fwd, LatentArgs) {
         a.kl[b] = 0.0;
         return;
     }
-    const float m = a.q_m[b] + a.b_m[0];
-    const float u = a.u[b] + a.b_v[0];
-    const float v = expf(u) + (float)SCVI_VAR_EPS;
-    const float ep = (float)normal_at(a.key, b);
-    const float sd = sqrtf(v);
-    a.q_m[b] = m;
-    a.u[b] = u;
-    a.q_v[b] = v;
-    a.eps[b] = ep;
-    a.z[b] = m + sd * ep;
+    const Draw d = draw_posterior(a, b, 0);
     const u32 s = a.codes[b];
     const double pm = (double)a.prior_means[s], ps = sqrt((double)a.prior_vars[s]);
-    const double r = (double)sd / ps, vr = r * r;
-    const double t = ((double)m - pm) / ps, t1 = t * t;
+    const double r = (double)d.sd / ps, vr = r * r;
+    const double t = ((double)d.m - pm) / ps, t1 = t * t;
     a.kl[b] = 0.5 * (vr + t1 - 1.0 - log(vr));
 }
 

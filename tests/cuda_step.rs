@@ -13,7 +13,7 @@
 mod common;
 
 use common::gpu::{device_tests, Checker, Target, Tol};
-use common::{f64s, seeded, Rng};
+use common::{f64s, Rng};
 use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::{CpuEngine, CpuTrainer};
@@ -159,10 +159,9 @@ const REL: f64 = 1e-4;
 
 /// One forward + backward on both engines; compare everything.
 fn step_matches(target: Target, what: &str) {
-    if target.open(what).is_none() {
+    let Some((seed, mut rng)) = target.seeded(what) else {
         return;
-    }
-    let (seed, mut rng) = seeded(what);
+    };
     let g = 150 + rng.below(60);
     let mut failures = Vec::new();
     for (name, cfg) in configs(g) {
@@ -258,10 +257,9 @@ fn step_matches(target: Target, what: &str) {
 
 /// Several Adam steps through the `Engine` interface, then an evaluation pass and `encode`.
 fn training_matches(target: Target, what: &str) {
-    if target.open(what).is_none() {
+    let Some((seed, mut rng)) = target.seeded(what) else {
         return;
-    }
-    let (seed, mut rng) = seeded(what);
+    };
     let g = 120 + rng.below(40);
     let mut failures = Vec::new();
     for (name, cfg) in configs(g).into_iter().take(4) {

@@ -47,6 +47,13 @@ pub enum Target {
 }
 
 impl Target {
+    /// Whether `test` can run here (else it printed why it skips), and then its seed and
+    /// generator ([`super::seeded`]).
+    pub fn seeded(self, test: &str) -> Option<(u64, super::Rng)> {
+        self.open(test)?;
+        Some(super::seeded(test))
+    }
+
     /// A fresh device of this kind, or `None` after printing why `test` skips.
     pub fn open(self, test: &str) -> Option<Gpu> {
         match self {
