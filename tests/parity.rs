@@ -243,13 +243,13 @@ fn configs() -> Vec<serde_json::Value> {
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn f64_engine_equals_scvi_tools_to_1e9() {
+/// Every fixture configuration through the engine in `T`, every tensor within `rtol`, `atol`.
+fn all_configs_match<T: Float>(rtol: f64, atol: f64) {
     let cfgs = configs();
     assert!(cfgs.len() >= 8);
     let errors: Vec<String> = cfgs
         .iter()
-        .flat_map(|c| run_config::<f64>(c, 1e-9, 1e-12))
+        .flat_map(|c| run_config::<T>(c, rtol, atol))
         .collect();
     assert!(
         errors.is_empty(),
@@ -260,17 +260,13 @@ fn f64_engine_equals_scvi_tools_to_1e9() {
 }
 
 #[test]
+fn f64_engine_equals_scvi_tools_to_1e9() {
+    all_configs_match::<f64>(1e-9, 1e-12);
+}
+
+#[test]
 fn f32_engine_equals_scvi_tools_within_f32_rounding() {
-    let errors: Vec<String> = configs()
-        .iter()
-        .flat_map(|c| run_config::<f32>(c, 1e-4, 1e-6))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{} mismatches:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    all_configs_match::<f32>(1e-4, 1e-6);
 }
 
 #[test]
