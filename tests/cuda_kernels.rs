@@ -237,24 +237,11 @@ fn fc_layer(
     let beta = rng.vec(n, -0.5, 0.5);
     let rmean = rng.vec(n, -0.3, 0.3);
     let rvar = rng.vec(n, 0.5, 1.5);
-    let (lin, biasd, wd, catsd, gd, bd, rmd, rvd) = (
-        up(gpu, &lin0),
-        up(gpu, &bias),
-        up(gpu, &w),
-        up_u32(gpu, &cats),
-        up(gpu, &gamma),
-        up(gpu, &beta),
-        up(gpu, &rmean),
-        up(gpu, &rvar),
-    );
+    let [lin, biasd, wd, gd, bd, rmd, rvd] =
+        [&lin0, &bias, &w, &gamma, &beta, &rmean, &rvar].map(|v| up(gpu, v));
+    let catsd = up_u32(gpu, &cats);
     let nbt = up(gpu, &[5.0]);
-    let (xhat, inv_std, pre, out, ln_inv) = (
-        out_buf(gpu, b * n),
-        out_buf(gpu, n),
-        out_buf(gpu, b * n),
-        out_buf(gpu, b * n),
-        out_buf(gpu, b),
-    );
+    let [xhat, inv_std, pre, out, ln_inv] = [b * n, n, b * n, b * n, b].map(|n| out_buf(gpu, n));
     let use_drop = train && p > 0.0;
     let a = FcPostArgs {
         lin: lin.ptr(),
@@ -371,12 +358,7 @@ fn fc_layer(
     let dbeta0 = rng.vec(n, -0.1, 0.1);
     let dbias0 = rng.vec(n, -0.1, 0.1);
     let dw0 = rng.vec(n * ldw, -0.1, 0.1);
-    let (dgd, dbd, dbiasd, dwd) = (
-        up(gpu, &dgamma0),
-        up(gpu, &dbeta0),
-        up(gpu, &dbias0),
-        up(gpu, &dw0),
-    );
+    let [dgd, dbd, dbiasd, dwd] = [&dgamma0, &dbeta0, &dbias0, &dw0].map(|v| up(gpu, v));
     cache.pre_act = f64s(&down(gpu, &pre, b * n));
     cache.bn_xhat = f64s(&down(gpu, &xhat, b * n));
     cache.bn_inv_std = f64s(&down(gpu, &inv_std, n));
@@ -612,12 +594,8 @@ fn library(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, observed: bool) {
     let codes: Vec<u32> = (0..b).map(|_| rng.below(k) as u32).collect();
     let dlib0 = rng.vec(b, -1.0, 1.0);
     let dev = LatentBufs::new(gpu, b, [&qm0, &u0, &bm, &bv, &dlib0]);
-    let (ll, pmd, pvd, cd) = (
-        up(gpu, &loglib),
-        up(gpu, &pm),
-        up(gpu, &pv),
-        up_u32(gpu, &codes),
-    );
+    let [ll, pmd, pvd] = [&loglib, &pm, &pv].map(|v| up(gpu, v));
+    let cd = up_u32(gpu, &codes);
     let a = LatentArgs {
         log_library: ll.ptr(),
         prior_means: pmd.ptr(),
@@ -733,17 +711,9 @@ fn decoder(gpu: &Gpu, rng: &mut Rng, c: &mut Checker, lik: GeneLikelihood, theta
     let br = rng.vec(g, -0.5, 0.5);
     let pxr = rng.vec(g * k, -1.0, 2.0);
     let lib = rng.vec(b, 5.0, 9.0);
-    let (rho, brhod, pi, bpid, r, brd, pxrd, cd, libd) = (
-        up(gpu, &rho0),
-        up(gpu, &brho),
-        up(gpu, &pi0),
-        up(gpu, &bpi),
-        up(gpu, &r0),
-        up(gpu, &br),
-        up(gpu, &pxr),
-        up_u32(gpu, &codes),
-        up(gpu, &lib),
-    );
+    let [rho, brhod, pi, bpid, r, brd, pxrd, libd] =
+        [&rho0, &brho, &pi0, &bpi, &r0, &br, &pxr, &lib].map(|v| up(gpu, v));
+    let cd = up_u32(gpu, &codes);
     let (ip, ix, vals) = upload_csr(gpu, &mb);
     let drho = out_buf(gpu, b * g);
     let dlib = out_buf(gpu, b);
@@ -955,13 +925,7 @@ fn gemm_products(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     let d = rng.vec(b * n_out, -1.0, 1.0);
     let dw0 = rng.vec(n_out * ldw, -1.0, 1.0);
     let dx0 = rng.vec(b * n_in, -1.0, 1.0);
-    let (xd, wd, dd, dwd, dxd) = (
-        up(gpu, &x),
-        up(gpu, &w),
-        up(gpu, &d),
-        up(gpu, &dw0),
-        up(gpu, &dx0),
-    );
+    let [xd, wd, dd, dwd, dxd] = [&x, &w, &d, &dw0, &dx0].map(|v| up(gpu, v));
     let y = out_buf(gpu, b * n_out);
     let s = ops::LinearShape {
         b,
