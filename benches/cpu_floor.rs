@@ -14,11 +14,10 @@
 
 mod common;
 
-use common::{
-    linear_dgrad, linear_fwd, linear_wgrad, uniform, BareStep, BenchData, OutputStage, BATCH_SIZE,
-};
+use common::{shape, uniform, BareStep, BenchData, OutputStage, BATCH_SIZE};
 use scvi_rs::cpu::adam::Adam;
 use scvi_rs::cpu::gemm::{gemm, MatRef};
+use scvi_rs::cpu::gemm::{linear_dgrad, linear_fwd, linear_wgrad};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
@@ -234,30 +233,30 @@ fn run(
         (0usize, 0, 0, 0, 0, 0, 0, 0);
     let mut items = vec![
         item("GEMM y = h W^T  [B,H]x[H,G]", one_head, 4, || {
-            linear_fwd(&mut y, &x, &w, b, h, g)
+            linear_fwd(&mut y, &x, &w, shape(b, h, g), 0.0)
         }),
         item("GEMM dW += d^T h [G,B]x[B,H]", one_head, 4, || {
-            linear_wgrad(&mut dw, &d, &x, b, h, g)
+            linear_wgrad(&mut dw, &d, &x, shape(b, h, g))
         }),
         item("GEMM dh = d W   [B,G]x[G,H]", one_head, 4, || {
-            linear_dgrad(&mut dx, &d, &w, b, h, g)
+            linear_dgrad(&mut dx, &d, &w, shape(b, h, g), 0.0)
         }),
         item("GEMM six head products in a row", heads, 1, || {
             for _ in 0..2 {
-                linear_fwd(&mut y2, &x, &w, b, h, g);
-                linear_wgrad(&mut dw2, &d, &x, b, h, g);
-                linear_dgrad(&mut dx2, &d, &w, b, h, g);
+                linear_fwd(&mut y2, &x, &w, shape(b, h, g), 0.0);
+                linear_wgrad(&mut dw2, &d, &x, shape(b, h, g));
+                linear_dgrad(&mut dx2, &d, &w, shape(b, h, g), 0.0);
             }
         }),
         item("GEMM small products (L = 10)", small, 8, || {
             for _ in 0..2 {
-                linear_fwd(&mut yl, &x, &wl, b, h, l);
-                linear_wgrad(&mut wlg, &yl, &x, b, h, l);
-                linear_dgrad(&mut yh, &yl, &wl, b, h, l);
+                linear_fwd(&mut yl, &x, &wl, shape(b, h, l), 0.0);
+                linear_wgrad(&mut wlg, &yl, &x, shape(b, h, l));
+                linear_dgrad(&mut yh, &yl, &wl, shape(b, h, l), 0.0);
             }
-            linear_fwd(&mut yh, &xl, &wl, b, l, h);
-            linear_wgrad(&mut wlg, &yh, &xl, b, l, h);
-            linear_dgrad(&mut yl, &yh, &wlg, b, l, h);
+            linear_fwd(&mut yh, &xl, &wl, shape(b, l, h), 0.0);
+            linear_wgrad(&mut wlg, &yh, &xl, shape(b, l, h));
+            linear_dgrad(&mut yl, &yh, &wlg, shape(b, l, h), 0.0);
         }),
         item(
             "GEMM 1024^3 (the library's peak)",
@@ -414,9 +413,9 @@ fn run(
                     .for_each(|x| *x = x.wrapping_add(1));
                 let t = std::time::Instant::now();
                 for _ in 0..2 {
-                    linear_fwd(&mut y3, &x, &w, b, h, g);
-                    linear_wgrad(&mut dw3, &d, &x, b, h, g);
-                    linear_dgrad(&mut dx3, &d, &w, b, h, g);
+                    linear_fwd(&mut y3, &x, &w, shape(b, h, g), 0.0);
+                    linear_wgrad(&mut dw3, &d, &x, shape(b, h, g));
+                    linear_dgrad(&mut dx3, &d, &w, shape(b, h, g), 0.0);
                 }
                 t.elapsed().as_secs_f64()
             })

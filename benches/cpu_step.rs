@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::{linear_dgrad, linear_fwd, linear_wgrad, uniform, BareStep, OutputStage, BATCH_SIZE};
+use common::{shape, uniform, BareStep, OutputStage, BATCH_SIZE};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use scvi_rs::cpu::adam::Adam;
+use scvi_rs::cpu::gemm::{linear_dgrad, linear_fwd, linear_wgrad};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
@@ -106,13 +107,13 @@ fn benches(c: &mut Criterion) {
     let mut dw = vec![0.0f32; g * h];
     let mut dx = vec![0.0f32; b * h];
     stage.bench_function("GEMM head forward y = h W^T", |bench| {
-        bench.iter(|| linear_fwd(&mut yy, &x, &w, b, h, g))
+        bench.iter(|| linear_fwd(&mut yy, &x, &w, shape(b, h, g), 0.0))
     });
     stage.bench_function("GEMM head dW += d^T h", |bench| {
-        bench.iter(|| linear_wgrad(&mut dw, &dd, &x, b, h, g))
+        bench.iter(|| linear_wgrad(&mut dw, &dd, &x, shape(b, h, g)))
     });
     stage.bench_function("GEMM head dh = d W", |bench| {
-        bench.iter(|| linear_dgrad(&mut dx, &dd, &w, b, h, g))
+        bench.iter(|| linear_dgrad(&mut dx, &dd, &w, shape(b, h, g), 0.0))
     });
     // Adam over the whole parameter buffer.
     let mut params = vec![0.01f32; layout.n_param_elems];

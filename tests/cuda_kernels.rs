@@ -23,7 +23,7 @@ use scvi_rs::batch::Minibatch;
 // The CPU twins, by module: each is named here by its module, as `latent::reparam_kl_forward`.
 use scvi_rs::cpu::adam::Adam;
 use scvi_rs::cpu::fc::{self, BnStats, DropoutKey, FcCache, FcGrads, FcParams};
-use scvi_rs::cpu::gemm::{self, MatRef};
+use scvi_rs::cpu::gemm;
 use scvi_rs::cpu::latent::{self, LibraryPrior, Posterior, PosteriorGrads};
 use scvi_rs::cpu::output::{self, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
 use scvi_rs::cpu::simd::transpose;
@@ -33,7 +33,7 @@ use scvi_rs::cuda::kernels::*;
 use scvi_rs::cuda::ops;
 use scvi_rs::engine::{AdamConfig, Mode};
 use scvi_rs::math::likelihood::GeneLikelihood;
-use scvi_rs::model::layout::{BatchNormIds, FcLayerIds, Layout, LinearIds};
+use scvi_rs::model::layout::{BatchNormIds, FcLayerIds, Layout, LinearIds, LinearShape};
 use scvi_rs::model::ModelConfig;
 use scvi_rs::rng::{Philox, Stream};
 
@@ -910,8 +910,7 @@ fn adam_kernel(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     );
 }
 
-/// The cuBLAS products of `cuda::ops` against src/cpu/gemm.rs, as `fc::linear_forward` and
-/// `fc::linear_backward` call it.
+/// The cuBLAS products of `cuda::ops` against their twins of the same names in src/cpu/gemm.rs.
 fn gemm_products(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     let (b, n_in, ncat, n_out) = (
         1 + rng.below(40),
@@ -927,7 +926,7 @@ fn gemm_products(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     let dx0 = rng.vec(b * n_in, -1.0, 1.0);
     let [xd, wd, dd, dwd, dxd] = [&x, &w, &d, &dw0, &dx0].map(|v| up(gpu, v));
     let y = out_buf(gpu, b * n_out);
-    let s = ops::LinearShape {
+    let s = LinearShape {
         b,
         n_in,
         ldw,
@@ -938,32 +937,9 @@ fn gemm_products(gpu: &Gpu, rng: &mut Rng, c: &mut Checker) {
     ops::linear_dgrad(gpu, dxd.ptr(), dd.ptr(), wd.ptr(), s, true).unwrap();
     let (x64, w64, d64) = (f64s(&x), f64s(&w), f64s(&d));
     let (mut wy, mut wdw, mut wdx) = (vec![0f64; b * n_out], f64s(&dw0), f64s(&dx0));
-    let (xr, wc, wr) = (
-        MatRef::rows(&x64, n_in),
-        MatRef::cols(&w64, ldw),
-        MatRef::rows(&w64, ldw),
-    );
-    gemm::gemm(b, n_in, n_out, xr, wc, 0.0, &mut wy, n_out);
-    gemm::gemm(
-        n_out,
-        b,
-        n_in,
-        MatRef::cols(&d64, n_out),
-        xr,
-        1.0,
-        &mut wdw,
-        ldw,
-    );
-    gemm::gemm(
-        b,
-        n_out,
-        n_in,
-        MatRef::rows(&d64, n_out),
-        wr,
-        1.0,
-        &mut wdx,
-        n_in,
-    );
+    gemm::linear_fwd(&mut wy, &x64, &w64, s, 0.0);
+    gemm::linear_wgrad(&mut wdw, &d64, &x64, s);
+    gemm::linear_dgrad(&mut wdx, &d64, &w64, s, 1.0);
     let tol = Tol::new(1e-4, 1e-5, 1e-5);
     c.check(
         "sgemm linear_fwd y = x W^T",

@@ -7,7 +7,6 @@
 
 use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::engine::NoiseBuffers;
-use scvi_rs::cpu::gemm::{gemm, MatRef};
 use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
 use scvi_rs::cpu::CpuEngine;
 use scvi_rs::data::open::open_dataset;
@@ -16,6 +15,7 @@ use scvi_rs::data::Dataset;
 use scvi_rs::engine::{LossParts, Mode};
 use scvi_rs::float::Float;
 use scvi_rs::model::init::ModelState;
+use scvi_rs::model::layout::LinearShape;
 use scvi_rs::model::{GeneLikelihood, ModelConfig};
 use scvi_rs::rng::{Philox, Stream};
 use std::path::PathBuf;
@@ -134,20 +134,15 @@ pub fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {
     u.iter().map(|&v| lo + (hi - lo) * v as f32).collect()
 }
 
-/// The three products of a Linear `[b, i] -> [b, o]` (weight `[o, i]`) as the engine runs them
-/// through `cpu::gemm`: `y = x W^T`.
-pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], b: usize, i: usize, o: usize) {
-    gemm(b, i, o, MatRef::rows(x, i), MatRef::cols(w, i), 0.0, y, o)
-}
-
-/// `dW += d^T x`.
-pub fn linear_wgrad(dw: &mut [f32], d: &[f32], x: &[f32], b: usize, i: usize, o: usize) {
-    gemm(o, b, i, MatRef::cols(d, o), MatRef::rows(x, i), 1.0, dw, i)
-}
-
-/// `dx = d W`.
-pub fn linear_dgrad(dx: &mut [f32], d: &[f32], w: &[f32], b: usize, i: usize, o: usize) {
-    gemm(b, o, i, MatRef::rows(d, o), MatRef::rows(w, i), 0.0, dx, i)
+/// The product shape of a Linear `[b, i] -> [b, o]` with the weight `[o, i]` (no one-hot columns),
+/// for `cpu::gemm::linear_fwd` / `linear_wgrad` / `linear_dgrad`.
+pub fn shape(b: usize, i: usize, o: usize) -> LinearShape {
+    LinearShape {
+        b,
+        n_in: i,
+        ldw: i,
+        n_out: o,
+    }
 }
 
 /// The fused decoder output's inputs (ZINB, a per-gene dispersion) for `b` cells and `g` genes:

@@ -19,7 +19,7 @@ use super::fc::{
     fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats, DropoutKey,
     FcCache, FcGrads, FcParams,
 };
-use super::gemm::{gemm, MatRef};
+use super::gemm::linear_fwd;
 use super::latent::{
     library_backward, library_forward, library_observed_forward, posterior_variance,
     reparam_kl_backward, reparam_kl_forward, LibraryPrior, Posterior, PosteriorGrads,
@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::config::{Dispersion, LatentDistribution};
 use crate::model::init::ModelState;
-use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
+use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds, LinearShape};
 use crate::rng::{Philox, Stream};
 use std::ops::Range;
 use std::sync::Arc;
@@ -541,16 +541,13 @@ impl<T: Float> CpuEngine<T> {
 
 /// `y = x W^T` for a decoder head (`x` `[B, H]`, W `[G, H]`), without the bias.
 fn head_product<T: Float>(y: &mut [T], x: &[T], weight: &[T], b: usize, h: usize, g: usize) {
-    gemm(
+    let s = LinearShape {
         b,
-        h,
-        g,
-        MatRef::rows(x, h),
-        MatRef::cols(weight, h),
-        T::ZERO,
-        y,
-        g,
-    );
+        n_in: h,
+        ldw: h,
+        n_out: g,
+    };
+    linear_fwd(y, x, weight, s, T::ZERO);
 }
 
 fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcParams<'a, T> {

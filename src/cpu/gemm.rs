@@ -10,6 +10,7 @@
 //! `linear_dgrad`; tests/cuda_kernels.rs `gemm_*`).
 
 use crate::float::{Float, RawMat};
+use crate::model::layout::LinearShape;
 use rayon::prelude::*;
 
 /// A strided matrix operand: pointer offset zero at `data[0]`.
@@ -194,6 +195,24 @@ fn check_extent<T>(x: MatRef<T>, rows: usize, cols: usize, what: &str) {
     }
     let last = (rows - 1) * x.rs + (cols - 1) * x.cs;
     assert!(last < x.data.len(), "gemm: operand {what} too small");
+}
+
+/// `y = x W[:, :n_in]^T + beta y`, y `[b, n_out]`, x `[b, n_in]` (twin of `cuda::ops::linear_fwd`).
+pub fn linear_fwd<T: Float>(y: &mut [T], x: &[T], w: &[T], s: LinearShape, beta: T) {
+    let (rows, cols) = (MatRef::rows(x, s.n_in), MatRef::cols(w, s.ldw));
+    gemm(s.b, s.n_in, s.n_out, rows, cols, beta, y, s.n_out);
+}
+
+/// `dW[:, :n_in] += d^T x`, d `[b, n_out]` (twin of `cuda::ops::linear_wgrad`).
+pub fn linear_wgrad<T: Float>(dw: &mut [T], d: &[T], x: &[T], s: LinearShape) {
+    let (cols, rows) = (MatRef::cols(d, s.n_out), MatRef::rows(x, s.n_in));
+    gemm(s.n_out, s.b, s.n_in, cols, rows, T::ONE, dw, s.ldw);
+}
+
+/// `dx = d W[:, :n_in] + beta dx`, dx `[b, n_in]` (twin of `cuda::ops::linear_dgrad`).
+pub fn linear_dgrad<T: Float>(dx: &mut [T], d: &[T], w: &[T], s: LinearShape, beta: T) {
+    let (d_rows, w_rows) = (MatRef::rows(d, s.n_out), MatRef::rows(w, s.ldw));
+    gemm(s.b, s.n_out, s.n_in, d_rows, w_rows, beta, dx, s.n_in);
 }
 
 /// `out[j] += sum_i x[i * ld + j]` for `j < n`, over `m` rows: column sums, parallel over columns,

@@ -129,26 +129,6 @@ fn f32_bytes(n: usize) -> usize {
     n * 4
 }
 
-/// The product shape of an FCLayers layer (its weight carries the one-hot columns).
-fn layer_shape(li: &FcLayerIds, b: usize) -> ops::LinearShape {
-    ops::LinearShape {
-        b,
-        n_in: li.linear.n_in,
-        ldw: li.linear.n_in + li.n_cat,
-        n_out: li.linear.n_out,
-    }
-}
-
-/// The product shape of a head (no one-hot columns).
-fn head_shape(ids: &LinearIds, b: usize) -> ops::LinearShape {
-    ops::LinearShape {
-        b,
-        n_in: ids.n_in,
-        ldw: ids.n_in,
-        n_out: ids.n_out,
-    }
-}
-
 impl CudaEngine {
     /// An engine on `gpu` holding `state` (uploaded), with Adam's state at zero.
     pub fn new(gpu: Gpu, state: &ModelState<f32>, seed: u64, adam: AdamConfig) -> Result<Self> {
@@ -543,7 +523,7 @@ impl CudaEngine {
         accumulate: bool,
         b: usize,
     ) -> Result<()> {
-        let s = head_shape(ids, b);
+        let s = ids.shape(b);
         ops::linear_wgrad(&self.gpu, self.g(ids.weight), d, x, s)?;
         ops::column_sum(
             &self.gpu,
@@ -560,7 +540,7 @@ impl CudaEngine {
 
     /// A head's product `y = x W^T` (its bias is added by the kernel that reads `y`).
     fn head_forward(&self, ids: &LinearIds, x: DevPtr, y: DevPtr, b: usize) -> Result<()> {
-        ops::linear_fwd(&self.gpu, y, x, self.p(ids.weight), head_shape(ids, b))
+        ops::linear_fwd(&self.gpu, y, x, self.p(ids.weight), ids.shape(b))
     }
 
     /// One FCLayers layer on the dense input `x` for `b` cells: the product into `lb.lin`, then the
@@ -573,7 +553,7 @@ impl CudaEngine {
         (b, train): (usize, bool),
         key: PhiloxKey,
     ) -> Result<()> {
-        let s = layer_shape(li, b);
+        let s = li.shape(b);
         ops::linear_fwd(&self.gpu, lb.lin.ptr(), x, self.p(li.linear.weight), s)?;
         self.fc_post(lb, li, (b, train), key, None)
     }
@@ -590,7 +570,7 @@ impl CudaEngine {
         key: PhiloxKey,
     ) -> Result<()> {
         self.fc_post(lb, li, (b, train), key, Some(d))?;
-        let (s, w) = (layer_shape(li, b), li.linear.weight);
+        let (s, w) = (li.shape(b), li.linear.weight);
         ops::linear_wgrad(&self.gpu, self.g(w), d, x, s)?;
         ops::linear_dgrad(&self.gpu, dx, d, self.p(w), s, false)
     }

@@ -5,6 +5,7 @@
 use super::device::{Gpu, Launch, Sgemm};
 use super::kernels::*;
 use crate::error::Result;
+use crate::model::layout::LinearShape;
 
 /// fc_post_fwd / fc_post_bwd: one block of 32 x 8 per 32 columns.
 pub fn fc_post(gpu: &Gpu, a: &FcPostArgs, backward: bool) -> Result<()> {
@@ -78,17 +79,6 @@ pub fn column_sum(gpu: &Gpu, a: &ColumnArgs) -> Result<()> {
 /// adam_step: one thread per element.
 pub fn adam(gpu: &Gpu, a: &AdamArgs) -> Result<()> {
     gpu.launch(ADAM_STEP, Launch::cover(a.n as usize, 256), a)
-}
-
-/// The shape of a Linear's product: `b` rows of `n_in` inputs, `n_out` outputs, the weight
-/// `[n_out, ldw]` row-major (`ldw = n_in + n_cat`: the one-hot columns follow the inputs, and the
-/// products leave them alone).
-#[derive(Clone, Copy, Debug)]
-pub struct LinearShape {
-    pub b: usize,
-    pub n_in: usize,
-    pub ldw: usize,
-    pub n_out: usize,
 }
 
 /// `y = x W[:, :n_in]^T` for row-major y `[B, n_out]`, x `[B, n_in]`.

@@ -35,6 +35,29 @@ pub struct LinearIds {
     pub n_out: usize,
 }
 
+impl LinearIds {
+    /// The shape of this head's products on `b` rows (no one-hot columns).
+    pub fn shape(&self, b: usize) -> LinearShape {
+        LinearShape {
+            b,
+            n_in: self.n_in,
+            ldw: self.n_in,
+            n_out: self.n_out,
+        }
+    }
+}
+
+/// The shape of a Linear's products, as both engines run them: `b` rows of `n_in` inputs, `n_out`
+/// outputs, the weight `[n_out, ldw]` row-major (`ldw = n_in + n_cat`: the one-hot columns follow
+/// the inputs, and the products leave them alone).
+#[derive(Clone, Copy, Debug)]
+pub struct LinearShape {
+    pub b: usize,
+    pub n_in: usize,
+    pub ldw: usize,
+    pub n_out: usize,
+}
+
 /// One `FCLayers` layer: `Linear([x, onehot]) -> BatchNorm -> LayerNorm -> ReLU -> Dropout`.
 #[derive(Clone, Debug)]
 pub struct FcLayerIds {
@@ -45,6 +68,18 @@ pub struct FcLayerIds {
     pub batch_norm: Option<BatchNormIds>,
     pub layer_norm: bool,
     pub dropout: f64,
+}
+
+impl FcLayerIds {
+    /// The shape of this layer's products on `b` rows (its weight carries the one-hot columns).
+    pub fn shape(&self, b: usize) -> LinearShape {
+        LinearShape {
+            b,
+            n_in: self.linear.n_in,
+            ldw: self.linear.n_in + self.n_cat,
+            n_out: self.linear.n_out,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
