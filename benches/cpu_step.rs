@@ -29,29 +29,29 @@ fn benches(c: &mut Criterion) {
     let mut step = c.benchmark_group("step");
     step.throughput(Throughput::Elements(b as u64));
     let mut trainer = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
-    let mut k = 0u64;
-    step.bench_function("train_step (forward_backward + Adam)", |bench| {
-        bench.iter(|| {
-            trainer
-                .train_step(&mbs[k as usize % mbs.len()], k, 0.5)
-                .unwrap();
-            k += 1;
-        })
-    });
+    for (name, train) in [
+        ("train_step (forward_backward + Adam)", true),
+        ("validation forward (eval_loss)", false),
+    ] {
+        let mut k = 0u64;
+        step.bench_function(name, |bench| {
+            bench.iter(|| {
+                let mb = &mbs[k as usize % mbs.len()];
+                let parts = if train {
+                    trainer.train_step(mb, k, 0.5)
+                } else {
+                    trainer.eval_loss(mb, k, 0.5)
+                };
+                parts.unwrap();
+                k += 1;
+            })
+        });
+    }
     let mut bare = BareStep::new(state.clone(), 0);
     let mut k = 0u64;
     step.bench_function("forward_backward", |bench| {
         bench.iter(|| {
             bare.run(&mbs[k as usize % mbs.len()], k);
-            k += 1;
-        })
-    });
-    let mut k = 0u64;
-    step.bench_function("validation forward (eval_loss)", |bench| {
-        bench.iter(|| {
-            trainer
-                .eval_loss(&mbs[k as usize % mbs.len()], k, 0.5)
-                .unwrap();
             k += 1;
         })
     });

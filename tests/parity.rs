@@ -117,19 +117,18 @@ fn run_config<T: Float>(
     let cfg = config_of(cfg_json);
     let layout = Layout::new(&cfg);
     let mut state = ModelState::<T>::zeros(layout.clone());
-    for t in &layout.params {
-        let v = fx.get(&format!("param.{}", t.name));
-        state.params[t.range()]
-            .iter_mut()
-            .zip(v)
-            .for_each(|(o, &x)| *o = T::from_f64(x));
-    }
-    for t in &layout.buffers {
-        let v = fx.get(&format!("param.{}", t.name));
-        state.buffers[t.range()]
-            .iter_mut()
-            .zip(v)
-            .for_each(|(o, &x)| *o = T::from_f64(x));
+    // The fixture stores parameters and buffers alike as `param.<name>`.
+    for (tensors, values) in [
+        (&layout.params, &mut state.params),
+        (&layout.buffers, &mut state.buffers),
+    ] {
+        for t in tensors {
+            let v = fx.get(&format!("param.{}", t.name));
+            values[t.range()]
+                .iter_mut()
+                .zip(v)
+                .for_each(|(o, &x)| *o = T::from_f64(x));
+        }
     }
     let (b, g) = (
         cfg_json["batch_size"].as_u64().unwrap() as usize,

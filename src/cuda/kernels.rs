@@ -328,26 +328,35 @@ pub struct TransposeArgs {
     pub pad: u32,
 }
 
-/// latent.cu `LatentArgs`.
+/// latent.cu `LatentArgs`, for one latent of `n` dimensions over `rows` cells (z: `n = L`; the
+/// library: `n = 1`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LatentArgs {
+    /// In: the mean head's product without its bias; out: `q_m` (`[B, n]`).
     pub q_m: DevPtr,
     pub b_m: DevPtr,
+    /// In: the variance head's product without its bias; out: `u`, with it.
     pub u: DevPtr,
     pub b_v: DevPtr,
+    /// Out: `q_v = exp(u) + VAR_EPS`, the sample (z, softmaxed for `LAT_LN`, or the library), the
+    /// standard normals drawn, the KL per cell (f64, `[B]`).
     pub q_v: DevPtr,
     pub z: DevPtr,
     pub eps: DevPtr,
     pub kl: DevPtr,
+    /// Backward: in, dloss/dz (or dloss/dlibrary); out, dloss/dq_m and dloss/du.
     pub dz: DevPtr,
     pub d_q_m: DevPtr,
     pub d_u: DevPtr,
+    /// The observed log library (`LAT_OBSERVED`); the latent library's prior per batch and the
+    /// cells' batch codes.
     pub log_library: DevPtr,
     pub prior_means: DevPtr,
     pub prior_vars: DevPtr,
     pub codes: DevPtr,
     pub key: PhiloxKey,
+    /// Backward: `kl_weight / B` (z) or `1 / B` (library).
     pub kl_w: f32,
     pub flags: u32,
     pub rows: u32,
