@@ -74,15 +74,23 @@ __device__ __forceinline__ double column_mean(double v, double (*red)[FC_TX], do
     return col[tx];
 }
 
+// A thread of fc_post_*: (tx, ty) in the block, its column j (live: j < n), the sizes B and n, and
+// the layer's BatchNorm and training flags.
+struct FcThread {
+    u32 tx, ty, j, B, n;
+    bool live, has_bn, train;
+};
+__device__ __forceinline__ FcThread fc_thread(const FcPostArgs& a) {
+    const u32 tx = threadIdx.x, j = blockIdx.x * FC_TX + tx;
+    return {tx,          threadIdx.y, j, a.rows, a.n, j < a.n, (a.flags & FC_HAS_BN) != 0,
+            (a.flags & FC_TRAIN) != 0};
+}
+
 SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
     __shared__ double red[FC_TY][FC_TX];
     __shared__ double col_mean[FC_TX];
     __shared__ double col_var[FC_TX];
-    const u32 tx = threadIdx.x, ty = threadIdx.y;
-    const u32 j = blockIdx.x * FC_TX + tx;
-    const bool live = j < a.n;
-    const u32 B = a.rows, n = a.n;
-    const bool has_bn = (a.flags & FC_HAS_BN) != 0, train = (a.flags & FC_TRAIN) != 0;
+    const auto [tx, ty, j, B, n, live, has_bn, train] = fc_thread(a);
 
     // Pass 1: the Linear's output, kept in `pre` until the normalisation is known.
     double s = 0.0;
@@ -149,11 +157,7 @@ SCVI_KERNEL(fc_post_bwd, FcPostArgs) {
     __shared__ double red_b[FC_TY][FC_TX];
     __shared__ float col_dgamma[FC_TX];
     __shared__ float col_dbeta[FC_TX];
-    const u32 tx = threadIdx.x, ty = threadIdx.y;
-    const u32 j = blockIdx.x * FC_TX + tx;
-    const bool live = j < a.n;
-    const u32 B = a.rows, n = a.n;
-    const bool has_bn = (a.flags & FC_HAS_BN) != 0, train = (a.flags & FC_TRAIN) != 0;
+    const auto [tx, ty, j, B, n, live, has_bn, train] = fc_thread(a);
     const bool act = (a.flags & FC_ACT) != 0, drop = (a.flags & FC_DROPOUT) != 0;
     float* d = a.lin;
 
