@@ -81,6 +81,16 @@ pub struct RawMat<T> {
     pub cs: isize,
 }
 
+/// `fn name(self) -> Self { f(self) }` for each `name => f`.
+macro_rules! unary {
+    ($($name:ident => $f:expr,)*) => {$(
+        #[inline(always)]
+        fn $name(self) -> Self {
+            $f(self)
+        }
+    )*};
+}
+
 macro_rules! impl_float {
     ($t:ty, $name:expr, $exp:path, $ln:path, $expf:path, $lnf:path, $ln1p:path, $lgdg:path) => {
         impl Float for $t {
@@ -95,21 +105,16 @@ macro_rules! impl_float {
             fn to_f64(self) -> f64 {
                 self as f64
             }
-            #[inline(always)]
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            #[inline(always)]
-            fn ln(self) -> Self {
-                <$t>::ln(self)
-            }
-            #[inline(always)]
-            fn ln_1p(self) -> Self {
-                <$t>::ln_1p(self)
-            }
-            #[inline(always)]
-            fn sqrt(self) -> Self {
-                <$t>::sqrt(self)
+            unary! {
+                exp => <$t>::exp,
+                ln => <$t>::ln,
+                ln_1p => <$t>::ln_1p,
+                sqrt => <$t>::sqrt,
+                vexp => $exp,
+                vln => $ln,
+                vexp_fast => $expf,
+                vln_fast => $lnf,
+                vln_1p => $ln1p,
             }
             #[inline(always)]
             fn max(self, other: Self) -> Self {
@@ -118,26 +123,6 @@ macro_rules! impl_float {
             #[inline(always)]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
-            }
-            #[inline(always)]
-            fn vexp(self) -> Self {
-                $exp(self)
-            }
-            #[inline(always)]
-            fn vln(self) -> Self {
-                $ln(self)
-            }
-            #[inline(always)]
-            fn vexp_fast(self) -> Self {
-                $expf(self)
-            }
-            #[inline(always)]
-            fn vln_fast(self) -> Self {
-                $lnf(self)
-            }
-            #[inline(always)]
-            fn vln_1p(self) -> Self {
-                $ln1p(self)
             }
             #[inline(always)]
             fn lgamma_digamma(self) -> (Self, Self) {
