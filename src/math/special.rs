@@ -87,7 +87,7 @@ pub fn sigmoid(x: f64) -> f64 {
 // SIMD when it is inlined into a loop. Products and sums are written as separate `*` and `+` (no
 // `mul_add`) so the result is the same on every instruction set, vectorised or not. The maximum
 // errors against an f64 reference, over the ranges the likelihood uses, are asserted by the tests
-// below and reported in BENCHMARKS_CPU.md.
+// below and reported in BENCHMARKS.md.
 
 const MAGIC_ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: x + MAGIC rounds x to an integer (|x| < 2^22)
 
