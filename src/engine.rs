@@ -1,7 +1,7 @@
 //! The contract every engine implements (the CPU reference in `cpu/`, the GPU engine in `cuda/`), so
-//! the trainer, the inference code, the CLI and the tests do not know which one runs: the [`Engine`]
-//! trait and the types it speaks ([`LossParts`], [`Pass`], [`Mode`], [`AdamConfig`]), and the checks every
-//! engine makes on a minibatch before it computes ([`validate_minibatch`]).
+//! the trainer, the inference code, the CLI and the tests do not know which one runs: the
+//! [`Engine`] trait and the types it speaks ([`LossParts`], [`Pass`], [`Mode`], [`AdamConfig`]),
+//! and the checks every engine makes on a minibatch before it computes ([`validate_minibatch`]).
 //!
 //! An engine owns the model's values, the optimiser state and its buffers; noise comes from the
 //! shared Philox streams (src/rng.rs) keyed by the step, so both engines draw the same numbers. The

@@ -2,12 +2,11 @@
 //! reparameterisation, the KL terms and their gradients, per cell. CPU twin of kernels/latent.cu,
 //! function for function, checked by tests/cuda_kernels.rs (`latent_*`):
 //!
-//! | kernel           | CPU twin                                                          |
-//! |------------------|-------------------------------------------------------------------|
-//! | `reparam_kl_fwd` | the heads' biases (`fc::linear_forward`), [`posterior_variance`], [`reparam_kl_forward`] |
-//! | `reparam_kl_bwd` | [`reparam_kl_backward`]                                           |
-//! | `library_fwd`    | [`library_observed_forward`], or [`posterior_variance`] and [`library_forward`] |
-//! | `library_bwd`    | [`library_backward`]                                              |
+//! - `reparam_kl_fwd`: the heads' biases (added by `fc::linear_forward` on the CPU),
+//!   [`posterior_variance`], [`reparam_kl_forward`];
+//! - `reparam_kl_bwd`: [`reparam_kl_backward`];
+//! - `library_fwd`: [`library_observed_forward`], or [`posterior_variance`] and [`library_forward`];
+//! - `library_bwd`: [`library_backward`].
 //!
 //! Shapes: B cells, L latent dimensions; z is `[B, L]`, the library `[B]` (a latent of one dimension).
 //!

@@ -2,7 +2,7 @@
 //! reference, with the forward and backward passes written as fused CUDA kernels (kernels/*.cu)
 //! compiled at run time by NVRTC and launched through cudarc; the dense products go to cuBLAS.
 //! Like the CPU engine it stands below the user-facing model: it is built from a model's values
-//! ([`engine`]), and knows neither `Scvi` nor the CPU engine.
+//! ([`engine()`]), and knows neither `Scvi` nor the CPU engine.
 //!
 //! - [`kernels`]: what Rust and the kernels share, each defined once: the embedded sources, the
 //!   entry-point names, the constants (passed as `-D` defines) and the `#[repr(C)]` argument
@@ -13,7 +13,7 @@
 //! - `emu` (builds with the `test-support` feature only, as the test suite's): the host emulation
 //!   of the kernels, so that the tests run every kernel where there is no GPU;
 //! - [`ops`]: each kernel's launch shape, and the cuBLAS products;
-//! - [`engine`]: [`CudaEngine`], one training step as a sequence of launches.
+//! - [`engine`](mod@engine): [`CudaEngine`], one training step as a sequence of launches.
 //!
 //! docs/cuda.md describes the design, what has been verified and how.
 
