@@ -26,6 +26,23 @@
 // weight [n, ldw] with ldw = n_in + n_cat.
 #include "common.cuh"
 
+// What both kernels of a layer read besides their buffers: the dropout (Philox key, p, scale),
+// the flags (FC_*; LayerNorm reads FC_DROPOUT only) and the shape [rows, n].
+// Mirrors `FcPass` in src/cuda/kernels.rs.
+struct FcPass {
+    PhiloxKey key;
+    double dropout_p;
+    float dropout_scale;
+    u32 flags;
+    u32 rows;
+    u32 n;
+};
+
+// Dropout's factor for element e: keep (1 / (1 - p)) when its Philox uniform is >= p, else 0.
+__device__ __forceinline__ float dropout_mask(const FcPass& p, u64 e) {
+    return uniform_at(p.key, e) >= p.dropout_p ? p.dropout_scale : 0.0f;
+}
+
 // Mirrors `FcPostArgs` in src/cuda/kernels.rs.
 struct FcPostArgs {
     // Forward: in: the matrix product x W[:, :n_in]^T; out: (unchanged).
@@ -47,12 +64,7 @@ struct FcPostArgs {
     float* inv_std;  // BatchNorm's 1 / sqrt(var + eps) [n]
     float* pre;      // input of the ReLU [B, n] (the LayerNorm input when one follows)
     float* out;      // the layer's output [B, n]
-    PhiloxKey key;
-    double dropout_p;
-    float dropout_scale;
-    u32 flags;
-    u32 rows;
-    u32 n;
+    FcPass pass;
     u32 n_in;
     u32 n_cat;
     u32 ldw;
@@ -82,8 +94,9 @@ struct FcThread {
 };
 __device__ __forceinline__ FcThread fc_thread(const FcPostArgs& a) {
     const u32 tx = threadIdx.x, j = blockIdx.x * FC_TX + tx;
-    return {tx,          threadIdx.y, j, a.rows, a.n, j < a.n, (a.flags & FC_HAS_BN) != 0,
-            (a.flags & FC_TRAIN) != 0};
+    const FcPass& p = a.pass;
+    return {tx, threadIdx.y, j, p.rows, p.n, j < p.n, (p.flags & FC_HAS_BN) != 0,
+            (p.flags & FC_TRAIN) != 0};
 }
 
 SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
@@ -140,13 +153,13 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
             }
         }
     }
-    if ((a.flags & FC_ACT) && live) {
-        const bool drop = (a.flags & FC_DROPOUT) != 0;
+    if ((a.pass.flags & FC_ACT) && live) {
+        const bool drop = (a.pass.flags & FC_DROPOUT) != 0;
         for (u32 r = ty; r < B; r += FC_TY) {
             const u64 e = (u64)r * n + j;
             const float v = a.pre[e];
             float o = v > 0.0f ? v : 0.0f;
-            if (drop) o *= uniform_at(a.key, e) >= a.dropout_p ? a.dropout_scale : 0.0f;
+            if (drop) o *= dropout_mask(a.pass, e);
             a.out[e] = o;
         }
     }
@@ -158,7 +171,7 @@ SCVI_KERNEL(fc_post_bwd, FcPostArgs) {
     __shared__ float col_dgamma[FC_TX];
     __shared__ float col_dbeta[FC_TX];
     const auto [tx, ty, j, B, n, live, has_bn, train] = fc_thread(a);
-    const bool act = (a.flags & FC_ACT) != 0, drop = (a.flags & FC_DROPOUT) != 0;
+    const bool act = (a.pass.flags & FC_ACT) != 0, drop = (a.pass.flags & FC_DROPOUT) != 0;
     float* d = a.lin;
 
     // Pass 1: through dropout and ReLU; BatchNorm's column sums.
@@ -168,7 +181,7 @@ SCVI_KERNEL(fc_post_bwd, FcPostArgs) {
             const u64 e = (u64)r * n + j;
             float g = d[e];
             if (act) {
-                if (drop) g *= uniform_at(a.key, e) >= a.dropout_p ? a.dropout_scale : 0.0f;
+                if (drop) g *= dropout_mask(a.pass, e);
                 if (a.pre[e] <= 0.0f) g = 0.0f;
                 d[e] = g;
             }
@@ -232,17 +245,12 @@ struct LayerNormArgs {
     float* out;     // forward: the layer's output [B, n]
     float* d;       // backward: in: d loss / d out; out: d loss / d (LayerNorm input) [B, n]
     float* ln_inv;  // 1 / sqrt(var + eps) per row [B]
-    PhiloxKey key;
-    double dropout_p;
-    float dropout_scale;
-    u32 flags;  // FC_DROPOUT
-    u32 rows;
-    u32 n;
+    FcPass pass;
 };
 
 SCVI_KERNEL(layer_norm_fwd, LayerNormArgs) {
     __shared__ double buf[LN_THREADS];
-    const u32 r = blockIdx.x, n = a.n, t = threadIdx.x;
+    const u32 r = blockIdx.x, n = a.pass.n, t = threadIdx.x;
     float* row = a.pre + (u64)r * n;
     double s = 0.0;
     for (u32 j = t; j < n; j += LN_THREADS) s += (double)row[j];
@@ -256,28 +264,28 @@ SCVI_KERNEL(layer_norm_fwd, LayerNormArgs) {
     const double rr = 1.0 / sqrt(var + SCVI_LN_EPS);
     if (t == 0) a.ln_inv[r] = (float)rr;
     const float mean_t = (float)mean, r_t = (float)rr;
-    const bool drop = (a.flags & FC_DROPOUT) != 0;
+    const bool drop = (a.pass.flags & FC_DROPOUT) != 0;
     for (u32 j = t; j < n; j += LN_THREADS) {
         const u64 e = (u64)r * n + j;
         const float y = (row[j] - mean_t) * r_t;
         row[j] = y;
         float o = y > 0.0f ? y : 0.0f;
-        if (drop) o *= uniform_at(a.key, e) >= a.dropout_p ? a.dropout_scale : 0.0f;
+        if (drop) o *= dropout_mask(a.pass, e);
         a.out[e] = o;
     }
 }
 
 SCVI_KERNEL(layer_norm_bwd, LayerNormArgs) {
     __shared__ double buf[LN_THREADS];
-    const u32 r = blockIdx.x, n = a.n, t = threadIdx.x;
+    const u32 r = blockIdx.x, n = a.pass.n, t = threadIdx.x;
     const float* y = a.pre + (u64)r * n;
     float* d = a.d + (u64)r * n;
-    const bool drop = (a.flags & FC_DROPOUT) != 0;
+    const bool drop = (a.pass.flags & FC_DROPOUT) != 0;
     double s = 0.0, sy = 0.0;
     for (u32 j = t; j < n; j += LN_THREADS) {
         const u64 e = (u64)r * n + j;
         float g = d[j];
-        if (drop) g *= uniform_at(a.key, e) >= a.dropout_p ? a.dropout_scale : 0.0f;
+        if (drop) g *= dropout_mask(a.pass, e);
         if (y[j] <= 0.0f) g = 0.0f;
         d[j] = g;
         s += (double)g;

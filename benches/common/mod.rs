@@ -148,12 +148,16 @@ pub fn shape(b: usize, i: usize, o: usize) -> LinearShape {
 /// The fused decoder output's inputs (ZINB, a per-gene dispersion) for `b` cells and `g` genes:
 /// random logits, biases and dispersions, and each minibatch's log library.
 pub struct OutputStage {
+    /// The kernel's in-place planes; `rho` and `pi` are copied into them before each call.
     pub planes: OutputPlanes<f32>,
     pub rho: Vec<f32>,
     pub pi: Vec<f32>,
+    /// The two heads' biases, added by the kernel as it reads the logits.
     bias_rho: Vec<f32>,
     bias_pi: Vec<f32>,
+    /// `theta = exp(px_r)` and its special functions, per gene.
     table: ThetaTable<f32>,
+    /// Per minibatch, per cell.
     lib: Vec<Vec<f32>>,
 }
 

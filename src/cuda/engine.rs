@@ -359,14 +359,16 @@ impl CudaEngine {
         Ok(())
     }
 
-    fn fc_args(&self, lb: &LayerBufs, ids: &FcLayerIds, b: usize, train: bool) -> FcPostArgs {
+    fn fc_args(
+        &self,
+        lb: &LayerBufs,
+        ids: &FcLayerIds,
+        (b, train): (usize, bool),
+        key: PhiloxKey,
+    ) -> FcPostArgs {
         let bn = ids.batch_norm.as_ref();
-        let flags = FcPostArgs::flags(
-            bn.is_some(),
-            train,
-            ids.layer_norm,
-            train && ids.dropout > 0.0,
-        );
+        let dropout = train && ids.dropout > 0.0;
+        let flags = FcPass::flags(bn.is_some(), train, ids.layer_norm, dropout);
         FcPostArgs {
             lin: lb.lin.ptr(),
             bias: self.p(ids.linear.bias),
@@ -385,12 +387,14 @@ impl CudaEngine {
             inv_std: lb.inv_std.ptr(),
             pre: lb.pre.ptr(),
             out: lb.out.ptr(),
-            key: PhiloxKey::default(),
-            dropout_p: ids.dropout,
-            dropout_scale: (1.0 / (1.0 - ids.dropout)) as f32,
-            flags,
-            rows: b as u32,
-            n: ids.linear.n_out as u32,
+            pass: FcPass {
+                key,
+                dropout_p: ids.dropout,
+                dropout_scale: (1.0 / (1.0 - ids.dropout)) as f32,
+                flags,
+                rows: b as u32,
+                n: ids.linear.n_out as u32,
+            },
             n_in: ids.linear.n_in as u32,
             n_cat: ids.n_cat as u32,
             ldw: (ids.linear.n_in + ids.n_cat) as u32,
@@ -409,8 +413,7 @@ impl CudaEngine {
         key: PhiloxKey,
         d: Option<DevPtr>,
     ) -> Result<()> {
-        let mut a = self.fc_args(lb, ids, b, train);
-        a.key = key;
+        let mut a = self.fc_args(lb, ids, (b, train), key);
         let ln = ids.layer_norm;
         match d {
             None => {

@@ -211,6 +211,40 @@ impl PhiloxKey {
     }
 }
 
+/// fc.cu `FcPass`: what both kernels of a layer read besides their buffers: the dropout (Philox
+/// key, p, scale), the flags (`FC_*`; the LayerNorm reads `FC_DROPOUT` only) and the shape
+/// `[rows, n]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FcPass {
+    pub key: PhiloxKey,
+    pub dropout_p: f64,
+    pub dropout_scale: f32,
+    pub flags: u32,
+    pub rows: u32,
+    pub n: u32,
+}
+
+impl FcPass {
+    /// The flags of a layer: BatchNorm, training, ReLU here (no LayerNorm after), dropout.
+    pub fn flags(has_bn: bool, train: bool, layer_norm: bool, dropout: bool) -> u32 {
+        let mut flags = 0;
+        if has_bn {
+            flags |= FC_HAS_BN;
+        }
+        if train {
+            flags |= FC_TRAIN;
+        }
+        if !layer_norm {
+            flags |= FC_ACT;
+        }
+        if dropout {
+            flags |= FC_DROPOUT;
+        }
+        flags
+    }
+}
+
 /// fc.cu `FcPostArgs`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -232,12 +266,7 @@ pub struct FcPostArgs {
     pub inv_std: DevPtr,
     pub pre: DevPtr,
     pub out: DevPtr,
-    pub key: PhiloxKey,
-    pub dropout_p: f64,
-    pub dropout_scale: f32,
-    pub flags: u32,
-    pub rows: u32,
-    pub n: u32,
+    pub pass: FcPass,
     pub n_in: u32,
     pub n_cat: u32,
     pub ldw: u32,
@@ -245,24 +274,6 @@ pub struct FcPostArgs {
 }
 
 impl FcPostArgs {
-    /// The flags of a layer: BatchNorm, training, ReLU here (no LayerNorm after), dropout.
-    pub fn flags(has_bn: bool, train: bool, layer_norm: bool, dropout: bool) -> u32 {
-        let mut flags = 0;
-        if has_bn {
-            flags |= FC_HAS_BN;
-        }
-        if train {
-            flags |= FC_TRAIN;
-        }
-        if !layer_norm {
-            flags |= FC_ACT;
-        }
-        if dropout {
-            flags |= FC_DROPOUT;
-        }
-        flags
-    }
-
     /// The arguments of the LayerNorm that follows this layer, on its `pre` and `out`, with the
     /// upstream gradient `d` (backward; 0 forward) and `ln_inv` (`[B]`).
     pub fn layer_norm(&self, d: DevPtr, ln_inv: DevPtr) -> LayerNormArgs {
@@ -271,12 +282,10 @@ impl FcPostArgs {
             out: self.out,
             d,
             ln_inv,
-            key: self.key,
-            dropout_p: self.dropout_p,
-            dropout_scale: self.dropout_scale,
-            flags: self.flags & FC_DROPOUT,
-            rows: self.rows,
-            n: self.n,
+            pass: FcPass {
+                flags: self.pass.flags & FC_DROPOUT,
+                ..self.pass
+            },
         }
     }
 }
@@ -289,12 +298,7 @@ pub struct LayerNormArgs {
     pub out: DevPtr,
     pub d: DevPtr,
     pub ln_inv: DevPtr,
-    pub key: PhiloxKey,
-    pub dropout_p: f64,
-    pub dropout_scale: f32,
-    pub flags: u32,
-    pub rows: u32,
-    pub n: u32,
+    pub pass: FcPass,
 }
 
 /// sparse.cu `SparseLinearArgs`.
@@ -463,6 +467,7 @@ pub fn struct_sizes() -> Vec<(&'static str, usize)> {
     use std::mem::size_of;
     vec![
         ("PhiloxKey", size_of::<PhiloxKey>()),
+        ("FcPass", size_of::<FcPass>()),
         ("FcPostArgs", size_of::<FcPostArgs>()),
         ("LayerNormArgs", size_of::<LayerNormArgs>()),
         ("SparseLinearArgs", size_of::<SparseLinearArgs>()),

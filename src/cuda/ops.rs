@@ -10,7 +10,7 @@ use crate::model::layout::LinearShape;
 /// fc_post_fwd / fc_post_bwd: one block of 32 x 8 per 32 columns.
 pub fn fc_post(gpu: &Gpu, a: &FcPostArgs, backward: bool) -> Result<()> {
     let l = Launch {
-        grid: (a.n.div_ceil(FC_TX).max(1), 1, 1),
+        grid: (a.pass.n.div_ceil(FC_TX).max(1), 1, 1),
         block: (FC_TX, FC_TY, 1),
         smem: 0,
     };
@@ -20,7 +20,7 @@ pub fn fc_post(gpu: &Gpu, a: &FcPostArgs, backward: bool) -> Result<()> {
 /// layer_norm_fwd / layer_norm_bwd: one block of 128 per row.
 pub fn layer_norm(gpu: &Gpu, a: &LayerNormArgs, backward: bool) -> Result<()> {
     let name = [LAYER_NORM_FWD, LAYER_NORM_BWD][backward as usize];
-    gpu.launch(name, Launch::new(a.rows, LN_THREADS), a)
+    gpu.launch(name, Launch::new(a.pass.rows, LN_THREADS), a)
 }
 
 /// sparse_log1p_linear_fwd: one block of 128 per cell.
