@@ -14,19 +14,17 @@
 
 mod common;
 
-use common::{BenchData, BATCH_SIZE};
-use scvi_rs::cpu::engine::NoiseBuffers;
+use common::{shape, uniform, BareStep, BenchData, OutputStage, BATCH_SIZE};
+use scvi_rs::cpu::adam::Adam;
 use scvi_rs::cpu::gemm::{gemm, MatRef};
-use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
+use scvi_rs::cpu::gemm::{linear_dgrad, linear_fwd, linear_wgrad};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
-use scvi_rs::cpu::{CpuEngine, Mode};
-use scvi_rs::engine::{CpuTrainer, Engine};
+use scvi_rs::cpu::CpuTrainer;
+use scvi_rs::engine::{AdamConfig, Engine};
 use scvi_rs::model::init::ModelState;
-use scvi_rs::model::{GeneLikelihood, Layout};
-use scvi_rs::rng::{Philox, Stream};
-use scvi_rs::train::adam::{Adam, AdamConfig};
+use scvi_rs::model::Layout;
 
 /// Counts heap allocations, to check that a warmed-up step makes none.
 struct Counting;
@@ -47,12 +45,6 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 }
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut u = vec![0.0f64; n];
-    Philox::new(key).fill_uniform(Stream::Init, 0, &mut u);
-    u.iter().map(|&v| lo + (hi - lo) * v as f32).collect()
-}
 
 /// A timed item: `calls` calls of `f` per round.
 struct Item<'a> {
@@ -140,39 +132,9 @@ fn f32_against_f64(bd: &BenchData, mb: &scvi_rs::batch::Minibatch) {
     let layout = Layout::new(&bd.config());
     let s64 = ModelState::<f64>::init(layout.clone(), 3);
     let s32: ModelState<f32> = s64.cast();
-    let rng = Philox::new(5);
-    let l = layout.config.n_latent;
-    let (mut n64, mut n32) = (
-        NoiseBuffers::<f64>::default(),
-        NoiseBuffers::<f32>::default(),
-    );
-    n64.draw(&rng, 0, mb.len(), l);
-    n32.draw(&rng, 0, mb.len(), l);
-    let (mut g64, mut g32) = (
-        vec![0.0f64; layout.n_param_elems],
-        vec![0.0f32; layout.n_param_elems],
-    );
-    let (mut st64, mut st32) = (s64.clone(), s32.clone());
-    let p64 = CpuEngine::<f64>::new(layout.clone())
-        .forward_backward(
-            &mut st64,
-            Some(&mut g64),
-            mb,
-            &n64.as_step(Some((rng, 0))),
-            0.5,
-            Mode::Train,
-        )
-        .unwrap();
-    let p32 = CpuEngine::<f32>::new(layout.clone())
-        .forward_backward(
-            &mut st32,
-            Some(&mut g32),
-            mb,
-            &n32.as_step(Some((rng, 0))),
-            0.5,
-            Mode::Train,
-        )
-        .unwrap();
+    let (mut e64, mut e32) = (BareStep::new(s64, 5), BareStep::new(s32, 5));
+    let (p64, p32) = (e64.run(mb, 0), e32.run(mb, 0));
+    let (g64, g32) = (&e64.grads, &e32.grads);
     let mut worst = (0.0f64, String::new());
     for t in layout.params.iter().filter(|t| t.trainable) {
         let (a, b) = (&g32[t.range()], &g64[t.range()]);
@@ -233,28 +195,12 @@ fn run(
         uniform(n * n, 7, -1.0, 1.0),
         vec![0f32; n * n],
     );
-    // The output kernel's inputs.
-    let mut planes = OutputPlanes::<f32>::default();
-    planes.resize(b, g);
-    let mut planes2 = OutputPlanes::<f32>::default();
-    planes2.resize(b, g);
-    let mut planes3 = OutputPlanes::<f32>::default();
-    planes3.resize(b, g);
-    let rho = uniform(b * g, 8, -3.0, 3.0);
-    let pi = uniform(b * g, 9, -4.0, 2.0);
-    let px_r = uniform(g, 10, -1.0, 2.0);
-    let (bias_rho, bias_pi) = (uniform(g, 14, -0.1, 0.1), uniform(g, 15, -0.1, 0.1));
-    let biases = HeadBiases {
-        rho: &bias_rho,
-        pi: Some(&bias_pi),
-        r: None,
-    };
-    let mut table = ThetaTable::default();
-    table.fill(&px_r, g, 1);
-    let lib: Vec<Vec<f32>> = mbs
-        .iter()
-        .map(|m| m.log_library.iter().map(|&v| v as f32).collect())
-        .collect();
+    // The output kernel's inputs (one set per timed item).
+    let (mut out1, mut out2, mut out3) = (
+        OutputStage::new(mbs, b, g),
+        OutputStage::new(mbs, b, g),
+        OutputStage::new(mbs, b, g),
+    );
     // The sparse layer's inputs.
     let w1 = uniform(h * g, 11, -0.05, 0.05);
     let b1 = uniform(h, 12, -0.05, 0.05);
@@ -276,16 +222,9 @@ fn run(
     // The whole step.
     let mut trainer = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
     let mut trainer_eval = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
-    let mut engine = CpuEngine::<f32>::new(layout.clone());
-    let mut st = state.clone();
-    let mut gbuf = vec![0.0f32; layout.n_param_elems];
-    let mut noise = NoiseBuffers::<f32>::default();
-    let rng = Philox::new(0);
+    let mut bare = BareStep::new(state.clone(), 0);
     // The step by hand, in parts.
-    let mut engine2 = CpuEngine::<f32>::new(layout.clone());
-    let mut st2 = state.clone();
-    let mut gbuf2 = vec![0.0f32; layout.n_param_elems];
-    let mut noise2 = NoiseBuffers::<f32>::default();
+    let mut bare2 = BareStep::new(state.clone(), 0);
     let mut adam2 = Adam::<f32>::new(AdamConfig::default(), &layout);
     let parts = std::cell::RefCell::new([vec![], vec![], vec![], vec![]]);
 
@@ -294,138 +233,30 @@ fn run(
         (0usize, 0, 0, 0, 0, 0, 0, 0);
     let mut items = vec![
         item("GEMM y = h W^T  [B,H]x[H,G]", one_head, 4, || {
-            gemm(
-                b,
-                h,
-                g,
-                MatRef::rows(&x, h),
-                MatRef::cols(&w, h),
-                0.0,
-                &mut y,
-                g,
-            )
+            linear_fwd(&mut y, &x, &w, shape(b, h, g), 0.0)
         }),
         item("GEMM dW += d^T h [G,B]x[B,H]", one_head, 4, || {
-            gemm(
-                g,
-                b,
-                h,
-                MatRef::cols(&d, g),
-                MatRef::rows(&x, h),
-                1.0,
-                &mut dw,
-                h,
-            )
+            linear_wgrad(&mut dw, &d, &x, shape(b, h, g))
         }),
         item("GEMM dh = d W   [B,G]x[G,H]", one_head, 4, || {
-            gemm(
-                b,
-                g,
-                h,
-                MatRef::rows(&d, g),
-                MatRef::rows(&w, h),
-                0.0,
-                &mut dx,
-                h,
-            )
+            linear_dgrad(&mut dx, &d, &w, shape(b, h, g), 0.0)
         }),
         item("GEMM six head products in a row", heads, 1, || {
             for _ in 0..2 {
-                gemm(
-                    b,
-                    h,
-                    g,
-                    MatRef::rows(&x, h),
-                    MatRef::cols(&w, h),
-                    0.0,
-                    &mut y2,
-                    g,
-                );
-                gemm(
-                    g,
-                    b,
-                    h,
-                    MatRef::cols(&d, g),
-                    MatRef::rows(&x, h),
-                    1.0,
-                    &mut dw2,
-                    h,
-                );
-                gemm(
-                    b,
-                    g,
-                    h,
-                    MatRef::rows(&d, g),
-                    MatRef::rows(&w, h),
-                    0.0,
-                    &mut dx2,
-                    h,
-                );
+                linear_fwd(&mut y2, &x, &w, shape(b, h, g), 0.0);
+                linear_wgrad(&mut dw2, &d, &x, shape(b, h, g));
+                linear_dgrad(&mut dx2, &d, &w, shape(b, h, g), 0.0);
             }
         }),
         item("GEMM small products (L = 10)", small, 8, || {
             for _ in 0..2 {
-                gemm(
-                    b,
-                    h,
-                    l,
-                    MatRef::rows(&x, h),
-                    MatRef::cols(&wl, h),
-                    0.0,
-                    &mut yl,
-                    l,
-                );
-                gemm(
-                    l,
-                    b,
-                    h,
-                    MatRef::cols(&yl, l),
-                    MatRef::rows(&x, h),
-                    1.0,
-                    &mut wlg,
-                    h,
-                );
-                gemm(
-                    b,
-                    l,
-                    h,
-                    MatRef::rows(&yl, l),
-                    MatRef::rows(&wl, h),
-                    0.0,
-                    &mut yh,
-                    h,
-                );
+                linear_fwd(&mut yl, &x, &wl, shape(b, h, l), 0.0);
+                linear_wgrad(&mut wlg, &yl, &x, shape(b, h, l));
+                linear_dgrad(&mut yh, &yl, &wl, shape(b, h, l), 0.0);
             }
-            gemm(
-                b,
-                l,
-                h,
-                MatRef::rows(&xl, l),
-                MatRef::cols(&wl, l),
-                0.0,
-                &mut yh,
-                h,
-            );
-            gemm(
-                h,
-                b,
-                l,
-                MatRef::cols(&yh, h),
-                MatRef::rows(&xl, l),
-                1.0,
-                &mut wlg,
-                l,
-            );
-            gemm(
-                b,
-                h,
-                l,
-                MatRef::rows(&yh, h),
-                MatRef::rows(&wlg, l),
-                0.0,
-                &mut yl,
-                l,
-            );
+            linear_fwd(&mut yh, &xl, &wl, shape(b, l, h), 0.0);
+            linear_wgrad(&mut wlg, &yh, &xl, shape(b, l, h));
+            linear_dgrad(&mut yl, &yh, &wlg, shape(b, l, h), 0.0);
         }),
         item(
             "GEMM 1024^3 (the library's peak)",
@@ -448,49 +279,14 @@ fn run(
             "  copy of the two input planes (subtracted below)",
             0.0,
             4,
-            || {
-                planes.scale[..b * g].copy_from_slice(&rho);
-                planes.pi[..b * g].copy_from_slice(&pi);
-            },
+            || out1.reset(),
         ),
         item("output: softmax + ZINB + gradients (fused)", 0.0, 4, || {
-            let i = k1 % nm;
-            planes2.scale[..b * g].copy_from_slice(&rho);
-            planes2.pi[..b * g].copy_from_slice(&pi);
-            let theta = ThetaSource::Table {
-                table: &table,
-                codes: None,
-            };
-            decoder_output(
-                &mut planes2,
-                &mbs[i],
-                GeneLikelihood::Zinb,
-                theta,
-                biases,
-                &lib[i],
-                true,
-                1.0 / b as f64,
-            );
+            out2.run(mbs, k1 % nm, true);
             k1 += 1;
         }),
         item("output, forward only (validation)", 0.0, 4, || {
-            let i = k2 % nm;
-            planes3.scale[..b * g].copy_from_slice(&rho);
-            planes3.pi[..b * g].copy_from_slice(&pi);
-            let theta = ThetaSource::Table {
-                table: &table,
-                codes: None,
-            };
-            decoder_output(
-                &mut planes3,
-                &mbs[i],
-                GeneLikelihood::Zinb,
-                theta,
-                biases,
-                &lib[i],
-                false,
-                1.0 / b as f64,
-            );
+            out3.run(mbs, k2 % nm, false);
             k2 += 1;
         }),
         item("sparse input: log1p of the counts", 0.0, 4, || {
@@ -531,18 +327,7 @@ fn run(
             heads + small + sparse_flops,
             4,
             || {
-                let mb = &mbs[k7 % nm];
-                noise.draw(&rng, k7 as u64, mb.len(), l);
-                engine
-                    .forward_backward(
-                        &mut st,
-                        Some(&mut gbuf),
-                        mb,
-                        &noise.as_step(Some((rng, k7 as u64))),
-                        0.5,
-                        Mode::Train,
-                    )
-                    .unwrap();
+                bare.run(&mbs[k7 % nm], k7 as u64);
                 k7 += 1;
             },
         ),
@@ -558,22 +343,13 @@ fn run(
             move || {
                 let mb = &mbs[k as usize % nm];
                 let t0 = std::time::Instant::now();
-                noise2.draw(&rng, k, mb.len(), l);
+                bare2.draw(mb, k);
                 let t1 = std::time::Instant::now();
-                gbuf2.iter_mut().for_each(|g| *g = 0.0);
+                bare2.grads.iter_mut().for_each(|g| *g = 0.0);
                 let t2 = std::time::Instant::now();
-                engine2
-                    .forward_backward(
-                        &mut st2,
-                        Some(&mut gbuf2),
-                        mb,
-                        &noise2.as_step(Some((rng, k))),
-                        0.5,
-                        Mode::Train,
-                    )
-                    .unwrap();
+                bare2.pass(mb, k);
                 let t3 = std::time::Instant::now();
-                adam2.update(&mut st2.params, &gbuf2);
+                adam2.update(&mut bare2.state.params, &bare2.grads);
                 let t4 = std::time::Instant::now();
                 let mut p = parts.borrow_mut();
                 for (v, (a, b)) in p.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3), (t3, t4)]) {
@@ -637,36 +413,9 @@ fn run(
                     .for_each(|x| *x = x.wrapping_add(1));
                 let t = std::time::Instant::now();
                 for _ in 0..2 {
-                    gemm(
-                        b,
-                        h,
-                        g,
-                        MatRef::rows(&x, h),
-                        MatRef::cols(&w, h),
-                        0.0,
-                        &mut y3,
-                        g,
-                    );
-                    gemm(
-                        g,
-                        b,
-                        h,
-                        MatRef::cols(&d, g),
-                        MatRef::rows(&x, h),
-                        1.0,
-                        &mut dw3,
-                        h,
-                    );
-                    gemm(
-                        b,
-                        g,
-                        h,
-                        MatRef::rows(&d, g),
-                        MatRef::rows(&w, h),
-                        0.0,
-                        &mut dx3,
-                        h,
-                    );
+                    linear_fwd(&mut y3, &x, &w, shape(b, h, g), 0.0);
+                    linear_wgrad(&mut dw3, &d, &x, shape(b, h, g));
+                    linear_dgrad(&mut dx3, &d, &w, shape(b, h, g), 0.0);
                 }
                 t.elapsed().as_secs_f64()
             })
@@ -679,18 +428,7 @@ fn run(
         let mut k = 1000u64;
         let mut one = |n: u64| {
             for _ in 0..n {
-                let mb = &mbs[k as usize % nm];
-                noise.draw(&rng, k, mb.len(), l);
-                engine
-                    .forward_backward(
-                        &mut st,
-                        Some(&mut gbuf),
-                        mb,
-                        &noise.as_step(Some((rng, k))),
-                        0.5,
-                        Mode::Train,
-                    )
-                    .unwrap();
+                bare.run(&mbs[k as usize % nm], k);
                 k += 1;
             }
         };

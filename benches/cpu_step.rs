@@ -5,77 +5,53 @@
 
 mod common;
 
-use common::BATCH_SIZE;
+use common::{shape, uniform, BareStep, OutputStage, BATCH_SIZE};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use scvi_rs::cpu::engine::NoiseBuffers;
-use scvi_rs::cpu::gemm::{gemm, MatRef};
-use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
+use scvi_rs::cpu::adam::Adam;
+use scvi_rs::cpu::gemm::{linear_dgrad, linear_fwd, linear_wgrad};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
-use scvi_rs::cpu::{CpuEngine, Mode};
-use scvi_rs::engine::{CpuTrainer, Engine};
+use scvi_rs::cpu::CpuTrainer;
+use scvi_rs::engine::{AdamConfig, Engine};
 use scvi_rs::model::init::ModelState;
-use scvi_rs::model::{GeneLikelihood, Layout};
-use scvi_rs::rng::{Philox, Stream};
-use scvi_rs::train::adam::{Adam, AdamConfig};
+use scvi_rs::model::Layout;
 use std::time::Duration;
-
-fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut u = vec![0.0f64; n];
-    Philox::new(key).fill_uniform(Stream::Init, 0, &mut u);
-    u.iter().map(|&v| lo + (hi - lo) * v as f32).collect()
-}
 
 fn benches(c: &mut Criterion) {
     let bd = common::load();
     let mbs = bd.minibatches(8);
     let cfg = bd.config();
-    let (b, g, h, l) = (BATCH_SIZE, cfg.n_input, cfg.n_hidden, cfg.n_latent);
+    let (b, g, h) = (BATCH_SIZE, cfg.n_input, cfg.n_hidden);
     let layout = Layout::new(&cfg);
     let state = ModelState::<f32>::init(layout.clone(), 0);
 
     let mut step = c.benchmark_group("step");
     step.throughput(Throughput::Elements(b as u64));
     let mut trainer = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
-    let mut k = 0u64;
-    step.bench_function("train_step (forward_backward + Adam)", |bench| {
-        bench.iter(|| {
-            trainer
-                .train_step(&mbs[k as usize % mbs.len()], k, 0.5)
-                .unwrap();
-            k += 1;
-        })
-    });
-    let mut engine = CpuEngine::<f32>::new(layout.clone());
-    let mut st = state.clone();
-    let mut grads = vec![0.0f32; layout.n_param_elems];
-    let mut noise = NoiseBuffers::<f32>::default();
-    let rng = Philox::new(0);
+    for (name, train) in [
+        ("train_step (forward_backward + Adam)", true),
+        ("validation forward (eval_loss)", false),
+    ] {
+        let mut k = 0u64;
+        step.bench_function(name, |bench| {
+            bench.iter(|| {
+                let mb = &mbs[k as usize % mbs.len()];
+                let parts = if train {
+                    trainer.train_step(mb, k, 0.5)
+                } else {
+                    trainer.eval_loss(mb, k, 0.5)
+                };
+                parts.unwrap();
+                k += 1;
+            })
+        });
+    }
+    let mut bare = BareStep::new(state.clone(), 0);
     let mut k = 0u64;
     step.bench_function("forward_backward", |bench| {
         bench.iter(|| {
-            let mb = &mbs[k as usize % mbs.len()];
-            noise.draw(&rng, k, mb.len(), l);
-            engine
-                .forward_backward(
-                    &mut st,
-                    Some(&mut grads),
-                    mb,
-                    &noise.as_step(Some((rng, k))),
-                    0.5,
-                    Mode::Train,
-                )
-                .unwrap();
-            k += 1;
-        })
-    });
-    let mut k = 0u64;
-    step.bench_function("validation forward (eval_loss)", |bench| {
-        bench.iter(|| {
-            trainer
-                .eval_loss(&mbs[k as usize % mbs.len()], k, 0.5)
-                .unwrap();
+            bare.run(&mbs[k as usize % mbs.len()], k);
             k += 1;
         })
     });
@@ -84,23 +60,7 @@ fn benches(c: &mut Criterion) {
     let mut stage = c.benchmark_group("stage");
     stage.throughput(Throughput::Elements(b as u64));
     // The fused decoder output.
-    let mut planes = OutputPlanes::<f32>::default();
-    planes.resize(b, g);
-    let rho = uniform(b * g, 8, -3.0, 3.0);
-    let pi = uniform(b * g, 9, -4.0, 2.0);
-    let px_r = uniform(g, 10, -1.0, 2.0);
-    let (bias_rho, bias_pi) = (uniform(g, 14, -0.1, 0.1), uniform(g, 15, -0.1, 0.1));
-    let biases = HeadBiases {
-        rho: &bias_rho,
-        pi: Some(&bias_pi),
-        r: None,
-    };
-    let mut table = ThetaTable::default();
-    table.fill(&px_r, g, 1);
-    let lib: Vec<Vec<f32>> = mbs
-        .iter()
-        .map(|m| m.log_library.iter().map(|&v| v as f32).collect())
-        .collect();
+    let mut out = OutputStage::new(&mbs, b, g);
     for (name, grads) in [
         ("output: softmax + ZINB + gradients", true),
         ("output: forward only", false),
@@ -108,23 +68,7 @@ fn benches(c: &mut Criterion) {
         let mut k = 0;
         stage.bench_function(name, |bench| {
             bench.iter(|| {
-                let i = k % mbs.len();
-                planes.scale[..b * g].copy_from_slice(&rho);
-                planes.pi[..b * g].copy_from_slice(&pi);
-                let theta = ThetaSource::Table {
-                    table: &table,
-                    codes: None,
-                };
-                decoder_output(
-                    &mut planes,
-                    &mbs[i],
-                    GeneLikelihood::Zinb,
-                    theta,
-                    biases,
-                    &lib[i],
-                    grads,
-                    1.0 / b as f64,
-                );
+                out.run(&mbs, k % mbs.len(), grads);
                 k += 1;
             })
         });
@@ -163,46 +107,13 @@ fn benches(c: &mut Criterion) {
     let mut dw = vec![0.0f32; g * h];
     let mut dx = vec![0.0f32; b * h];
     stage.bench_function("GEMM head forward y = h W^T", |bench| {
-        bench.iter(|| {
-            gemm(
-                b,
-                h,
-                g,
-                MatRef::rows(&x, h),
-                MatRef::cols(&w, h),
-                0.0,
-                &mut yy,
-                g,
-            )
-        })
+        bench.iter(|| linear_fwd(&mut yy, &x, &w, shape(b, h, g), 0.0))
     });
     stage.bench_function("GEMM head dW += d^T h", |bench| {
-        bench.iter(|| {
-            gemm(
-                g,
-                b,
-                h,
-                MatRef::cols(&dd, g),
-                MatRef::rows(&x, h),
-                1.0,
-                &mut dw,
-                h,
-            )
-        })
+        bench.iter(|| linear_wgrad(&mut dw, &dd, &x, shape(b, h, g)))
     });
     stage.bench_function("GEMM head dh = d W", |bench| {
-        bench.iter(|| {
-            gemm(
-                b,
-                g,
-                h,
-                MatRef::rows(&dd, g),
-                MatRef::rows(&w, h),
-                0.0,
-                &mut dx,
-                h,
-            )
-        })
+        bench.iter(|| linear_dgrad(&mut dx, &dd, &w, shape(b, h, g), 0.0))
     });
     // Adam over the whole parameter buffer.
     let mut params = vec![0.01f32; layout.n_param_elems];

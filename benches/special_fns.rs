@@ -48,6 +48,13 @@ macro_rules! bench_fn {
     }};
 }
 
+/// One table row per `"name" => function`.
+macro_rules! bench_fns {
+    ($x:expr, $y:expr; $($name:expr => $f:ident,)*) => {
+        $(bench_fn!($name, $x, $y, $f);)*
+    };
+}
+
 #[inline(always)]
 fn copy(a: f32, _: f32) -> f32 {
     a
@@ -121,28 +128,20 @@ fn main() {
     println!("instruction set {:?}\n", scvi_rs::cpu::simd::isa());
     println!("| function (f32, per element) | min ns | median ns |");
     println!("|---|---:|---:|");
-    bench_fn!("copy", &x, &y, copy);
-    bench_fn!("a / b", &x, &y, div);
-    bench_fn!("exp_f32", &x, &y, exp);
-    bench_fn!("ln_f32", &x, &y, ln);
-    bench_fn!("exp_f32_fast (bounded)", &x, &y, exp_fast);
-    bench_fn!("ln_f32_fast (positive normal)", &x, &y, ln_fast);
-    bench_fn!("ln_1p_f32", &x, &y, ln_1p);
-    bench_fn!("lgamma_digamma_f32 (both)", &x, &y, lgdg);
-    bench_fn!("std f32::exp (not vectorised)", &x, &y, std_exp);
-    bench_fn!("NB at x = 0 (value + 3 derivatives)", &x, &y, nb0);
-    bench_fn!("ZINB at x = 0 (value only)", &x, &y, zinb0_value);
-    bench_fn!("ZINB at x = 0 (value + 4 derivatives)", &x, &y, zinb0);
-    bench_fn!(
-        "ZINB at x = 0, fast form (value only)",
-        &x,
-        &y,
-        zinb0_fast_value
-    );
-    bench_fn!(
-        "ZINB at x = 0, fast form (value + 4 derivatives)",
-        &x,
-        &y,
-        zinb0_fast
+    bench_fns!(&x, &y;
+        "copy" => copy,
+        "a / b" => div,
+        "exp_f32" => exp,
+        "ln_f32" => ln,
+        "exp_f32_fast (bounded)" => exp_fast,
+        "ln_f32_fast (positive normal)" => ln_fast,
+        "ln_1p_f32" => ln_1p,
+        "lgamma_digamma_f32 (both)" => lgdg,
+        "std f32::exp (not vectorised)" => std_exp,
+        "NB at x = 0 (value + 3 derivatives)" => nb0,
+        "ZINB at x = 0 (value only)" => zinb0_value,
+        "ZINB at x = 0 (value + 4 derivatives)" => zinb0,
+        "ZINB at x = 0, fast form (value only)" => zinb0_fast_value,
+        "ZINB at x = 0, fast form (value + 4 derivatives)" => zinb0_fast,
     );
 }

@@ -1,5 +1,5 @@
-// adam.cu: one torch.optim.Adam step over the flat parameter buffer (src/train/adam.rs), with
-// scvi-tools' settings passed in (lr 1e-3, betas (0.9, 0.999), eps 0.01, weight decay 1e-6 added to
+// adam.cu: one torch.optim.Adam step over the flat parameter buffer. CPU twin: src/cpu/adam.rs
+// `Adam::update`. Test: tests/cuda_kernels.rs `adam_*`. With scvi-tools' settings passed in (lr 1e-3, betas (0.9, 0.999), eps 0.01, weight decay 1e-6 added to
 // the gradient, no amsgrad). Elements of tensors without a gradient in this configuration
 // (`Tensor::trainable` false, mask 0) are left alone, weight decay included, as torch skips
 // parameters whose .grad is None.
@@ -8,10 +8,10 @@
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 //
 // The step constants (lr / (1 - b1^t), sqrt(1 - b2^t)) are computed on the host in f64 and rounded
-// to f32, as the CPU engine does. Grid: one thread per element, blocks of 256.
+// to f32, as the CPU engine does (`AdamConfig::step_constants`, src/engine.rs). Grid: one thread per element, blocks of 256.
 #include "common.cuh"
 
-// Mirrors `AdamArgs` in src/cuda/ops.rs.
+// Mirrors `AdamArgs` in src/cuda/kernels.rs.
 struct AdamArgs {
     float* params;
     const float* grads;

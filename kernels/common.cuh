@@ -1,7 +1,7 @@
 // common.cuh: what every kernel file of scvi-rs shares.
 //
 // - SCVI_KERNEL: how an entry point is declared. Every kernel takes exactly one argument, a
-//   #[repr(C)] struct of the same name in src/cuda/ops.rs (`FcPostArgs` <-> `FcPostArgs`), passed
+//   #[repr(C)] struct of the same name in src/cuda/kernels.rs (`FcPostArgs` <-> `FcPostArgs`), passed
 //   by value. In CUDA it expands to `extern "C" __global__ void name(const Args a)`.
 // - Philox4x32-10 and the stream / index scheme of src/rng.rs, so the GPU draws exactly the numbers
 //   the CPU draws (dropout masks bit for bit; normals up to the last bit of f64 cos / sin, which
@@ -14,10 +14,19 @@
 //   that the kernels and the engine's orchestration can be checked against the CPU reference on a
 //   machine without a GPU. It is never used to train.
 //
+// - the constants shared with Rust are not written in any kernel file: src/cuda/kernels.rs
+//   `defines()` passes them to NVRTC and to the emulation's compiler as -D defines (the model's
+//   SCVI_VAR_EPS, SCVI_BN_EPS, SCVI_BN_MOMENTUM, SCVI_LN_EPS, the likelihood's SCVI_LIK_EPS, the
+//   argument structs' flags and the block shapes the launches use).
+//
 // Shapes: B cells (rows), G genes, H hidden units, L latent dimensions, K categories.
 // Buffers are row-major; [B, n] means element (b, j) at b * n + j.
 #ifndef SCVI_COMMON_CUH
 #define SCVI_COMMON_CUH
+
+#ifndef SCVI_VAR_EPS
+#error "compile the kernels through scvi-rs: src/cuda/kernels.rs passes the shared constants as -D defines"
+#endif
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -154,11 +163,7 @@ extern "C" int scvi_emu_launch(void (*kernel)(const void*), const void* args, un
 // Normals (fill_normal): element i is z0 (i even) or z1 (i odd) of Box-Muller on words 0 and 1 of
 // block i / 2, computed in f64.
 
-// The purposes of src/rng.rs `Stream`.
-#define SCVI_STREAM_LATENT_NOISE 3u
-#define SCVI_STREAM_LIBRARY_NOISE 4u
-#define SCVI_STREAM_ENCODER_DROPOUT 5u
-#define SCVI_STREAM_LIBRARY_ENCODER_DROPOUT 6u
+// The purpose s (src/rng.rs `Stream`) comes in the key, set by Rust (`PhiloxKey::new`).
 
 struct Philox4 {
     u32 v[4];
@@ -181,7 +186,7 @@ __device__ __forceinline__ Philox4 philox4x32_10(Philox4 c, u32 k0, u32 k1) {
     return c;
 }
 
-// The generator key and one stream of it, as passed from Rust (`PhiloxKey` in ops.rs).
+// The generator key and one stream of it, as passed from Rust (`PhiloxKey` in src/cuda/kernels.rs).
 struct PhiloxKey {
     u32 key0, key1;
     u32 stream;
@@ -230,39 +235,39 @@ __device__ __forceinline__ unsigned flat_block_threads() {
     return blockDim.x * blockDim.y * blockDim.z;
 }
 
-__device__ __forceinline__ double block_sum_f64(double v, double* buf) {
+// `op(acc, v)` over the block's values, in a fixed order: the non-power-of-two tail folded first,
+// then halving.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T* buf, Op op) {
     const unsigned t = flat_tid(), n = flat_block_threads();
     buf[t] = v;
     __syncthreads();
-    // Fold the non-power-of-two tail first, then halve.
     unsigned p = 1;
     while (p * 2 <= n) p *= 2;
-    if (t >= p) buf[t - p] += buf[t];
+    if (t >= p) buf[t - p] = op(buf[t - p], buf[t]);
     __syncthreads();
     for (unsigned s = p / 2; s > 0; s /= 2) {
-        if (t < s) buf[t] += buf[t + s];
+        if (t < s) buf[t] = op(buf[t], buf[t + s]);
         __syncthreads();
     }
-    const double r = buf[0];
+    const T r = buf[0];
     __syncthreads();
     return r;
 }
 
+struct SumF64 {
+    __device__ __forceinline__ double operator()(double a, double b) const { return a + b; }
+};
+struct MaxF32 {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+__device__ __forceinline__ double block_sum_f64(double v, double* buf) {
+    return block_reduce(v, buf, SumF64());
+}
+
 __device__ __forceinline__ float block_max_f32(float v, float* buf) {
-    const unsigned t = flat_tid(), n = flat_block_threads();
-    buf[t] = v;
-    __syncthreads();
-    unsigned p = 1;
-    while (p * 2 <= n) p *= 2;
-    if (t >= p) buf[t - p] = fmaxf(buf[t - p], buf[t]);
-    __syncthreads();
-    for (unsigned s = p / 2; s > 0; s /= 2) {
-        if (t < s) buf[t] = fmaxf(buf[t], buf[t + s]);
-        __syncthreads();
-    }
-    const float r = buf[0];
-    __syncthreads();
-    return r;
+    return block_reduce(v, buf, MaxF32());
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -303,7 +308,7 @@ __device__ __forceinline__ double softplus_grad_f64(double x) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Count log-likelihoods and their derivatives (src/math/likelihood.rs), f64, eps = 1e-8.
+// Count log-likelihoods and their derivatives (src/math/likelihood.rs), f64, eps = SCVI_LIK_EPS.
 //
 // NB:   theta (log(theta+eps) - log(theta+mu+eps)) + x (log(mu+eps) - log(theta+mu+eps))
 //       + lgamma(x+theta) - lgamma(theta) - lgamma(x+1)
@@ -312,9 +317,7 @@ __device__ __forceinline__ double softplus_grad_f64(double x) {
 //       x > eps: -softplus(-pi) + pt + x (log(mu+eps) - log(theta+mu+eps)) + lgamma terms
 // Poisson: x log(mu) - mu - lgamma(x+1)   (x log mu read as 0 at x = 0)
 
-#define SCVI_LIK_ZINB 0
-#define SCVI_LIK_NB 1
-#define SCVI_LIK_POISSON 2
+// The likelihood codes SCVI_LIK_ZINB, SCVI_LIK_NB, SCVI_LIK_POISSON come from Rust.
 
 struct LogLik {
     double value, d_mu, d_theta, d_pi;
@@ -322,7 +325,7 @@ struct LogLik {
 
 __device__ __forceinline__ LogLik loglik_eval(int kind, double x, double mu, double theta,
                                               double pi) {
-    const double EPS = 1e-8;
+    const double EPS = SCVI_LIK_EPS;
     LogLik o;
     o.value = 0.0;
     o.d_mu = 0.0;

@@ -1,13 +1,14 @@
-// fc.cu: one FCLayers layer after its matrix product, fused, forward and backward
-// (src/cpu/fc.rs `fc_post_forward` / `fc_post_backward` and the bias / one-hot parts of
-// `linear_forward` / `linear_backward`).
+// fc.cu: one FCLayers layer after its matrix product, fused, forward and backward.
+// CPU twin: src/cpu/fc.rs, `add_onehot_columns` (the bias and one-hot part of `linear_forward`) then
+// `fc_post_forward` for fc_post_fwd and layer_norm_fwd; `fc_post_backward` then the bias and one-hot
+// part of `linear_backward` for layer_norm_bwd and fc_post_bwd. Test: tests/cuda_kernels.rs `fc_*`.
 //
 // fc_post_fwd fuses: + bias + one-hot column W[:, n_in + cat_b] -> BatchNorm1d (training: batch
-// mean and biased variance, running statistics moved by momentum 0.01 towards the mean and the
-// unbiased variance, num_batches_tracked + 1; inference: running statistics; eps 1e-3) -> ReLU ->
+// mean and biased variance, running statistics moved by momentum BN_MOMENTUM towards the mean and
+// the unbiased variance, num_batches_tracked + 1; inference: running statistics; eps BN_EPS) -> ReLU ->
 // dropout (keep when uniform >= p, scale 1 / (1 - p); Philox stream index step * 16 + layer, element
 // b * n + j). With a LayerNorm after the BatchNorm, fc_post_fwd stops before the ReLU and
-// layer_norm_fwd does LayerNorm (eps 1e-5, no affine) -> ReLU -> dropout.
+// layer_norm_fwd does LayerNorm (eps LN_EPS, no affine) -> ReLU -> dropout.
 //
 // fc_post_bwd fuses: dropout mask (recomputed from Philox, never stored) -> ReLU mask -> BatchNorm
 // backward dx = r / B (B dy gamma - gamma sum dy - xhat gamma sum(dy xhat)) with dgamma += sum dy xhat,
@@ -15,24 +16,34 @@
 // LayerNorm, layer_norm_bwd first applies dropout, ReLU and the LayerNorm backward
 // dx = r / n (n dy - sum dy - y sum(dy y)) row by row.
 //
-// Grid and block: fc_post_*: one block per 32 columns, block (32, 8): thread (x, y) owns column
-// blockIdx.x * 32 + x and rows y, y + 8, ...; column statistics are reduced over y in shared memory
-// (f64, as the CPU reference accumulates). layer_norm_*: one block per row, 128 threads over its
-// columns.
+// Grid and block: fc_post_*: one block per FC_TX columns, block (FC_TX, FC_TY): thread (x, y) owns
+// column blockIdx.x * FC_TX + x and rows y, y + FC_TY, ...; column statistics are reduced over y in
+// shared memory (f64, as the CPU reference accumulates). layer_norm_*: one block per row, LN_THREADS
+// threads over its columns. The constants and flags come from Rust (src/cuda/kernels.rs, as -D
+// defines; BN_EPS, BN_MOMENTUM, LN_EPS from src/model/config.rs).
 //
 // Shapes: lin, xhat, pre, out, d: [B, n]; bias, gamma, beta, running stats, inv_std: [n];
 // weight [n, ldw] with ldw = n_in + n_cat.
 #include "common.cuh"
 
-#define FC_HAS_BN 1u
-#define FC_TRAIN 2u
-#define FC_ACT 4u      // apply ReLU and dropout here (off when a LayerNorm follows)
-#define FC_DROPOUT 8u  // dropout active (training and p > 0)
+// What both kernels of a layer read besides their buffers: the dropout (Philox key, p, scale),
+// the flags (FC_*; LayerNorm reads FC_DROPOUT only) and the shape [rows, n].
+// Mirrors `FcPass` in src/cuda/kernels.rs.
+struct FcPass {
+    PhiloxKey key;
+    double dropout_p;
+    float dropout_scale;
+    u32 flags;
+    u32 rows;
+    u32 n;
+};
 
-#define FC_TX 32
-#define FC_TY 8
+// Dropout's factor for element e: keep (1 / (1 - p)) when its Philox uniform is >= p, else 0.
+__device__ __forceinline__ float dropout_mask(const FcPass& p, u64 e) {
+    return uniform_at(p.key, e) >= p.dropout_p ? p.dropout_scale : 0.0f;
+}
 
-// Mirrors `FcPostArgs` in src/cuda/ops.rs.
+// Mirrors `FcPostArgs` in src/cuda/kernels.rs.
 struct FcPostArgs {
     // Forward: in: the matrix product x W[:, :n_in]^T; out: (unchanged).
     // Backward: in: d loss / d out; out: d loss / d (Linear output).
@@ -53,27 +64,46 @@ struct FcPostArgs {
     float* inv_std;  // BatchNorm's 1 / sqrt(var + eps) [n]
     float* pre;      // input of the ReLU [B, n] (the LayerNorm input when one follows)
     float* out;      // the layer's output [B, n]
-    PhiloxKey key;
-    double dropout_p;
-    float dropout_scale;
-    u32 flags;
-    u32 rows;
-    u32 n;
+    FcPass pass;
     u32 n_in;
     u32 n_cat;
     u32 ldw;
     u32 pad;
 };
 
+// The total over the FC_TY threads of column tx of their partial sums v, divided by B, for every
+// thread of the column (through red and col in shared memory).
+__device__ __forceinline__ double column_mean(double v, double (*red)[FC_TX], double* col, u32 B) {
+    const u32 tx = threadIdx.x, ty = threadIdx.y;
+    red[ty][tx] = v;
+    __syncthreads();
+    if (ty == 0) {
+        double t = 0.0;
+        for (int k = 0; k < FC_TY; ++k) t += red[k][tx];
+        col[tx] = t / (double)B;
+    }
+    __syncthreads();
+    return col[tx];
+}
+
+// A thread of fc_post_*: (tx, ty) in the block, its column j (live: j < n), the sizes B and n, and
+// the layer's BatchNorm and training flags.
+struct FcThread {
+    u32 tx, ty, j, B, n;
+    bool live, has_bn, train;
+};
+__device__ __forceinline__ FcThread fc_thread(const FcPostArgs& a) {
+    const u32 tx = threadIdx.x, j = blockIdx.x * FC_TX + tx;
+    const FcPass& p = a.pass;
+    return {tx, threadIdx.y, j, p.rows, p.n, j < p.n, (p.flags & FC_HAS_BN) != 0,
+            (p.flags & FC_TRAIN) != 0};
+}
+
 SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
     __shared__ double red[FC_TY][FC_TX];
     __shared__ double col_mean[FC_TX];
     __shared__ double col_var[FC_TX];
-    const u32 tx = threadIdx.x, ty = threadIdx.y;
-    const u32 j = blockIdx.x * FC_TX + tx;
-    const bool live = j < a.n;
-    const u32 B = a.rows, n = a.n;
-    const bool has_bn = (a.flags & FC_HAS_BN) != 0, train = (a.flags & FC_TRAIN) != 0;
+    const auto [tx, ty, j, B, n, live, has_bn, train] = fc_thread(a);
 
     // Pass 1: the Linear's output, kept in `pre` until the normalisation is known.
     double s = 0.0;
@@ -88,15 +118,7 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
     if (has_bn) {
         double mean, var;
         if (train) {
-            red[ty][tx] = s;
-            __syncthreads();
-            if (ty == 0) {
-                double t = 0.0;
-                for (int k = 0; k < FC_TY; ++k) t += red[k][tx];
-                col_mean[tx] = t / (double)B;
-            }
-            __syncthreads();
-            mean = col_mean[tx];
+            mean = column_mean(s, red, col_mean, B);
             double q = 0.0;
             if (live) {
                 for (u32 r = ty; r < B; r += FC_TY) {
@@ -104,20 +126,14 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
                     q += d * d;
                 }
             }
-            red[ty][tx] = q;
-            __syncthreads();
-            if (ty == 0) {
-                double t = 0.0;
-                for (int k = 0; k < FC_TY; ++k) t += red[k][tx];
-                col_var[tx] = t / (double)B;
-            }
-            __syncthreads();
-            var = col_var[tx];
+            var = column_mean(q, red, col_var, B);
             if (ty == 0 && live) {
                 const double unbias = B > 1 ? (double)B / ((double)B - 1.0) : 1.0;
                 const double rm = (double)a.running_mean[j], rv = (double)a.running_var[j];
-                a.running_mean[j] = (float)((1.0 - 0.01) * rm + 0.01 * mean);
-                a.running_var[j] = (float)((1.0 - 0.01) * rv + 0.01 * var * unbias);
+                a.running_mean[j] =
+                    (float)((1.0 - SCVI_BN_MOMENTUM) * rm + SCVI_BN_MOMENTUM * mean);
+                a.running_var[j] =
+                    (float)((1.0 - SCVI_BN_MOMENTUM) * rv + SCVI_BN_MOMENTUM * var * unbias);
             }
             if (blockIdx.x == 0 && tx == 0 && ty == 0) a.num_batches_tracked[0] += 1.0f;
         } else {
@@ -125,7 +141,7 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
             var = live ? (double)a.running_var[j] : 1.0;
         }
         if (live) {
-            const float inv = (float)(1.0 / sqrt(var + 1e-3));
+            const float inv = (float)(1.0 / sqrt(var + SCVI_BN_EPS));
             if (ty == 0) a.inv_std[j] = inv;
             const float mean_t = (float)mean;
             const float g = a.gamma[j], be = a.beta[j];
@@ -137,13 +153,13 @@ SCVI_KERNEL(fc_post_fwd, FcPostArgs) {
             }
         }
     }
-    if ((a.flags & FC_ACT) && live) {
-        const bool drop = (a.flags & FC_DROPOUT) != 0;
+    if ((a.pass.flags & FC_ACT) && live) {
+        const bool drop = (a.pass.flags & FC_DROPOUT) != 0;
         for (u32 r = ty; r < B; r += FC_TY) {
             const u64 e = (u64)r * n + j;
             const float v = a.pre[e];
             float o = v > 0.0f ? v : 0.0f;
-            if (drop) o *= uniform_at(a.key, e) >= a.dropout_p ? a.dropout_scale : 0.0f;
+            if (drop) o *= dropout_mask(a.pass, e);
             a.out[e] = o;
         }
     }
@@ -154,12 +170,8 @@ SCVI_KERNEL(fc_post_bwd, FcPostArgs) {
     __shared__ double red_b[FC_TY][FC_TX];
     __shared__ float col_dgamma[FC_TX];
     __shared__ float col_dbeta[FC_TX];
-    const u32 tx = threadIdx.x, ty = threadIdx.y;
-    const u32 j = blockIdx.x * FC_TX + tx;
-    const bool live = j < a.n;
-    const u32 B = a.rows, n = a.n;
-    const bool has_bn = (a.flags & FC_HAS_BN) != 0, train = (a.flags & FC_TRAIN) != 0;
-    const bool act = (a.flags & FC_ACT) != 0, drop = (a.flags & FC_DROPOUT) != 0;
+    const auto [tx, ty, j, B, n, live, has_bn, train] = fc_thread(a);
+    const bool act = (a.pass.flags & FC_ACT) != 0, drop = (a.pass.flags & FC_DROPOUT) != 0;
     float* d = a.lin;
 
     // Pass 1: through dropout and ReLU; BatchNorm's column sums.
@@ -169,7 +181,7 @@ SCVI_KERNEL(fc_post_bwd, FcPostArgs) {
             const u64 e = (u64)r * n + j;
             float g = d[e];
             if (act) {
-                if (drop) g *= uniform_at(a.key, e) >= a.dropout_p ? a.dropout_scale : 0.0f;
+                if (drop) g *= dropout_mask(a.pass, e);
                 if (a.pre[e] <= 0.0f) g = 0.0f;
                 d[e] = g;
             }
@@ -227,25 +239,18 @@ SCVI_KERNEL(fc_post_bwd, FcPostArgs) {
     }
 }
 
-// Mirrors `LayerNormArgs` in src/cuda/ops.rs.
+// Mirrors `LayerNormArgs` in src/cuda/kernels.rs.
 struct LayerNormArgs {
     float* pre;     // forward: in: LayerNorm input, out: its output (the ReLU input) [B, n]
     float* out;     // forward: the layer's output [B, n]
     float* d;       // backward: in: d loss / d out; out: d loss / d (LayerNorm input) [B, n]
     float* ln_inv;  // 1 / sqrt(var + eps) per row [B]
-    PhiloxKey key;
-    double dropout_p;
-    float dropout_scale;
-    u32 flags;  // FC_DROPOUT
-    u32 rows;
-    u32 n;
+    FcPass pass;
 };
-
-#define LN_THREADS 128
 
 SCVI_KERNEL(layer_norm_fwd, LayerNormArgs) {
     __shared__ double buf[LN_THREADS];
-    const u32 r = blockIdx.x, n = a.n, t = threadIdx.x;
+    const u32 r = blockIdx.x, n = a.pass.n, t = threadIdx.x;
     float* row = a.pre + (u64)r * n;
     double s = 0.0;
     for (u32 j = t; j < n; j += LN_THREADS) s += (double)row[j];
@@ -256,31 +261,31 @@ SCVI_KERNEL(layer_norm_fwd, LayerNormArgs) {
         q += dv * dv;
     }
     const double var = block_sum_f64(q, buf) / (double)n;
-    const double rr = 1.0 / sqrt(var + 1e-5);
+    const double rr = 1.0 / sqrt(var + SCVI_LN_EPS);
     if (t == 0) a.ln_inv[r] = (float)rr;
     const float mean_t = (float)mean, r_t = (float)rr;
-    const bool drop = (a.flags & FC_DROPOUT) != 0;
+    const bool drop = (a.pass.flags & FC_DROPOUT) != 0;
     for (u32 j = t; j < n; j += LN_THREADS) {
         const u64 e = (u64)r * n + j;
         const float y = (row[j] - mean_t) * r_t;
         row[j] = y;
         float o = y > 0.0f ? y : 0.0f;
-        if (drop) o *= uniform_at(a.key, e) >= a.dropout_p ? a.dropout_scale : 0.0f;
+        if (drop) o *= dropout_mask(a.pass, e);
         a.out[e] = o;
     }
 }
 
 SCVI_KERNEL(layer_norm_bwd, LayerNormArgs) {
     __shared__ double buf[LN_THREADS];
-    const u32 r = blockIdx.x, n = a.n, t = threadIdx.x;
+    const u32 r = blockIdx.x, n = a.pass.n, t = threadIdx.x;
     const float* y = a.pre + (u64)r * n;
     float* d = a.d + (u64)r * n;
-    const bool drop = (a.flags & FC_DROPOUT) != 0;
+    const bool drop = (a.pass.flags & FC_DROPOUT) != 0;
     double s = 0.0, sy = 0.0;
     for (u32 j = t; j < n; j += LN_THREADS) {
         const u64 e = (u64)r * n + j;
         float g = d[j];
-        if (drop) g *= uniform_at(a.key, e) >= a.dropout_p ? a.dropout_scale : 0.0f;
+        if (drop) g *= dropout_mask(a.pass, e);
         if (y[j] <= 0.0f) g = 0.0f;
         d[j] = g;
         s += (double)g;

@@ -1,7 +1,12 @@
-// latent.cu: the reparameterisation, the KL terms and their gradients (src/cpu/engine.rs, the part of
-// `forward_backward` between the encoders and the decoder, and back).
+// latent.cu: the posterior variance, the reparameterisation, the KL terms and their gradients,
+// between the encoders and the decoder. CPU twin: src/cpu/latent.rs, function for function:
+//   reparam_kl_fwd = the heads' biases (added by `linear_forward` on the CPU), `posterior_variance`
+//                    and `reparam_kl_forward`;      reparam_kl_bwd = `reparam_kl_backward`;
+//   library_fwd    = `library_observed_forward`, or `posterior_variance` and `library_forward`;
+//   library_bwd    = `library_backward`.
+// Test: tests/cuda_kernels.rs `latent_*`.
 //
-// reparam_kl_fwd (z, per cell, L dims): q_m = m + b_m, u = u + b_v, q_v = exp(u) + 1e-4,
+// reparam_kl_fwd (z, per cell, L dims): q_m = m + b_m, u = u + b_v, q_v = exp(u) + VAR_EPS,
 // eps ~ N(0, 1) from Philox (stream LatentNoise, index = step, element b * L + k, as NoiseBuffers::draw),
 // z = q_m + sqrt(q_v) eps (logistic normal: z = softmax of it), and in f64
 // KL_z = sum_k 0.5 (v + m^2 - 1 - log v) with v = sqrt(q_v)^2 (torch's Normal kl).
@@ -14,12 +19,12 @@
 // dq_m = dlib + (m - pm) / pv / B, du = (dlib eps / (2 sd) + (1/pv - 1/v) / (2 B)) exp(u).
 //
 // Grid: one thread per cell, blocks of 128. Shapes: [B, L] for z, [B] for the library.
+// VAR_EPS (src/model/config.rs) and the flags LAT_LN (logistic-normal latent, softmax) and
+// LAT_OBSERVED (observed library size, library kernels) come from Rust as -D defines
+// (src/cuda/kernels.rs).
 #include "common.cuh"
 
-#define LAT_LN 1u        // logistic-normal latent (softmax)
-#define LAT_OBSERVED 2u  // observed library size (library kernels)
-
-// Mirrors `LatentArgs` in src/cuda/ops.rs.
+// Mirrors `LatentArgs` in src/cuda/kernels.rs.
 struct LatentArgs {
     float* q_m;  // in: the mean head's product without bias; out: q_m [B, n]
     const float* b_m;
@@ -43,24 +48,34 @@ struct LatentArgs {
     u32 n;
 };
 
+// Element e (dimension k) of a posterior, stored: the heads' biases added (q_m, u), q_v = exp(u) +
+// VAR_EPS, the standard normal eps (element e of the key's stream) and the sample
+// z = q_m + sqrt(q_v) eps. Returns q_m and sqrt(q_v) for the KL.
+struct Draw {
+    float m, sd;
+};
+__device__ __forceinline__ Draw draw_posterior(const LatentArgs& a, u64 e, u32 k) {
+    const float m = a.q_m[e] + a.b_m[k];
+    const float u = a.u[e] + a.b_v[k];
+    const float v = expf(u) + (float)SCVI_VAR_EPS;
+    const float ep = (float)normal_at(a.key, e);
+    const float sd = sqrtf(v);
+    a.q_m[e] = m;
+    a.u[e] = u;
+    a.q_v[e] = v;
+    a.eps[e] = ep;
+    a.z[e] = m + sd * ep;
+    return {m, sd};
+}
+
 SCVI_KERNEL(reparam_kl_fwd, LatentArgs) {
     const u32 b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= a.rows) return;
     const u32 L = a.n;
     double kl = 0.0;
     for (u32 k = 0; k < L; ++k) {
-        const u64 e = (u64)b * L + k;
-        const float m = a.q_m[e] + a.b_m[k];
-        const float u = a.u[e] + a.b_v[k];
-        const float v = expf(u) + 1e-4f;
-        const float ep = (float)normal_at(a.key, e);
-        const float sd = sqrtf(v);
-        a.q_m[e] = m;
-        a.u[e] = u;
-        a.q_v[e] = v;
-        a.eps[e] = ep;
-        a.z[e] = m + sd * ep;
-        const double md = (double)m, vr = (double)(sd * sd);
+        const Draw d = draw_posterior(a, (u64)b * L + k, k);
+        const double md = (double)d.m, vr = (double)(d.sd * d.sd);
         kl += 0.5 * (vr + md * md - 1.0 - log(vr));
     }
     a.kl[b] = kl;
@@ -106,20 +121,11 @@ SCVI_KERNEL(library_fwd, LatentArgs) {
         a.kl[b] = 0.0;
         return;
     }
-    const float m = a.q_m[b] + a.b_m[0];
-    const float u = a.u[b] + a.b_v[0];
-    const float v = expf(u) + 1e-4f;
-    const float ep = (float)normal_at(a.key, b);
-    const float sd = sqrtf(v);
-    a.q_m[b] = m;
-    a.u[b] = u;
-    a.q_v[b] = v;
-    a.eps[b] = ep;
-    a.z[b] = m + sd * ep;
+    const Draw d = draw_posterior(a, b, 0);
     const u32 s = a.codes[b];
     const double pm = (double)a.prior_means[s], ps = sqrt((double)a.prior_vars[s]);
-    const double r = (double)sd / ps, vr = r * r;
-    const double t = ((double)m - pm) / ps, t1 = t * t;
+    const double r = (double)d.sd / ps, vr = r * r;
+    const double t = ((double)d.m - pm) / ps, t1 = t * t;
     a.kl[b] = 0.5 * (vr + t1 - 1.0 - log(vr));
 }
 

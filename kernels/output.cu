@@ -1,4 +1,6 @@
-// output.cu: the decoder's output, fused (src/cpu/output.rs `decoder_output`).
+// output.cu: the decoder's output, fused. CPU twin: src/cpu/output.rs, `decoder_output` for
+// decoder_output_fwd / decoder_output_bwd; `dispersion_category_backward` and the column sums of
+// src/cpu/gemm.rs `add_column_sums` for column_sum_bwd. Test: tests/cuda_kernels.rs `output_*`.
 //
 // decoder_output_fwd / decoder_output_bwd, one block per cell, over its G genes:
 //   rho = rho_lin + b_rho, s = softmax(rho) (torch's: exp(rho - max) / sum), mu = exp(library) s,
@@ -21,15 +23,10 @@
 // Shapes: rho_lin, pi_lin, r_lin, d_rho: [B, G]; px_r: [G] or [G, K]; library: [B].
 #include "common.cuh"
 
-#define OUT_THREADS 256
+// OUT_THREADS (threads per cell) and the THETA_* modes come from Rust (src/cuda/kernels.rs).
 #define OUT_CHUNK 2048
 
-#define THETA_NONE 0u
-#define THETA_GENE 1u
-#define THETA_CATEGORY 2u
-#define THETA_CELL 3u
-
-// Mirrors `OutputArgs` in src/cuda/ops.rs.
+// Mirrors `OutputArgs` in src/cuda/kernels.rs.
 struct OutputArgs {
     const float* rho;  // scale head product without bias [B, G]
     const float* b_rho;
@@ -128,7 +125,7 @@ __device__ __forceinline__ void decoder_output_body(const OutputArgs& a) {
 SCVI_KERNEL(decoder_output_fwd, OutputArgs) { decoder_output_body<false>(a); }
 SCVI_KERNEL(decoder_output_bwd, OutputArgs) { decoder_output_body<true>(a); }
 
-// Mirrors `ColumnArgs` in src/cuda/ops.rs.
+// Mirrors `ColumnArgs` in src/cuda/kernels.rs.
 struct ColumnArgs {
     const float* d;     // [B, n]
     float* out;         // [n], or [n, K] with categories

@@ -1,24 +1,27 @@
-// sparse.cu: the encoders' first layer on the sparse counts, never densified
-// (src/cpu/sparse.rs).
+// sparse.cu: the encoders' first layer on the sparse counts, never densified. CPU twin:
+// src/cpu/sparse.rs, `sparse_log1p_linear_forward` (without the bias and one-hot column, which
+// fc_post_fwd adds) and `sparse_log1p_linear_backward` (its gene columns), and the transposition of
+// `simd::transpose` for transpose_fwd. Test: tests/cuda_kernels.rs `sparse_*`.
 //
 // sparse_log1p_linear_fwd: lin[b, h] = sum_{g in nz(b)} W[h, g] log1p(x_bg), reading the weight
 // through its transpose wt [G, H] (transpose_fwd) so a warp reads 32 consecutive h of one gene.
 // The bias and the one-hot column are added by fc_post_fwd, as for every Linear.
-// Grid: one block per cell; block 128 threads over h.
+// Grid: one block per cell; block SP_THREADS threads over h.
 //
 // sparse_log1p_linear_bwd: dW[h, g] += sum_b d[b, h] log1p(x_bg) over the non-zeros only.
 // Grid: one block per tile of `tile` genes; the block keeps a [tile, H] accumulator in shared
 // memory and walks the cells in order, finding each row's non-zeros in the tile by binary search
 // (rows are sorted, strictly increasing), so every sum has a fixed order: deterministic, no atomics.
-// Block 128 threads over h.
+// Block SP_THREADS threads over h.
 //
 // transpose_fwd: wt[g, h] = W[h, g] for g < G (the weight's first G columns; ldw = G + n_cat).
-// Grid (ceil(G / 32), ceil(H / 32)), block (32, 8), a 32 x 33 tile in shared memory.
+// Grid (ceil(G / TR_TILE), ceil(H / TR_TILE)), block (TR_TILE, TR_ROWS), a TR_TILE x (TR_TILE + 1)
+// tile in shared memory. SP_THREADS, TR_TILE and TR_ROWS come from Rust (src/cuda/kernels.rs).
 //
 // Shapes: lin, d: [B, H]; W, dW: [H, ldw]; wt: [G, H]; CSR indptr [B + 1], indices / values [nnz].
 #include "common.cuh"
 
-// Mirrors `SparseLinearArgs` in src/cuda/ops.rs.
+// Mirrors `SparseLinearArgs` in src/cuda/kernels.rs.
 struct SparseLinearArgs {
     float* lin;         // forward output [B, H]
     const float* d;     // backward input [B, H]
@@ -34,8 +37,6 @@ struct SparseLinearArgs {
     u32 tile;  // genes per block (backward); dynamic shared memory is tile * H floats
     u32 pad;
 };
-
-#define SP_THREADS 128
 
 SCVI_KERNEL(sparse_log1p_linear_fwd, SparseLinearArgs) {
     const u32 b = blockIdx.x;
@@ -70,7 +71,7 @@ SCVI_KERNEL(sparse_log1p_linear_bwd, SparseLinearArgs) {
             a.dweight[(u64)h * a.ldw + g] += acc[(g - g0) * H + h];
 }
 
-// Mirrors `TransposeArgs` in src/cuda/ops.rs.
+// Mirrors `TransposeArgs` in src/cuda/kernels.rs.
 struct TransposeArgs {
     const float* src;  // [rows_src, ld_src], transposing its first cols_src columns
     float* dst;        // [cols_src, rows_src]
@@ -81,14 +82,14 @@ struct TransposeArgs {
 };
 
 SCVI_KERNEL(transpose_fwd, TransposeArgs) {
-    __shared__ float t[32][33];
-    const u32 c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
-    for (u32 i = threadIdx.y; i < 32; i += 8) {
+    __shared__ float t[TR_TILE][TR_TILE + 1];
+    const u32 c0 = blockIdx.x * TR_TILE, r0 = blockIdx.y * TR_TILE;
+    for (u32 i = threadIdx.y; i < TR_TILE; i += TR_ROWS) {
         const u32 r = r0 + i, c = c0 + threadIdx.x;
         if (r < a.rows_src && c < a.cols_src) t[i][threadIdx.x] = a.src[(u64)r * a.ld_src + c];
     }
     __syncthreads();
-    for (u32 i = threadIdx.y; i < 32; i += 8) {
+    for (u32 i = threadIdx.y; i < TR_TILE; i += TR_ROWS) {
         const u32 c = c0 + i, r = r0 + threadIdx.x;
         if (r < a.rows_src && c < a.cols_src) a.dst[(u64)c * a.rows_src + r] = t[threadIdx.x][i];
     }

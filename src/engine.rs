@@ -1,21 +1,35 @@
-//! The interface every engine implements (CPU reference, CUDA), so the trainer, the inference code,
-//! the CLI and the tests do not know which one runs. An engine owns the model's values, the
-//! optimiser state and its buffers; noise comes from the shared Philox streams keyed by the step.
+//! The contract every engine implements (the CPU reference in `cpu/`, the GPU engine in `cuda/`), so
+//! the trainer, the inference code, the CLI and the tests do not know which one runs: the
+//! [`Engine`] trait and the types it speaks ([`LossParts`], [`Pass`], [`Mode`], [`AdamConfig`]),
+//! and the checks every engine makes on a minibatch before it computes ([`validate_minibatch`]).
+//!
+//! An engine owns the model's values, the optimiser state and its buffers; noise comes from the
+//! shared Philox streams (src/rng.rs) keyed by the step, so both engines draw the same numbers. The
+//! engines stand side by side below this file: neither imports the other.
 
 use crate::batch::Minibatch;
-use crate::cpu::engine::NoiseBuffers;
-use crate::cpu::{CpuEngine, LossParts, Mode};
-use crate::error::Result;
-use crate::float::Float;
+use crate::error::{Error, Result};
 use crate::model::init::ModelState;
-use crate::rng::Philox;
-use crate::train::adam::{Adam, AdamConfig};
+use crate::model::layout::Layout;
+use serde::{Deserialize, Serialize};
 
 pub trait Engine {
+    /// The forward pass over `batch` and, with `pass.grads`, the backward pass into the engine's
+    /// gradient buffer (zeroed first). In `Mode::Train` BatchNorm uses and updates batch
+    /// statistics and dropout is on. The per-cell losses are kept for [`Engine::per_cell_losses`].
+    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts>;
+    /// One Adam update of the parameters with the gradients of the last backward pass.
+    fn adam_update(&mut self) -> Result<()>;
     /// Forward, backward and one Adam update on a training minibatch; `step` keys the noise.
-    fn train_step(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts>;
+    fn train_step(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
+        let parts = self.forward_backward(batch, Pass::train(step, kl_weight))?;
+        self.adam_update()?;
+        Ok(parts)
+    }
     /// The loss in inference mode (running BatchNorm statistics, no dropout), noise keyed by `step`.
-    fn eval_loss(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts>;
+    fn eval_loss(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
+        self.forward_backward(batch, Pass::eval(step, kl_weight))
+    }
     /// Per-cell reconstruction loss, KL_z and KL_l of the last `eval_loss` / `train_step`.
     fn per_cell_losses(&self, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>);
     /// The posterior `q_m`, `q_v` (`[B, L]` each, row-major) in inference mode.
@@ -26,85 +40,168 @@ pub trait Engine {
     fn name(&self) -> String;
 }
 
-/// The CPU engine with its parameters, gradients and Adam state.
-pub struct CpuTrainer<T: Float> {
-    pub state: ModelState<T>,
-    engine: CpuEngine<T>,
-    grads: Vec<T>,
-    adam: Adam<T>,
-    noise: NoiseBuffers<T>,
-    rng: Philox,
+/// The parts of a minibatch's loss, summed over its cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossParts {
+    pub n_cells: usize,
+    /// The minibatch objective: `mean(rec + kl_weight KL_z + KL_l)`.
+    pub loss: f64,
+    pub reconstruction_sum: f64,
+    pub kl_z_sum: f64,
+    pub kl_l_sum: f64,
+    pub kl_weight: f64,
 }
 
-impl<T: Float> CpuTrainer<T> {
-    pub fn new(state: ModelState<T>, adam: AdamConfig, seed: u64) -> Self {
-        let layout = state.layout.clone();
-        CpuTrainer {
-            engine: CpuEngine::new(layout.clone()),
-            grads: vec![T::ZERO; layout.n_param_elems],
-            adam: Adam::new(adam, &layout),
-            noise: NoiseBuffers::default(),
-            rng: Philox::new(seed),
-            state,
+impl LossParts {
+    /// The parts of `b` cells from their sums: `loss = (rec + kl_weight KL_z + KL_l) / b`.
+    pub fn from_sums(b: usize, rec_sum: f64, kl_z_sum: f64, kl_l_sum: f64, kl_weight: f64) -> Self {
+        LossParts {
+            n_cells: b,
+            loss: (rec_sum + kl_weight * kl_z_sum + kl_l_sum) / b as f64,
+            reconstruction_sum: rec_sum,
+            kl_z_sum,
+            kl_l_sum,
+            kl_weight,
         }
     }
+}
 
-    fn run(
-        &mut self,
-        batch: &Minibatch,
-        step: u64,
-        kl_weight: f64,
-        mode: Mode,
-        grads: bool,
-    ) -> Result<LossParts> {
-        let l = self.state.layout.config.n_latent;
-        self.noise.draw(&self.rng, step, batch.len(), l);
-        let noise = self.noise.as_step(Some((self.rng, step)));
-        let g = if grads {
-            self.grads.iter_mut().for_each(|g| *g = T::ZERO);
-            Some(&mut self.grads[..])
-        } else {
-            None
-        };
-        self.engine
-            .forward_backward(&mut self.state, g, batch, &noise, kl_weight, mode)
+/// One pass over a minibatch: the step index that keys its noise, the KL weight, the mode, and
+/// whether the backward pass runs too.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pass {
+    pub step: u64,
+    pub kl_weight: f64,
+    pub mode: Mode,
+    pub grads: bool,
+}
+
+impl Pass {
+    /// A training pass with gradients.
+    pub fn train(step: u64, kl_weight: f64) -> Pass {
+        Pass {
+            step,
+            kl_weight,
+            mode: Mode::Train,
+            grads: true,
+        }
+    }
+    /// An inference pass, loss only.
+    pub fn eval(step: u64, kl_weight: f64) -> Pass {
+        Pass {
+            step,
+            kl_weight,
+            mode: Mode::Eval,
+            grads: false,
+        }
     }
 }
 
-impl<T: Float> Engine for CpuTrainer<T> {
-    fn train_step(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
-        let parts = self.run(batch, step, kl_weight, Mode::Train, true)?;
-        self.adam.update(&mut self.state.params, &self.grads);
-        Ok(parts)
-    }
+/// Whether the network runs as in training (batch statistics, dropout) or inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
 
-    fn eval_loss(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
-        self.run(batch, step, kl_weight, Mode::Eval, false)
-    }
+/// Adam exactly as `torch.optim.Adam(params, lr, eps, weight_decay)` under scvi-tools'
+/// `TrainingPlan`: lr 1e-3, betas (0.9, 0.999), eps 0.01, weight_decay 1e-6 added to the gradient,
+/// no amsgrad. The update itself is `cpu::adam` (and its kernel twin, kernels/adam.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
 
-    fn per_cell_losses(&self, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (r, z, l) = self.engine.per_cell(n);
-        (r.to_vec(), z.to_vec(), l.to_vec())
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 0.01,
+            weight_decay: 1e-6,
+        }
     }
+}
 
-    fn encode(&mut self, batch: &Minibatch) -> Result<(Vec<f32>, Vec<f32>)> {
-        self.engine.encode(&mut self.state, batch)?;
-        let (m, v) = self.engine.posterior(batch.len());
-        Ok((
-            m.iter().map(|x| x.to_f64() as f32).collect(),
-            v.iter().map(|x| x.to_f64() as f32).collect(),
-        ))
-    }
-
-    fn state(&self) -> ModelState<f32> {
-        self.state.cast()
-    }
-
-    fn name(&self) -> String {
-        format!(
-            "cpu ({} threads, {})",
-            rayon::current_num_threads(),
-            T::NAME.to_lowercase()
+impl AdamConfig {
+    /// The bias corrections of update `t` (1-based), in f64 on the host for every engine:
+    /// `(lr / (1 - b1^t), sqrt(1 - b2^t))`.
+    pub fn step_constants(&self, t: u64) -> (f64, f64) {
+        let t = t as i32;
+        (
+            self.lr / (1.0 - self.beta1.powi(t)),
+            (1.0 - self.beta2.powi(t)).sqrt(),
         )
     }
+}
+
+/// What every engine checks before it computes on `batch` (the GPU kernels rely on all of it; the
+/// CPU engine would index out of bounds or compute garbage without it): the gene count, at least
+/// one cell (two for a BatchNorm in training), covariates for every cell, batch and label codes in
+/// range, CSR arrays that agree with each other, fewer than 2^32 non-zeros, and column indices
+/// strictly increasing and below the gene count in every row. The index check reads every non-zero
+/// once, a few microseconds against a step's milliseconds.
+pub fn validate_minibatch(batch: &Minibatch, layout: &Layout, mode: Mode) -> Result<()> {
+    let cfg = &layout.config;
+    if batch.n_genes != cfg.n_input {
+        return Err(Error::Shape(format!(
+            "minibatch has {} genes, the model {}",
+            batch.n_genes, cfg.n_input
+        )));
+    }
+    if batch.is_empty() {
+        return Err(Error::Data("empty minibatch".into()));
+    }
+    if mode == Mode::Train && batch.len() < 2 && layout.batch_norms().next().is_some() {
+        return Err(Error::Data(
+            "BatchNorm cannot train on a minibatch of one cell".to_string(),
+        ));
+    }
+    let b = batch.len();
+    if batch.batch.len() < b || batch.labels.len() < b || batch.log_library.len() < b {
+        return Err(Error::Shape(
+            "minibatch covariates shorter than its rows".into(),
+        ));
+    }
+    let out_of_range =
+        |codes: &[u32], n: usize| codes[..b].iter().copied().find(|&s| s as usize >= n);
+    if let Some(s) = out_of_range(&batch.batch, cfg.n_batch) {
+        return Err(Error::Data(format!(
+            "batch code {s} out of range (n_batch {})",
+            cfg.n_batch
+        )));
+    }
+    if let Some(s) = out_of_range(&batch.labels, cfg.n_labels) {
+        return Err(Error::Data(format!(
+            "label code {s} out of range (n_labels {})",
+            cfg.n_labels
+        )));
+    }
+    if batch.indptr.len() != b + 1
+        || batch.indices.len() != batch.values.len()
+        || batch.indptr[b] != batch.indices.len()
+        || batch.indptr.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err(Error::Shape("minibatch CSR arrays disagree".into()));
+    }
+    if batch.indices.len() > u32::MAX as usize {
+        return Err(Error::Data("minibatch has more than 2^32 non-zeros".into()));
+    }
+    for i in 0..b {
+        let (idx, _) = batch.row(i);
+        let ok = idx.windows(2).all(|w| w[0] < w[1])
+            && idx.last().is_none_or(|&g| (g as usize) < cfg.n_input);
+        if !ok {
+            return Err(Error::Data(format!(
+                "minibatch row {i}: column indices must be strictly increasing and below {}",
+                cfg.n_input
+            )));
+        }
+    }
+    Ok(())
 }

@@ -61,30 +61,34 @@ pub trait Float:
     /// [`digamma`]: crate::math::special::digamma
     fn lgamma_digamma(self) -> (Self, Self);
 
-    /// `C = alpha * A B + beta * C` for strided matrices (m x k times k x n), single-threaded
-    /// (faer's kernels, `Par::Seq`; `beta = 0` does not read C).
-    /// Strides are in elements: `rs*` between rows, `cs*` between columns.
+    /// `C = alpha * A B + beta * C` for strided matrices (m x k times k x n, the sizes `c.rows`,
+    /// `a.cols`, `c.cols`), single-threaded (faer's kernels, `Par::Seq`; `beta = 0` does not read C).
     ///
     /// # Safety
     /// The pointers with their strides must describe matrices of the given sizes inside live
     /// allocations, and `c` must not alias `a` or `b`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
+    unsafe fn gemm_raw(alpha: Self, a: RawMat<Self>, b: RawMat<Self>, beta: Self, c: RawMat<Self>);
+}
+
+/// A strided matrix by raw pointer: `rows x cols`, element (i, j) at `ptr + i rs + j cs` (strides
+/// in elements).
+#[derive(Clone, Copy, Debug)]
+pub struct RawMat<T> {
+    pub ptr: *mut T,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// `fn name(self) -> Self { f(self) }` for each `name => f`.
+macro_rules! unary {
+    ($($name:ident => $f:expr,)*) => {$(
+        #[inline(always)]
+        fn $name(self) -> Self {
+            $f(self)
+        }
+    )*};
 }
 
 macro_rules! impl_float {
@@ -101,21 +105,16 @@ macro_rules! impl_float {
             fn to_f64(self) -> f64 {
                 self as f64
             }
-            #[inline(always)]
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            #[inline(always)]
-            fn ln(self) -> Self {
-                <$t>::ln(self)
-            }
-            #[inline(always)]
-            fn ln_1p(self) -> Self {
-                <$t>::ln_1p(self)
-            }
-            #[inline(always)]
-            fn sqrt(self) -> Self {
-                <$t>::sqrt(self)
+            unary! {
+                exp => <$t>::exp,
+                ln => <$t>::ln,
+                ln_1p => <$t>::ln_1p,
+                sqrt => <$t>::sqrt,
+                vexp => $exp,
+                vln => $ln,
+                vexp_fast => $expf,
+                vln_fast => $lnf,
+                vln_1p => $ln1p,
             }
             #[inline(always)]
             fn max(self, other: Self) -> Self {
@@ -126,63 +125,35 @@ macro_rules! impl_float {
                 <$t>::is_finite(self)
             }
             #[inline(always)]
-            fn vexp(self) -> Self {
-                $exp(self)
-            }
-            #[inline(always)]
-            fn vln(self) -> Self {
-                $ln(self)
-            }
-            #[inline(always)]
-            fn vexp_fast(self) -> Self {
-                $expf(self)
-            }
-            #[inline(always)]
-            fn vln_fast(self) -> Self {
-                $lnf(self)
-            }
-            #[inline(always)]
-            fn vln_1p(self) -> Self {
-                $ln1p(self)
-            }
-            #[inline(always)]
             fn lgamma_digamma(self) -> (Self, Self) {
                 $lgdg(self)
             }
             unsafe fn gemm_raw(
-                m: usize,
-                k: usize,
-                n: usize,
                 alpha: Self,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
+                a: RawMat<Self>,
+                b: RawMat<Self>,
                 beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
+                c: RawMat<Self>,
             ) {
                 use faer::linalg::matmul::matmul;
                 use faer::{Accum, MatMut, MatRef, Par};
+                let (m, n, rsc, csc) = (c.rows, c.cols, c.rs, c.cs);
                 if m == 0 || n == 0 {
                     return;
                 }
                 // SAFETY: the caller guarantees the pointers and strides describe valid matrices
                 // and that c does not alias a or b.
                 unsafe {
-                    let lhs = MatRef::from_raw_parts(a, m, k, rsa, csa);
-                    let rhs = MatRef::from_raw_parts(b, k, n, rsb, csb);
-                    let mut dst = MatMut::from_raw_parts_mut(c, m, n, rsc, csc);
+                    let lhs = MatRef::from_raw_parts(a.ptr, m, a.cols, a.rs, a.cs);
+                    let rhs = MatRef::from_raw_parts(b.ptr, a.cols, n, b.rs, b.cs);
+                    let mut dst = MatMut::from_raw_parts_mut(c.ptr, m, n, rsc, csc);
                     let accum = if beta == 0.0 {
                         Accum::Replace
                     } else {
                         if beta != 1.0 {
                             for i in 0..m {
                                 for j in 0..n {
-                                    let p = c.offset(i as isize * rsc + j as isize * csc);
+                                    let p = c.ptr.offset(i as isize * rsc + j as isize * csc);
                                     *p *= beta;
                                 }
                             }

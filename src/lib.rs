@@ -21,18 +21,3 @@ pub mod scvi;
 pub mod train;
 
 pub use scvi::{Device, Scvi, Setup};
-
-/// The CUDA engine for a model, or why there is none.
-pub fn cuda_engine(
-    model: &scvi::Scvi,
-    device: usize,
-    seed: u64,
-    adam: train::AdamConfig,
-) -> Result<Box<dyn engine::Engine>> {
-    cuda::engine(model, device, seed, adam)
-}
-
-/// Whether a CUDA device can run the GPU engine here.
-pub fn gpu_available() -> bool {
-    cuda::gpu_available()
-}

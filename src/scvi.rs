@@ -3,10 +3,11 @@
 
 use crate::atomic::AtomicDir;
 use crate::batch::Minibatch;
-use crate::cpu::engine::softmax_in_place;
+use crate::cpu::CpuTrainer;
 use crate::data::{Dataset, SparseRows};
-use crate::engine::{CpuTrainer, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::math::softmax::softmax_in_place;
 use crate::model::init::ModelState;
 use crate::model::io::{state_from_safetensors, state_to_safetensors, MODEL_DIR, WEIGHTS_FILE};
 use crate::model::{LatentDistribution, Layout, ModelConfig};
@@ -84,6 +85,16 @@ pub struct Scvi {
 pub struct CellCodes {
     pub batch: Vec<u32>,
     pub labels: Vec<u32>,
+}
+
+impl CellCodes {
+    /// The codes as the loader takes them.
+    pub fn covariates(&self) -> Covariates<'_> {
+        Covariates {
+            batch: &self.batch,
+            labels: &self.labels,
+        }
+    }
 }
 
 /// The ELBO of a set of cells, with scvi-tools' signs: `elbo` is `get_elbo()` (the mean ELBO, a
@@ -270,7 +281,7 @@ impl Scvi {
                 adam,
                 seed,
             ))),
-            Device::Cuda(i) => crate::cuda_engine(self, i, seed, adam),
+            Device::Cuda(i) => crate::cuda::engine(&self.state, i, seed, adam),
         }
     }
 
@@ -300,10 +311,7 @@ impl Scvi {
             )));
         }
         let mut engine = self.engine(device, cfg.seed, cfg.adam)?;
-        let cov = Covariates {
-            batch: &codes.batch,
-            labels: &codes.labels,
-        };
+        let cov = codes.covariates();
         let history = train::fit(
             engine.as_mut(),
             data.counts.as_ref(),
@@ -342,10 +350,7 @@ impl Scvi {
         let mut engine = self.engine(device, 0, train::AdamConfig::default())?;
         let mut out = vec![0f32; data.n_cells() * l];
         let order: Vec<usize> = (0..data.n_cells()).collect();
-        let cov = Covariates {
-            batch: &codes.batch,
-            labels: &codes.labels,
-        };
+        let cov = codes.covariates();
         let ln = self.meta.model.latent_distribution == LatentDistribution::Ln;
         let rng = Philox::new(0);
         // Scratch for the logistic-normal Monte Carlo mean, reused across cells.
@@ -397,10 +402,7 @@ impl Scvi {
         let codes = self.codes_for(data)?;
         self.check_library(data, cells)?;
         let mut engine = self.engine(device, seed, train::AdamConfig::default())?;
-        let cov = Covariates {
-            batch: &codes.batch,
-            labels: &codes.labels,
-        };
+        let cov = codes.covariates();
         let s = train::evaluate(
             engine.as_mut(),
             data.counts.as_ref(),

@@ -3,7 +3,9 @@
 //! compile: tests/cuda_kernels_compile.rs.) What can be provoked depends on the machine; each test
 //! says which case it saw.
 
-use scvi_rs::cuda::harness::gpu_or_skip;
+mod common;
+
+use common::gpu::gpu_or_skip;
 use scvi_rs::cuda::{self, device, libs};
 use scvi_rs::data::simulate::SimConfig;
 use scvi_rs::model::ModelConfig;

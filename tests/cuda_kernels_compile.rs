@@ -4,8 +4,11 @@
 //! SCVI_RS_CUDA_LIB_DIR), so a kernel that stops compiling fails CI. Without NVRTC the tests print
 //! why they skip, unless SCVI_RS_REQUIRE_NVRTC=1, which makes that a failure.
 
-use scvi_rs::cuda::harness::nvrtc_or_skip;
-use scvi_rs::cuda::nvrtc::{self, Image, KernelFile, KERNEL_FILES};
+mod common;
+
+use common::gpu::nvrtc_or_skip;
+use scvi_rs::cuda::kernels::{KernelFile, KERNEL_FILES};
+use scvi_rs::cuda::nvrtc::{self, Image};
 use scvi_rs::Error;
 use std::time::Instant;
 
@@ -79,6 +82,7 @@ fn a_kernel_that_does_not_compile_is_a_clear_error() {
         name: "broken.cu",
         source: "#include \"common.cuh\"\nstruct A { float* x; };\nSCVI_KERNEL(broken_fwd, A) { a.x[0] = no_such_function(1.0f); }\n",
         entries: &["broken_fwd"],
+        cpu_twin: "none",
     };
     match nvrtc::compile(&broken, "sm_90") {
         Err(Error::Cuda(m)) => {

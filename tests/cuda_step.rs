@@ -7,51 +7,24 @@
 //!
 //! Each test runs on the GPU when there is one (else prints why it skips) and on the host emulation
 //! of the kernels (kernels/common.cuh, `SCVI_EMU`), which checks the engine's orchestration and the
-//! kernels' arithmetic on any machine with a C++ compiler. Seeds are fresh each run and printed;
-//! `SCVI_RS_TEST_SEED` repeats one.
+//! kernels' arithmetic on any machine with a C++ compiler. Seeds are printed; the suite uses a
+//! fixed one, `SCVI_RS_TEST_SEED=N` repeats a run and `SCVI_RS_TEST_SEED=random` explores.
 
+mod common;
+
+use common::gpu::{device_tests, Checker, Target, Tol};
+use common::{f64s, Rng};
 use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::engine::NoiseBuffers;
-use scvi_rs::cpu::{CpuEngine, Mode};
-use scvi_rs::cuda::harness::{emulated_or_skip, gpu_or_skip, Checker, Tol};
-use scvi_rs::cuda::{CudaEngine, Gpu};
-use scvi_rs::engine::{CpuTrainer, Engine};
+use scvi_rs::cpu::{CpuEngine, CpuTrainer};
+use scvi_rs::cuda::CudaEngine;
+use scvi_rs::engine::{AdamConfig, Engine, Mode, Pass};
 use scvi_rs::model::config::{
     Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement,
 };
 use scvi_rs::model::init::ModelState;
 use scvi_rs::model::layout::Layout;
 use scvi_rs::rng::Philox;
-use scvi_rs::train::AdamConfig;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.uniform() * n as f64) as usize % n.max(1)
-    }
-}
-
-fn test_seed() -> u64 {
-    std::env::var("SCVI_RS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
 
 /// PyTorch's initialisation, then BatchNorm affine parameters and running statistics, px_r and
 /// the library prior moved off their defaults so that every term is exercised.
@@ -182,17 +155,13 @@ fn feeds_batch_norm(layout: &Layout, name: &str) -> bool {
     layout.param(&bn).is_some()
 }
 
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
 const REL: f64 = 1e-4;
 
 /// One forward + backward on both engines; compare everything.
-fn step_matches(gpu_fn: &dyn Fn() -> Gpu, what: &str) {
-    let seed = test_seed();
-    println!("{what}: seed {seed} (SCVI_RS_TEST_SEED={seed} repeats it)");
-    let mut rng = Rng(seed);
+fn step_matches(target: Target, what: &str) {
+    let Some((seed, mut rng)) = target.seeded(what) else {
+        return;
+    };
     let g = 150 + rng.below(60);
     let mut failures = Vec::new();
     for (name, cfg) in configs(g) {
@@ -224,10 +193,11 @@ fn step_matches(gpu_fn: &dyn Fn() -> Gpu, what: &str) {
             .expect("cpu step");
 
         // GPU.
+        let gpu = target.open(what).expect("device");
         let mut eng =
-            CudaEngine::new(gpu_fn(), &state, run_seed, AdamConfig::default()).expect("gpu engine");
+            CudaEngine::new(gpu, &state, run_seed, AdamConfig::default()).expect("gpu engine");
         let gp = eng
-            .forward_backward(&batch, step, kl_weight, Mode::Train, true)
+            .forward_backward(&batch, Pass::train(step, kl_weight))
             .expect("gpu step");
         let mut c = Checker::new(format!("{what} / {name} (seed {seed})"));
         let loss_tol = Tol::new(1e-5, 1e-6, 1e-5);
@@ -280,22 +250,16 @@ fn step_matches(gpu_fn: &dyn Fn() -> Gpu, what: &str) {
                 Tol::new(1e-5, 1e-6, 1e-5),
             );
         }
-        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.finish())) {
-            failures.push(
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .unwrap_or_else(|| "mismatch".into()),
-            );
-        }
+        failures.extend(c.failure());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 /// Several Adam steps through the `Engine` interface, then an evaluation pass and `encode`.
-fn training_matches(gpu_fn: &dyn Fn() -> Gpu, what: &str) {
-    let seed = test_seed();
-    println!("{what}: seed {seed}");
-    let mut rng = Rng(seed);
+fn training_matches(target: Target, what: &str) {
+    let Some((seed, mut rng)) = target.seeded(what) else {
+        return;
+    };
     let g = 120 + rng.below(40);
     let mut failures = Vec::new();
     for (name, cfg) in configs(g).into_iter().take(4) {
@@ -303,7 +267,8 @@ fn training_matches(gpu_fn: &dyn Fn() -> Gpu, what: &str) {
         let run_seed = rng.next();
         let adam = AdamConfig::default();
         let mut cpu = CpuTrainer::<f32>::new(state.clone(), adam, run_seed);
-        let mut gpu = CudaEngine::new(gpu_fn(), &state, run_seed, adam).expect("gpu engine");
+        let device = target.open(what).expect("device");
+        let mut gpu = CudaEngine::new(device, &state, run_seed, adam).expect("gpu engine");
         let mut c = Checker::new(format!("{what} / {name} (seed {seed})"));
         let mut losses = (Vec::new(), Vec::new());
         for step in 0..3u64 {
@@ -349,49 +314,12 @@ fn training_matches(gpu_fn: &dyn Fn() -> Gpu, what: &str) {
         let (cm, cv) = cpu.encode(&batch).expect("cpu encode");
         c.check_f32("encode q_m", &gm, &cm, Tol::new(1e-3, 1e-5, 1e-4));
         c.check_f32("encode q_v", &gv, &cv, Tol::new(1e-3, 1e-5, 1e-4));
-        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.finish())) {
-            failures.push(
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .unwrap_or_else(|| "mismatch".into()),
-            );
-        }
+        failures.extend(c.failure());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-#[test]
-fn step_matches_cpu_on_gpu() {
-    let test = "step_matches_cpu_on_gpu";
-    if gpu_or_skip(test).is_none() {
-        return;
-    }
-    step_matches(&|| gpu_or_skip(test).expect("gpu"), "gpu");
-}
-
-#[test]
-fn step_matches_cpu_emulated() {
-    let test = "step_matches_cpu_emulated";
-    if emulated_or_skip(test).is_none() {
-        return;
-    }
-    step_matches(&|| emulated_or_skip(test).expect("emu"), "emulated");
-}
-
-#[test]
-fn training_matches_cpu_on_gpu() {
-    let test = "training_matches_cpu_on_gpu";
-    if gpu_or_skip(test).is_none() {
-        return;
-    }
-    training_matches(&|| gpu_or_skip(test).expect("gpu"), "gpu");
-}
-
-#[test]
-fn training_matches_cpu_emulated() {
-    let test = "training_matches_cpu_emulated";
-    if emulated_or_skip(test).is_none() {
-        return;
-    }
-    training_matches(&|| emulated_or_skip(test).expect("emu"), "emulated");
+device_tests! {
+    step_matches_cpu_emulated, step_matches_cpu_on_gpu => step_matches;
+    training_matches_cpu_emulated, training_matches_cpu_on_gpu => training_matches;
 }

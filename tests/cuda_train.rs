@@ -5,7 +5,9 @@
 //! skips) and the data file (`SCVI_RS_KANG_H5AD`, else ../shared/data or shared/data beside the
 //! crate).
 
-use scvi_rs::cuda::harness::{gpu_or_skip, skip};
+mod common;
+
+use common::gpu::{gpu_or_skip, skip};
 use scvi_rs::model::ModelConfig;
 use scvi_rs::store::load_dataset;
 use scvi_rs::train::TrainConfig;

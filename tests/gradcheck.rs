@@ -4,7 +4,8 @@
 //! no deep injection, dropout).
 
 use scvi_rs::batch::Minibatch;
-use scvi_rs::cpu::{CpuEngine, Mode, StepNoise};
+use scvi_rs::cpu::{CpuEngine, StepNoise};
+use scvi_rs::engine::Mode;
 use scvi_rs::model::init::ModelState;
 use scvi_rs::model::{
     Dispersion, GeneLikelihood, LatentDistribution, Layout, ModelConfig, NormPlacement,

@@ -9,12 +9,13 @@
 
 use safetensors::SafeTensors;
 use scvi_rs::batch::Minibatch;
-use scvi_rs::cpu::{CpuEngine, Mode, StepNoise};
+use scvi_rs::cpu::adam::Adam;
+use scvi_rs::cpu::{CpuEngine, StepNoise};
+use scvi_rs::engine::{AdamConfig, Mode};
 use scvi_rs::float::Float;
 use scvi_rs::model::init::ModelState;
 use scvi_rs::model::layout::Layout;
 use scvi_rs::model::ModelConfig;
-use scvi_rs::train::adam::{Adam, AdamConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -116,19 +117,18 @@ fn run_config<T: Float>(
     let cfg = config_of(cfg_json);
     let layout = Layout::new(&cfg);
     let mut state = ModelState::<T>::zeros(layout.clone());
-    for t in &layout.params {
-        let v = fx.get(&format!("param.{}", t.name));
-        state.params[t.range()]
-            .iter_mut()
-            .zip(v)
-            .for_each(|(o, &x)| *o = T::from_f64(x));
-    }
-    for t in &layout.buffers {
-        let v = fx.get(&format!("param.{}", t.name));
-        state.buffers[t.range()]
-            .iter_mut()
-            .zip(v)
-            .for_each(|(o, &x)| *o = T::from_f64(x));
+    // The fixture stores parameters and buffers alike as `param.<name>`.
+    for (tensors, values) in [
+        (&layout.params, &mut state.params),
+        (&layout.buffers, &mut state.buffers),
+    ] {
+        for t in tensors {
+            let v = fx.get(&format!("param.{}", t.name));
+            values[t.range()]
+                .iter_mut()
+                .zip(v)
+                .for_each(|(o, &x)| *o = T::from_f64(x));
+        }
     }
     let (b, g) = (
         cfg_json["batch_size"].as_u64().unwrap() as usize,
@@ -242,13 +242,13 @@ fn configs() -> Vec<serde_json::Value> {
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn f64_engine_equals_scvi_tools_to_1e9() {
+/// Every fixture configuration through the engine in `T`, every tensor within `rtol`, `atol`.
+fn all_configs_match<T: Float>(rtol: f64, atol: f64) {
     let cfgs = configs();
     assert!(cfgs.len() >= 8);
     let errors: Vec<String> = cfgs
         .iter()
-        .flat_map(|c| run_config::<f64>(c, 1e-9, 1e-12))
+        .flat_map(|c| run_config::<T>(c, rtol, atol))
         .collect();
     assert!(
         errors.is_empty(),
@@ -259,17 +259,13 @@ fn f64_engine_equals_scvi_tools_to_1e9() {
 }
 
 #[test]
+fn f64_engine_equals_scvi_tools_to_1e9() {
+    all_configs_match::<f64>(1e-9, 1e-12);
+}
+
+#[test]
 fn f32_engine_equals_scvi_tools_within_f32_rounding() {
-    let errors: Vec<String> = configs()
-        .iter()
-        .flat_map(|c| run_config::<f32>(c, 1e-4, 1e-6))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{} mismatches:\n{}",
-        errors.len(),
-        errors.join("\n")
-    );
+    all_configs_match::<f32>(1e-4, 1e-6);
 }
 
 #[test]

@@ -6,9 +6,16 @@
 #![allow(dead_code)]
 
 use scvi_rs::batch::Minibatch;
+use scvi_rs::cpu::engine::NoiseBuffers;
+use scvi_rs::cpu::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
+use scvi_rs::cpu::CpuEngine;
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::data::Dataset;
-use scvi_rs::model::ModelConfig;
+use scvi_rs::engine::{LossParts, Mode};
+use scvi_rs::float::Float;
+use scvi_rs::model::init::ModelState;
+use scvi_rs::model::layout::LinearShape;
+use scvi_rs::model::{GeneLikelihood, ModelConfig};
 use scvi_rs::rng::{Philox, Stream};
 use scvi_rs::store::load_dataset;
 use std::path::PathBuf;
@@ -116,4 +123,136 @@ pub fn time(reps: usize, inner: usize, mut f: impl FnMut()) -> (f64, f64) {
         .collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[0], v[v.len() / 2])
+}
+
+/// `n` values uniform in [lo, hi), from the Philox stream `Init` under `key`.
+pub fn uniform(n: usize, key: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut u = vec![0.0f64; n];
+    Philox::new(key).fill_uniform(Stream::Init, 0, &mut u);
+    u.iter().map(|&v| lo + (hi - lo) * v as f32).collect()
+}
+
+/// The product shape of a Linear `[b, i] -> [b, o]` with the weight `[o, i]` (no one-hot columns),
+/// for `cpu::gemm::linear_fwd` / `linear_wgrad` / `linear_dgrad`.
+pub fn shape(b: usize, i: usize, o: usize) -> LinearShape {
+    LinearShape {
+        b,
+        n_in: i,
+        ldw: i,
+        n_out: o,
+    }
+}
+
+/// The fused decoder output's inputs (ZINB, a per-gene dispersion) for `b` cells and `g` genes:
+/// random logits, biases and dispersions, and each minibatch's log library.
+pub struct OutputStage {
+    /// The kernel's in-place planes; `rho` and `pi` are copied into them before each call.
+    pub planes: OutputPlanes<f32>,
+    pub rho: Vec<f32>,
+    pub pi: Vec<f32>,
+    /// The two heads' biases, added by the kernel as it reads the logits.
+    bias_rho: Vec<f32>,
+    bias_pi: Vec<f32>,
+    /// `theta = exp(px_r)` and its special functions, per gene.
+    table: ThetaTable<f32>,
+    /// Per minibatch, per cell.
+    lib: Vec<Vec<f32>>,
+}
+
+impl OutputStage {
+    pub fn new(mbs: &[Minibatch], b: usize, g: usize) -> Self {
+        let mut planes = OutputPlanes::<f32>::default();
+        planes.resize(b, g);
+        let mut table = ThetaTable::default();
+        table.fill(&uniform(g, 10, -1.0, 2.0), g, 1);
+        OutputStage {
+            planes,
+            rho: uniform(b * g, 8, -3.0, 3.0),
+            pi: uniform(b * g, 9, -4.0, 2.0),
+            bias_rho: uniform(g, 14, -0.1, 0.1),
+            bias_pi: uniform(g, 15, -0.1, 0.1),
+            table,
+            lib: mbs
+                .iter()
+                .map(|m| m.log_library.iter().map(|&v| v as f32).collect())
+                .collect(),
+        }
+    }
+
+    /// Copy the logits into the planes (the kernel overwrites them).
+    pub fn reset(&mut self) {
+        let n = self.rho.len();
+        self.planes.scale[..n].copy_from_slice(&self.rho);
+        self.planes.pi[..n].copy_from_slice(&self.pi);
+    }
+
+    /// One call of the kernel on minibatch `i` of `mbs` (the planes reset first).
+    pub fn run(&mut self, mbs: &[Minibatch], i: usize, grads: bool) {
+        self.reset();
+        let theta = ThetaSource::Table {
+            table: &self.table,
+            codes: None,
+        };
+        let biases = HeadBiases {
+            rho: &self.bias_rho,
+            pi: Some(&self.bias_pi),
+            r: None,
+        };
+        let b = mbs[i].len();
+        decoder_output(
+            &mut self.planes,
+            &mbs[i],
+            GeneLikelihood::Zinb,
+            theta,
+            biases,
+            &self.lib[i],
+            grads,
+            1.0 / b as f64,
+        );
+    }
+}
+
+/// The CPU engine's forward and backward pass alone (no optimiser), with its own parameters,
+/// gradient buffer (accumulating, as the benches do not need it cleared) and noise, keyed by the
+/// step as `CpuTrainer` keys it; KL weight 0.5, training mode.
+pub struct BareStep<T> {
+    pub engine: CpuEngine<T>,
+    pub state: ModelState<T>,
+    pub grads: Vec<T>,
+    noise: NoiseBuffers<T>,
+    rng: Philox,
+}
+
+impl<T: Float> BareStep<T> {
+    pub fn new(state: ModelState<T>, seed: u64) -> Self {
+        let layout = state.layout.clone();
+        BareStep {
+            engine: CpuEngine::new(layout.clone()),
+            grads: vec![T::ZERO; layout.n_param_elems],
+            noise: NoiseBuffers::default(),
+            rng: Philox::new(seed),
+            state,
+        }
+    }
+
+    /// Draw the noise of step `k` for `mb`.
+    pub fn draw(&mut self, mb: &Minibatch, k: u64) {
+        let l = self.state.layout.config.n_latent;
+        self.noise.draw(&self.rng, k, mb.len(), l);
+    }
+
+    /// The pass on `mb` with the noise drawn for step `k`.
+    pub fn pass(&mut self, mb: &Minibatch, k: u64) -> LossParts {
+        let noise = self.noise.as_step(Some((self.rng, k)));
+        let grads = Some(&mut self.grads[..]);
+        self.engine
+            .forward_backward(&mut self.state, grads, mb, &noise, 0.5, Mode::Train)
+            .unwrap()
+    }
+
+    /// Draw, then pass.
+    pub fn run(&mut self, mb: &Minibatch, k: u64) -> LossParts {
+        self.draw(mb, k);
+        self.pass(mb, k)
+    }
 }

@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use scvi_rs::cuda::{device, libs, nvrtc};
+use scvi_rs::cuda::{device, kernels, libs, nvrtc};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -142,7 +142,7 @@ pub fn run_doctor(cmd: &DoctorCmd) -> Result<()> {
     }
     let mut failed = 0;
     for arch in &archs {
-        for f in nvrtc::KERNEL_FILES {
+        for f in kernels::KERNEL_FILES {
             let t0 = Instant::now();
             match nvrtc::compile(f, arch) {
                 Ok(img) => println!(

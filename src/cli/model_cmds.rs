@@ -27,7 +27,7 @@ pub struct RunArgs {
 impl RunArgs {
     pub fn device(&self) -> Result<Device> {
         if self.device == "auto" {
-            return Ok(if scvi_rs::gpu_available() {
+            return Ok(if scvi_rs::cuda::gpu_available() {
                 Device::Cuda(0)
             } else {
                 Device::Cpu

@@ -3,35 +3,43 @@
 //! K batch categories.
 //!
 //! ```text
-//! h_e = FC(log1p x [, onehot s])           q_m = h_e W_m^T + b_m     q_v = exp(h_e W_v^T + b_v) + 1e-4
+//! h_e = FC(log1p x [, onehot s])           q_m = h_e W_m^T + b_m     q_v = exp(h_e W_v^T + b_v) + VAR_EPS
 //! z   = q_m + sqrt(q_v) eps_z   (ln: softmax of it)
 //! h_d = FC(z, onehot s)                    rho = h_d W_s^T + b_s     pi = h_d W_pi^T + b_pi
 //! loss = mean_b [ -sum_g log p(x_bg | exp(lib_b) softmax(rho_b), theta, pi) + kl_weight KL_z + KL_l ]
 //! ```
 //! Gradients accumulate into a flat buffer in the parameters' layout; only tensors that this
 //! configuration uses (`Tensor::trainable`) receive any.
+//!
+//! This file strings the op families together, as src/cuda/engine.rs does with their kernels; the
+//! maths of each lives in its own module (`sparse`, `fc`, `latent`, `output`, `gemm`), the twin of a
+//! kernel file.
 
 use super::fc::{
     fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats, DropoutKey,
-    FcCache, FcGrads, FcParams, Mode,
+    FcCache, FcGrads, FcParams,
 };
-use super::gemm::{gemm, MatRef};
-use super::output::{decoder_output, HeadBiases, OutputPlanes, ThetaSource, ThetaTable};
+use super::gemm::linear_fwd;
+use super::latent::{
+    library_backward, library_forward, library_observed_forward, posterior_variance,
+    reparam_kl_backward, reparam_kl_forward, LibraryPrior, Posterior, PosteriorGrads,
+};
+use super::output::{
+    decoder_output, dispersion_category_backward, HeadBiases, OutputPlanes, ThetaSource, ThetaTable,
+};
 use super::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
 use crate::batch::Minibatch;
+use crate::engine::{validate_minibatch, LossParts, Mode};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::config::{Dispersion, LatentDistribution};
 use crate::model::init::ModelState;
-use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
+use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds, LinearShape};
 use crate::rng::{Philox, Stream};
 use std::ops::Range;
 use std::sync::Arc;
-
-/// `q_v = exp(u) + VAR_EPS` (scvi-tools' `Encoder.var_eps`).
-pub const VAR_EPS: f64 = 1e-4;
 
 /// The noise of one step: reparameterisation draws and the dropout key.
 pub struct StepNoise<'a, T> {
@@ -74,16 +82,11 @@ impl<T: Float> NoiseBuffers<T> {
     }
 }
 
-/// The parts of a minibatch's loss, summed over its cells.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct LossParts {
-    pub n_cells: usize,
-    /// The minibatch objective: `mean(rec + kl_weight KL_z + KL_l)`.
-    pub loss: f64,
-    pub reconstruction_sum: f64,
-    pub kl_z_sum: f64,
-    pub kl_l_sum: f64,
-    pub kl_weight: f64,
+/// Which encoder.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Z,
+    L,
 }
 
 #[derive(Default)]
@@ -97,6 +100,45 @@ struct EncoderWork<T> {
     d_u: Vec<T>,
     d_h: Vec<T>,
     d_h2: Vec<T>,
+}
+
+impl<T> EncoderWork<T> {
+    /// The posterior of the minibatch's first `n` elements (`B * n_out`).
+    fn posterior(&self, n: usize) -> Posterior<'_, T> {
+        Posterior {
+            q_m: &self.q_m[..n],
+            u: &self.u[..n],
+            q_v: &self.q_v[..n],
+        }
+    }
+
+    /// The posterior and, beside it, its gradients to write.
+    fn posterior_and_grads(&mut self, n: usize) -> (Posterior<'_, T>, PosteriorGrads<'_, T>) {
+        (
+            Posterior {
+                q_m: &self.q_m[..n],
+                u: &self.u[..n],
+                q_v: &self.q_v[..n],
+            },
+            PosteriorGrads {
+                d_q_m: &mut self.d_q_m[..n],
+                d_u: &mut self.d_u[..n],
+            },
+        )
+    }
+}
+
+/// The latent library's prior for the cells of `batch` (latent library only).
+fn library_prior<'a, T: Float>(
+    state: &'a ModelState<T>,
+    layout: &Layout,
+    batch: &'a Minibatch,
+) -> LibraryPrior<'a, T> {
+    LibraryPrior {
+        codes: &batch.batch,
+        means: state.buffer(layout.library_log_means.expect("latent library prior")),
+        vars: state.buffer(layout.library_log_vars.expect("latent library prior")),
+    }
 }
 
 /// The CPU engine for one model layout; its buffers grow to the largest minibatch seen and are
@@ -223,50 +265,54 @@ impl<T: Float> CpuEngine<T> {
         (&self.z[..b * l], &self.planes.scale[..b * g])
     }
 
-    fn check_batch(&self, batch: &Minibatch, mode: Mode) -> Result<()> {
-        let cfg = &self.layout.config;
-        if batch.n_genes != cfg.n_input {
-            return Err(Error::Shape(format!(
-                "minibatch has {} genes, the model {}",
-                batch.n_genes, cfg.n_input
-            )));
-        }
-        if mode == Mode::Train && batch.len() < 2 && self.layout.batch_norms().next().is_some() {
-            return Err(Error::Data(
-                "BatchNorm cannot train on a minibatch of one cell".to_string(),
-            ));
-        }
-        if let Some(&s) = batch.batch.iter().find(|&&s| s as usize >= cfg.n_batch) {
-            return Err(Error::Data(format!(
-                "batch code {s} out of range (n_batch {})",
-                cfg.n_batch
-            )));
-        }
-        if let Some(&s) = batch.labels.iter().find(|&&s| s as usize >= cfg.n_labels) {
-            return Err(Error::Data(format!(
-                "label code {s} out of range (n_labels {})",
-                cfg.n_labels
-            )));
-        }
-        Ok(())
+    /// The z (`Which::Z`) or library (`Which::L`) encoder's forward pass, on the prepared input.
+    fn encoder_forward(
+        &mut self,
+        which: Which,
+        state: &mut ModelState<T>,
+        batch: &Minibatch,
+        mode: Mode,
+        dropout: Option<(Philox, u64)>,
+    ) {
+        let (w, ids, stream) = match which {
+            Which::Z => (
+                &mut self.z_enc,
+                &self.layout.z_encoder,
+                Stream::EncoderDropout,
+            ),
+            Which::L => (
+                &mut self.l_enc,
+                &self.layout.l_encoder,
+                Stream::LibraryEncoderDropout,
+            ),
+        };
+        let input = (&self.input, &mut self.sparse);
+        encoder_forward(w, ids, state, batch, input, mode, dropout, stream);
+    }
+
+    /// Backward through an encoder from its `d_q_m` and `d_u`.
+    fn encoder_backward(
+        &mut self,
+        which: Which,
+        state: &ModelState<T>,
+        grads: &mut [T],
+        batch: &Minibatch,
+        mode: Mode,
+    ) {
+        let (w, ids) = match which {
+            Which::Z => (&mut self.z_enc, &self.layout.z_encoder),
+            Which::L => (&mut self.l_enc, &self.layout.l_encoder),
+        };
+        let input = (&self.input, &mut self.sparse);
+        encoder_backward(w, ids, state, grads, batch, input, mode);
     }
 
     /// The encoders only, in eval mode: fills the posterior (`posterior()`).
     pub fn encode(&mut self, state: &mut ModelState<T>, batch: &Minibatch) -> Result<()> {
-        self.check_batch(batch, Mode::Eval)?;
+        validate_minibatch(batch, &self.layout, Mode::Eval)?;
         self.reserve(batch.len());
-        let layout = self.layout.clone();
         self.input.prepare(batch);
-        encoder_forward(
-            &mut self.z_enc,
-            &layout.z_encoder,
-            state,
-            batch,
-            (&self.input, &mut self.sparse),
-            Mode::Eval,
-            None,
-            Stream::EncoderDropout,
-        );
+        self.encoder_forward(Which::Z, state, batch, Mode::Eval, None);
         Ok(())
     }
 
@@ -282,7 +328,7 @@ impl<T: Float> CpuEngine<T> {
         kl_weight: f64,
         mode: Mode,
     ) -> Result<LossParts> {
-        self.check_batch(batch, mode)?;
+        validate_minibatch(batch, &self.layout, mode)?;
         let b = batch.len();
         self.reserve(b);
         let layout = self.layout.clone();
@@ -299,63 +345,33 @@ impl<T: Float> CpuEngine<T> {
 
         // Encoders.
         self.input.prepare(batch);
-        encoder_forward(
-            &mut self.z_enc,
-            &layout.z_encoder,
-            state,
-            batch,
-            (&self.input, &mut self.sparse),
-            mode,
-            dropout,
-            Stream::EncoderDropout,
+        self.encoder_forward(Which::Z, state, batch, mode, dropout);
+        let ln = cfg.latent_distribution == LatentDistribution::Ln;
+        let kl_z_sum = reparam_kl_forward(
+            &mut self.z[..b * l],
+            &mut self.kl_z[..b],
+            self.z_enc.posterior(b * l),
+            &noise.eps_z[..b * l],
+            l,
+            ln,
         );
-        let (mut kl_z_sum, mut kl_l_sum) = (0.0, 0.0);
-        for i in 0..b {
-            let mut kl = 0.0;
-            for k in 0..l {
-                let (m, v) = (self.z_enc.q_m[i * l + k], self.z_enc.q_v[i * l + k]);
-                let sd = v.sqrt();
-                self.z[i * l + k] = m + sd * noise.eps_z[i * l + k];
-                // torch's kl(Normal(m, sqrt v), Normal(0, 1)).
-                let (m, vr) = (m.to_f64(), (sd * sd).to_f64());
-                kl += 0.5 * (vr + m * m - 1.0 - vr.ln());
-            }
-            self.kl_z[i] = kl;
-            kl_z_sum += kl;
-            if cfg.latent_distribution == LatentDistribution::Ln {
-                softmax_in_place(&mut self.z[i * l..(i + 1) * l]);
-            }
-        }
-        if cfg.use_observed_lib_size {
-            for i in 0..b {
-                self.library[i] = T::from_f64(batch.log_library[i]);
-                self.kl_l[i] = 0.0;
-            }
-        } else {
-            encoder_forward(
-                &mut self.l_enc,
-                &layout.l_encoder,
-                state,
-                batch,
-                (&self.input, &mut self.sparse),
-                mode,
-                dropout,
-                Stream::LibraryEncoderDropout,
+        let kl_l_sum = if cfg.use_observed_lib_size {
+            library_observed_forward(
+                &mut self.library[..b],
+                &mut self.kl_l[..b],
+                &batch.log_library[..b],
             );
-            let means = state.buffer(layout.library_log_means.unwrap());
-            let vars = state.buffer(layout.library_log_vars.unwrap());
-            for i in 0..b {
-                let (m, v) = (self.l_enc.q_m[i], self.l_enc.q_v[i]);
-                let sd = v.sqrt();
-                self.library[i] = m + sd * noise.eps_l[i];
-                let s = batch.batch[i] as usize;
-                let (pm, ps) = (means[s].to_f64(), vars[s].to_f64().sqrt());
-                let vr = (sd.to_f64() / ps).powi(2);
-                let t1 = ((m.to_f64() - pm) / ps).powi(2);
-                self.kl_l[i] = 0.5 * (vr + t1 - 1.0 - vr.ln());
-                kl_l_sum += self.kl_l[i];
-            }
-        }
+            0.0
+        } else {
+            self.encoder_forward(Which::L, state, batch, mode, dropout);
+            library_forward(
+                &mut self.library[..b],
+                &mut self.kl_l[..b],
+                self.l_enc.posterior(b),
+                &noise.eps_l[..b],
+                library_prior(state, &layout, batch),
+            )
+        };
 
         // Decoder.
         fc_stack_forward(
@@ -366,8 +382,11 @@ impl<T: Float> CpuEngine<T> {
             &self.z,
             batch,
             mode,
-            None,
-            Stream::EncoderDropout,
+            LayerNoise {
+                dropout: None,
+                stream: Stream::EncoderDropout,
+                layer: 0,
+            },
         );
         let hd = &self.dec_layers.last().unwrap().out;
         let dec = &layout.decoder;
@@ -429,84 +448,53 @@ impl<T: Float> CpuEngine<T> {
             grad_scale,
         );
         let rec_sum: f64 = self.planes.reconstruction[..b].iter().sum();
-        let loss = (rec_sum + kl_weight * kl_z_sum + kl_l_sum) / b as f64;
-        let parts = LossParts {
-            n_cells: b,
-            loss,
-            reconstruction_sum: rec_sum,
-            kl_z_sum,
-            kl_l_sum,
-            kl_weight,
-        };
+        let parts = LossParts::from_sums(b, rec_sum, kl_z_sum, kl_l_sum, kl_weight);
         let Some(grads) = grads else { return Ok(parts) };
 
         // Backward: output heads -> h_d.
         let hd = &self.dec_layers.last().unwrap().out;
-        let h = cfg.n_hidden;
-        head_backward(
-            grads,
-            &layout,
-            &dec.scale,
-            &self.planes.d_rho,
-            Some(&self.planes.sum_d_rho),
-            hd,
-            state,
-            &mut self.d_hd,
-            false,
-            b,
-        );
-        if cfg.gene_likelihood.has_pi() {
-            head_backward(
-                grads,
-                &layout,
-                &dec.dropout,
-                &self.planes.pi,
-                Some(&self.planes.sum_d_pi),
-                hd,
-                state,
-                &mut self.d_hd,
-                true,
-                b,
+        let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
+        {
+            let mut head = |ids: &LinearIds, d: &[T], sums: Option<&[T]>, accumulate: bool| {
+                let dx = &mut self.d_hd;
+                head_backward(grads, &layout, ids, d, sums, hd, state, dx, accumulate, b)
+            };
+            head(
+                &dec.scale,
+                &self.planes.d_rho,
+                Some(&self.planes.sum_d_rho),
+                false,
             );
-        }
-        if cfg.gene_likelihood.has_theta() {
-            if cfg.dispersion == Dispersion::GeneCell {
-                head_backward(
-                    grads,
-                    &layout,
-                    &dec.r,
-                    &self.planes.r,
-                    None,
-                    hd,
-                    state,
-                    &mut self.d_hd,
+            if cfg.gene_likelihood.has_pi() {
+                head(
+                    &dec.dropout,
+                    &self.planes.pi,
+                    Some(&self.planes.sum_d_pi),
                     true,
-                    b,
                 );
-            } else {
-                let t = &layout.params[layout.px_r.unwrap()];
-                let dpx = &mut grads[t.range()];
-                let dr = &self.planes.r;
-                match cfg.dispersion {
-                    Dispersion::Gene => dpx[..g]
-                        .iter_mut()
-                        .zip(&self.planes.sum_d_r[..g])
-                        .for_each(|(o, &v)| *o += v),
-                    Dispersion::GeneBatch | Dispersion::GeneLabel => {
-                        let (codes, k) = if cfg.dispersion == Dispersion::GeneBatch {
-                            (&batch.batch, cfg.n_batch)
-                        } else {
-                            (&batch.labels, cfg.n_labels)
-                        };
-                        for i in 0..b {
-                            let c = codes[i] as usize;
-                            for j in 0..g {
-                                dpx[j * k + c] += dr[i * g + j];
-                            }
-                        }
-                    }
-                    Dispersion::GeneCell => unreachable!(),
+            }
+            if cell_theta {
+                head(&dec.r, &self.planes.r, None, true);
+            }
+        }
+        if cfg.gene_likelihood.has_theta() && !cell_theta {
+            let t = &layout.params[layout.px_r.unwrap()];
+            let dpx = &mut grads[t.range()];
+            let dr = &self.planes.r;
+            match cfg.dispersion {
+                Dispersion::Gene => dpx[..g]
+                    .iter_mut()
+                    .zip(&self.planes.sum_d_r[..g])
+                    .for_each(|(o, &v)| *o += v),
+                Dispersion::GeneBatch | Dispersion::GeneLabel => {
+                    let (codes, k) = if cfg.dispersion == Dispersion::GeneBatch {
+                        (&batch.batch, cfg.n_batch)
+                    } else {
+                        (&batch.labels, cfg.n_labels)
+                    };
+                    dispersion_category_backward(dpx, &dr[..b * g], &codes[..b], g, k);
                 }
+                Dispersion::GeneCell => unreachable!(),
             }
         }
         // Decoder FC stack -> dz.
@@ -522,61 +510,30 @@ impl<T: Float> CpuEngine<T> {
             batch,
             mode,
         );
-        let _ = h;
-        // Through the logistic-normal softmax: d z_pre = z (dz - sum(dz z)).
-        if cfg.latent_distribution == LatentDistribution::Ln {
-            for i in 0..b {
-                let zr = &self.z[i * l..(i + 1) * l];
-                let dz = &mut self.d_z[i * l..(i + 1) * l];
-                let dot: T = zr.iter().zip(dz.iter()).map(|(&a, &d)| a * d).sum();
-                for (d, &zv) in dz.iter_mut().zip(zr) {
-                    *d = zv * (*d - dot);
-                }
-            }
-        }
-        // Reparameterisation and KL: dq_m = dz + w m / B; du = (dz eps / (2 sd) + w (1 - 1/v) / (2 B)) exp(u).
-        let w = T::from_f64(kl_weight / b as f64);
-        let half = T::from_f64(0.5);
-        for i in 0..b * l {
-            let (m, v, u) = (self.z_enc.q_m[i], self.z_enc.q_v[i], self.z_enc.u[i]);
-            let sd = v.sqrt();
-            let dz = self.d_z[i];
-            self.z_enc.d_q_m[i] = dz + w * m;
-            self.z_enc.d_u[i] =
-                (dz * noise.eps_z[i] * half / sd + w * half * (T::ONE - T::ONE / v)) * u.exp();
-        }
-        encoder_backward(
-            &mut self.z_enc,
-            &layout.z_encoder,
-            state,
-            grads,
-            batch,
-            (&self.input, &mut self.sparse),
-            mode,
+        // Through the softmax (ln), the reparameterisation and the KL.
+        let (post, post_grads) = self.z_enc.posterior_and_grads(b * l);
+        reparam_kl_backward(
+            post_grads,
+            &mut self.d_z[..b * l],
+            &self.z[..b * l],
+            post,
+            &noise.eps_z[..b * l],
+            T::from_f64(kl_weight / b as f64),
+            l,
+            ln,
         );
+        self.encoder_backward(Which::Z, state, grads, batch, mode);
         if !cfg.use_observed_lib_size {
-            let means = state.buffer(layout.library_log_means.unwrap());
-            let vars = state.buffer(layout.library_log_vars.unwrap());
-            let inv_b = T::from_f64(1.0 / b as f64);
-            for i in 0..b {
-                let (m, v, u) = (self.l_enc.q_m[i], self.l_enc.q_v[i], self.l_enc.u[i]);
-                let s = batch.batch[i] as usize;
-                let (pm, pv) = (means[s], vars[s]);
-                let dlib = self.planes.d_library[i];
-                self.l_enc.d_q_m[i] = dlib + (m - pm) / pv * inv_b;
-                let dv = dlib * noise.eps_l[i] * half / v.sqrt()
-                    + half * (T::ONE / pv - T::ONE / v) * inv_b;
-                self.l_enc.d_u[i] = dv * u.exp();
-            }
-            encoder_backward(
-                &mut self.l_enc,
-                &layout.l_encoder,
-                state,
-                grads,
-                batch,
-                (&self.input, &mut self.sparse),
-                mode,
+            let (post, post_grads) = self.l_enc.posterior_and_grads(b);
+            library_backward(
+                post_grads,
+                &self.planes.d_library[..b],
+                post,
+                &noise.eps_l[..b],
+                library_prior(state, &layout, batch),
+                T::from_f64(1.0 / b as f64),
             );
+            self.encoder_backward(Which::L, state, grads, batch, mode);
         }
         Ok(parts)
     }
@@ -584,30 +541,13 @@ impl<T: Float> CpuEngine<T> {
 
 /// `y = x W^T` for a decoder head (`x` `[B, H]`, W `[G, H]`), without the bias.
 fn head_product<T: Float>(y: &mut [T], x: &[T], weight: &[T], b: usize, h: usize, g: usize) {
-    gemm(
+    let s = LinearShape {
         b,
-        h,
-        g,
-        MatRef::rows(x, h),
-        MatRef::cols(weight, h),
-        T::ZERO,
-        y,
-        g,
-    );
-}
-
-/// `v <- softmax(v)`, as torch computes it: `exp(v - max) / sum`. The logistic-normal latent uses it
-/// in the step and in `Scvi::latent_representation`.
-pub fn softmax_in_place<T: Float>(v: &mut [T]) {
-    let mx = v
-        .iter()
-        .fold(T::from_f64(f64::NEG_INFINITY), |m, &x| m.max(x));
-    let mut s = T::ZERO;
-    for x in v.iter_mut() {
-        *x = (*x - mx).exp();
-        s += *x;
-    }
-    v.iter_mut().for_each(|x| *x /= s);
+        n_in: h,
+        ldw: h,
+        n_out: g,
+    };
+    linear_fwd(y, x, weight, s, T::ZERO);
 }
 
 fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcParams<'a, T> {
@@ -619,7 +559,27 @@ fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcP
     }
 }
 
-/// Forward through an FCLayers stack whose first layer takes the dense `x`.
+/// Where a layer's dropout mask comes from: the step's generator and index (None: no dropout),
+/// the stack's stream, and the layer's index in its stack (`step * 16 + layer` keys the mask).
+#[derive(Clone, Copy)]
+struct LayerNoise {
+    dropout: Option<(Philox, u64)>,
+    stream: Stream,
+    layer: usize,
+}
+
+impl LayerNoise {
+    /// The noise of the layer `i` places further down the stack.
+    fn at(self, i: usize) -> Self {
+        LayerNoise {
+            layer: self.layer + i,
+            ..self
+        }
+    }
+}
+
+/// Forward through (part of) an FCLayers stack whose first layer takes the dense `x0`; `noise` is
+/// that of its first layer.
 #[allow(clippy::too_many_arguments)]
 fn fc_stack_forward<T: Float>(
     caches: &mut [FcCache<T>],
@@ -629,8 +589,7 @@ fn fc_stack_forward<T: Float>(
     x0: &[T],
     batch: &Minibatch,
     mode: Mode,
-    dropout: Option<(Philox, u64)>,
-    stream: Stream,
+    noise: LayerNoise,
 ) {
     let b = batch.len();
     for (i, ids) in layers.iter().enumerate() {
@@ -648,20 +607,19 @@ fn fc_stack_forward<T: Float>(
             ids.n_cat,
             ids.linear.n_out,
         );
-        fc_post(&mut rest[0], lin, ids, state, mode, dropout, stream, i, b);
+        fc_post(&mut rest[0], lin, ids, state, mode, noise.at(i), b);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Everything after a layer's product (`lin`): the normalisations, ReLU and dropout, with the
+/// running statistics (and their step count) updated in training.
 fn fc_post<T: Float>(
     cache: &mut FcCache<T>,
     lin: &mut [T],
     ids: &FcLayerIds,
     state: &mut ModelState<T>,
     mode: Mode,
-    dropout: Option<(Philox, u64)>,
-    stream: Stream,
-    layer: usize,
+    noise: LayerNoise,
     b: usize,
 ) {
     let ModelState {
@@ -690,12 +648,18 @@ fn fc_post<T: Float>(
         }
         BnStats { mean, var }
     });
-    let key = dropout.map(|(rng, step)| DropoutKey {
+    let key = noise.dropout.map(|(rng, step)| DropoutKey {
         rng,
-        stream,
-        index: step * 16 + layer as u64,
+        stream: noise.stream,
+        index: step * 16 + noise.layer as u64,
     });
     fc_post_forward(cache, lin, ids, &fp, stats, mode, key, b);
+}
+
+/// A head `y = x W^T + bias` (`x` `[B, n_in]`, no covariate).
+fn head_forward<T: Float>(y: &mut [T], x: &[T], ids: &LinearIds, state: &ModelState<T>, b: usize) {
+    let (w, bias) = (state.param(ids.weight), state.param(ids.bias));
+    linear_forward(y, x, &[], w, bias, b, ids.n_in, 0, ids.n_out);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -721,71 +685,21 @@ fn encoder_forward<T: Float>(
         first.linear.n_out,
         sparse,
     );
-    fc_post(
-        &mut w.layers[0],
-        &mut w.lin,
-        first,
-        state,
-        mode,
+    let noise = LayerNoise {
         dropout,
         stream,
-        0,
-        b,
-    );
-    for (i, lids) in ids.layers.iter().enumerate().skip(1) {
-        let (prev, rest) = w.layers.split_at_mut(i);
-        let p = layer_params(state, lids);
-        linear_forward(
-            &mut w.lin,
-            &prev[i - 1].out,
-            &batch.batch,
-            p.weight,
-            p.bias,
-            b,
-            lids.linear.n_in,
-            lids.n_cat,
-            lids.linear.n_out,
-        );
-        fc_post(
-            &mut rest[0],
-            &mut w.lin,
-            lids,
-            state,
-            mode,
-            dropout,
-            stream,
-            i,
-            b,
-        );
-    }
+        layer: 0,
+    };
+    fc_post(&mut w.layers[0], &mut w.lin, first, state, mode, noise, b);
+    // The layers above the first are dense.
+    let (l0, above) = w.layers.split_at_mut(1);
+    let (x0, rest) = (&l0[0].out, &ids.layers[1..]);
+    fc_stack_forward(above, &mut w.lin, rest, state, x0, batch, mode, noise.at(1));
     let h = &w.layers.last().unwrap().out;
+    head_forward(&mut w.q_m, h, &ids.mean, state, b);
+    head_forward(&mut w.u, h, &ids.var, state, b);
     let n = ids.mean.n_out;
-    linear_forward(
-        &mut w.q_m,
-        h,
-        &[],
-        state.param(ids.mean.weight),
-        state.param(ids.mean.bias),
-        b,
-        ids.mean.n_in,
-        0,
-        n,
-    );
-    linear_forward(
-        &mut w.u,
-        h,
-        &[],
-        state.param(ids.var.weight),
-        state.param(ids.var.bias),
-        b,
-        ids.var.n_in,
-        0,
-        n,
-    );
-    let eps = T::from_f64(VAR_EPS);
-    for (v, &u) in w.q_v[..b * n].iter_mut().zip(&w.u) {
-        *v = u.exp() + eps;
-    }
+    posterior_variance(&mut w.q_v[..b * n], &w.u[..b * n]);
 }
 
 /// Backward through a head `y = x W^T + b` with upstream `d` (`[B, n_out]`): weight gradients and
@@ -827,8 +741,9 @@ fn head_backward<T: Float>(
     );
 }
 
-/// Backward through an FCLayers stack. `d` holds the gradient of the stack's output (it is used as
-/// scratch); `dx0`, when given, receives the gradient of the first layer's dense input.
+/// Backward through (part of) an FCLayers stack. `d` holds the gradient of the stack's output (it
+/// is used as scratch); the gradient of the first layer's dense input goes to `dx0` when given,
+/// else to `d`.
 #[allow(clippy::too_many_arguments)]
 fn fc_stack_backward<T: Float>(
     caches: &mut [FcCache<T>],
@@ -851,13 +766,13 @@ fn fc_stack_backward<T: Float>(
         let mut g = layer_grads(grads, layout, ids);
         fc_post_backward(d, &mut caches[i], ids, &p, &mut g, mode, b);
         let x = if i == 0 { x0 } else { &caches[i - 1].out };
-        let dx = if i == 0 {
-            dx0.as_deref_mut()
-        } else {
-            Some(&mut d_next[..])
+        let to_dx0 = i == 0 && dx0.is_some();
+        let dx: &mut [T] = match (i, dx0.as_deref_mut()) {
+            (0, Some(dx0)) => dx0,
+            _ => &mut d_next[..],
         };
         linear_backward(
-            dx,
+            Some(dx),
             false,
             g.weight,
             g.bias,
@@ -871,7 +786,7 @@ fn fc_stack_backward<T: Float>(
             ids.n_cat,
             ids.linear.n_out,
         );
-        if i > 0 {
+        if !to_dx0 {
             std::mem::swap(d, d_next);
         }
     }
@@ -928,29 +843,11 @@ fn encoder_backward<T: Float>(
     head_backward(
         grads, layout, &ids.var, &w.d_u, None, h, state, &mut w.d_h, true, b,
     );
-    // Layers above the first are dense.
-    for i in (1..ids.layers.len()).rev() {
-        let lids = &ids.layers[i];
-        let p = layer_params(state, lids);
-        let mut g = layer_grads(grads, layout, lids);
-        fc_post_backward(&mut w.d_h, &mut w.layers[i], lids, &p, &mut g, mode, b);
-        linear_backward(
-            Some(&mut w.d_h2[..]),
-            false,
-            g.weight,
-            g.bias,
-            None,
-            &w.d_h,
-            &w.layers[i - 1].out,
-            &batch.batch,
-            p.weight,
-            b,
-            lids.linear.n_in,
-            lids.n_cat,
-            lids.linear.n_out,
-        );
-        std::mem::swap(&mut w.d_h, &mut w.d_h2);
-    }
+    // The layers above the first are dense.
+    let (l0, above) = w.layers.split_at_mut(1);
+    let (x0, rest) = (&l0[0].out, &ids.layers[1..]);
+    let (d, d_next) = (&mut w.d_h, &mut w.d_h2);
+    fc_stack_backward(above, rest, state, grads, d, d_next, None, x0, batch, mode);
     let first = &ids.layers[0];
     let p = layer_params(state, first);
     let mut g = layer_grads(grads, layout, first);

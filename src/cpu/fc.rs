@@ -9,22 +9,18 @@
 //!
 //! Backward of a normalisation `y = (x - mean) r` over a set of `D` values:
 //! `dx = r / D (D dy - sum dy - y sum(dy y))`.
+//!
+//! CPU twin of kernels/fc.cu (checked by tests/cuda_kernels.rs `fc_*`): `fc_post_fwd` is the bias
+//! and one-hot part of [`linear_forward`] ([`add_onehot_columns`]) then [`fc_post_forward`];
+//! `fc_post_bwd` is [`fc_post_backward`] then the bias and one-hot part of [`linear_backward`];
+//! `layer_norm_fwd` / `layer_norm_bwd` are the LayerNorm, ReLU and dropout steps of those two.
 
-use super::gemm::{add_column_sums, gemm, MatRef};
+use super::gemm::{add_column_sums, linear_dgrad, linear_fwd, linear_wgrad};
+use crate::engine::Mode;
 use crate::float::Float;
-use crate::model::layout::FcLayerIds;
+use crate::model::config::{BN_EPS, BN_MOMENTUM, LN_EPS};
+use crate::model::layout::{FcLayerIds, LinearShape};
 use crate::rng::{Philox, Stream};
-
-pub const BN_EPS: f64 = 1e-3;
-pub const BN_MOMENTUM: f64 = 0.01;
-pub const LN_EPS: f64 = 1e-5;
-
-/// Whether the network runs as in training (batch statistics, dropout) or inference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Train,
-    Eval,
-}
 
 /// What a layer keeps from its forward pass for the backward pass.
 #[derive(Default, Debug)]
@@ -121,16 +117,13 @@ pub fn linear_forward<T: Float>(
     for row in y[..b * n_out].chunks_mut(n_out) {
         row.copy_from_slice(bias);
     }
-    gemm(
+    let s = LinearShape {
         b,
         n_in,
+        ldw,
         n_out,
-        MatRef::rows(x, n_in),
-        MatRef::cols(weight, ldw),
-        T::ONE,
-        y,
-        n_out,
-    );
+    };
+    linear_fwd(y, x, weight, s, T::ONE);
     if n_cat > 0 {
         add_onehot_columns(y, cats, weight, n_in, ldw, n_out);
     }
@@ -374,16 +367,13 @@ pub fn linear_backward<T: Float>(
     n_out: usize,
 ) {
     let ldw = n_in + n_cat;
-    gemm(
-        n_out,
+    let s = LinearShape {
         b,
         n_in,
-        MatRef::cols(d, n_out),
-        MatRef::rows(x, n_in),
-        T::ONE,
-        dweight,
         ldw,
-    );
+        n_out,
+    };
+    linear_wgrad(dweight, d, x, s);
     if n_cat > 0 {
         for (row, &c) in d.chunks(n_out).zip(cats).take(b) {
             for (o, &v) in row.iter().enumerate() {
@@ -400,15 +390,6 @@ pub fn linear_backward<T: Float>(
     }
     if let Some(dx) = dx {
         let beta = if accumulate_dx { T::ONE } else { T::ZERO };
-        gemm(
-            b,
-            n_out,
-            n_in,
-            MatRef::rows(d, n_out),
-            MatRef::rows(weight, ldw),
-            beta,
-            dx,
-            n_in,
-        );
+        linear_dgrad(dx, d, weight, s, beta);
     }
 }

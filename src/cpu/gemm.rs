@@ -5,8 +5,12 @@
 //! threads, so the result is the same on 1 thread or 64: an output with a long side is cut into
 //! slabs of `TILE` rows or columns; a small output with a long inner dimension (`dh = d W`,
 //! `128 x 2000 x 128`) is cut along `k` into chunks of `K_TILE`, whose products are summed in order.
+//!
+//! CPU twin of the GPU engine's cuBLAS products (`cuda::ops::linear_fwd`, `linear_wgrad`,
+//! `linear_dgrad`; tests/cuda_kernels.rs `gemm_*`).
 
-use crate::float::Float;
+use crate::float::{Float, RawMat};
+use crate::model::layout::LinearShape;
 use rayon::prelude::*;
 
 /// A strided matrix operand: pointer offset zero at `data[0]`.
@@ -34,17 +38,34 @@ impl<'a, T> MatRef<'a, T> {
             cs: ld,
         }
     }
+
+    /// The `rows x cols` block at (`i0`, `j0`), for the GEMM kernel (read only, although the
+    /// pointer is `*mut`).
+    ///
+    /// # Safety
+    /// The block must lie inside `data` (callers check the extents first).
+    unsafe fn raw(&self, i0: usize, j0: usize, rows: usize, cols: usize) -> RawMat<T> {
+        RawMat {
+            ptr: unsafe { self.data.as_ptr().add(i0 * self.rs + j0 * self.cs) } as *mut T,
+            rows,
+            cols,
+            rs: self.rs as isize,
+            cs: self.cs as isize,
+        }
+    }
 }
 
+/// An output pointer shared by rayon tasks that write disjoint elements through it (the GEMM's
+/// tiles here, the sparse layer's gene blocks).
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: tiles write disjoint regions of the output; the pointer is only used inside `gemm`.
+pub(super) struct SendPtr<T>(pub(super) *mut T);
+// SAFETY: every user writes disjoint elements from different tasks (see each use).
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut T {
+    pub(super) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -93,22 +114,16 @@ pub fn gemm<T: Float>(
                 ldo: usize| {
         // SAFETY: A, B and C extents were checked above; callers pass disjoint output blocks.
         unsafe {
-            T::gemm_raw(
-                mm,
-                kk,
-                nn,
-                T::ONE,
-                a.data.as_ptr().add(i0 * a.rs + k0 * a.cs),
-                a.rs as isize,
-                a.cs as isize,
-                b.data.as_ptr().add(k0 * b.rs + j0 * b.cs),
-                b.rs as isize,
-                b.cs as isize,
-                beta,
-                out.get(),
-                ldo as isize,
-                1,
-            );
+            let a = a.raw(i0, k0, mm, kk);
+            let b = b.raw(k0, j0, kk, nn);
+            let c = RawMat {
+                ptr: out.get(),
+                rows: mm,
+                cols: nn,
+                rs: ldo as isize,
+                cs: 1,
+            };
+            T::gemm_raw(T::ONE, a, b, beta, c);
         }
     };
     if m * n <= SMALL_OUT && k >= 2 * K_TILE {
@@ -180,6 +195,24 @@ fn check_extent<T>(x: MatRef<T>, rows: usize, cols: usize, what: &str) {
     }
     let last = (rows - 1) * x.rs + (cols - 1) * x.cs;
     assert!(last < x.data.len(), "gemm: operand {what} too small");
+}
+
+/// `y = x W[:, :n_in]^T + beta y`, y `[b, n_out]`, x `[b, n_in]` (twin of `cuda::ops::linear_fwd`).
+pub fn linear_fwd<T: Float>(y: &mut [T], x: &[T], w: &[T], s: LinearShape, beta: T) {
+    let (rows, cols) = (MatRef::rows(x, s.n_in), MatRef::cols(w, s.ldw));
+    gemm(s.b, s.n_in, s.n_out, rows, cols, beta, y, s.n_out);
+}
+
+/// `dW[:, :n_in] += d^T x`, d `[b, n_out]` (twin of `cuda::ops::linear_wgrad`).
+pub fn linear_wgrad<T: Float>(dw: &mut [T], d: &[T], x: &[T], s: LinearShape) {
+    let (cols, rows) = (MatRef::cols(d, s.n_out), MatRef::rows(x, s.n_in));
+    gemm(s.n_out, s.b, s.n_in, cols, rows, T::ONE, dw, s.ldw);
+}
+
+/// `dx = d W[:, :n_in] + beta dx`, dx `[b, n_in]` (twin of `cuda::ops::linear_dgrad`).
+pub fn linear_dgrad<T: Float>(dx: &mut [T], d: &[T], w: &[T], s: LinearShape, beta: T) {
+    let (d_rows, w_rows) = (MatRef::rows(d, s.n_out), MatRef::rows(w, s.ldw));
+    gemm(s.b, s.n_out, s.n_in, d_rows, w_rows, beta, dx, s.n_in);
 }
 
 /// `out[j] += sum_i x[i * ld + j]` for `j < n`, over `m` rows: column sums, parallel over columns,

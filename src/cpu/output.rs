@@ -4,6 +4,10 @@
 //! genes while it sits in L1. With `a_g = -(dl_g/dmu_g) mu_g` the softmax's Jacobian gives
 //! `dloss/drho_k = a_k - s_k sum_g a_g`. Shapes: B cells, G genes.
 //!
+//! CPU twin of kernels/output.cu (checked by tests/cuda_kernels.rs `output_*`): [`decoder_output`]
+//! of `decoder_output_fwd` / `decoder_output_bwd`; `column_sum_bwd` of the bias sums
+//! (`gemm::add_column_sums`) and of [`dispersion_category_backward`].
+//!
 //! Per cell:
 //! 0. add the heads' biases to the logits (the products arrive without them);
 //! 1. `max rho`, then `e_g = exp(rho_g - max)` and their sum;
@@ -317,6 +321,23 @@ pub fn decoder_output<T: Float>(
                     *o += v;
                 }
             }
+        }
+    }
+}
+
+/// The gradient of a per-category dispersion (gene-batch, gene-label): `dpx_r[j, c_b] += dr[b, j]`
+/// over the cells in order, `dpx_r` `[G, n_cat]` gene-major, `dr` `[B, G]`, `codes` `[B]`. (For a
+/// per-gene dispersion `decoder_output` sums `dr` itself, into `sum_d_r`.)
+pub fn dispersion_category_backward<T: Float>(
+    dpx_r: &mut [T],
+    dr: &[T],
+    codes: &[u32],
+    g: usize,
+    n_cat: usize,
+) {
+    for (row, &c) in dr.chunks(g).zip(codes) {
+        for (j, &v) in row.iter().enumerate() {
+            dpx_r[j * n_cat + c as usize] += v;
         }
     }
 }

@@ -221,38 +221,35 @@ fn combine<U: Copy>(mut acc: [U; LANES], op: impl Fn(U, U) -> U) -> U {
     acc[0]
 }
 
+/// `x` folded in `LANES` lanes from `init` with `pick` (which keeps one of its two arguments: a
+/// max or a min), then the lanes combined.
+#[inline(always)]
+fn lane_pick<T: Float>(x: &[T], init: T, pick: impl Fn(T, T) -> T + Copy) -> T {
+    let mut acc = [init; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] = pick(acc[i], c[i]);
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        acc[i] = pick(acc[i], v);
+    }
+    combine(acc, pick)
+}
+
 /// `max_i x[i]` (NaN-ignoring like `f32::max` is not needed: the inputs are finite logits).
 #[inline(always)]
 pub fn lane_max<T: Float>(x: &[T]) -> T {
     let neg = T::from_f64(f64::NEG_INFINITY);
-    let mut acc = [neg; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for i in 0..LANES {
-            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
-        }
-    }
-    for (i, &v) in chunks.remainder().iter().enumerate() {
-        acc[i] = if v > acc[i] { v } else { acc[i] };
-    }
-    combine(acc, |a, b| if b > a { b } else { a })
+    lane_pick(x, neg, |a, b| if b > a { b } else { a })
 }
 
 /// `min_i x[i]`.
 #[inline(always)]
 pub fn lane_min<T: Float>(x: &[T]) -> T {
     let pos = T::from_f64(f64::INFINITY);
-    let mut acc = [pos; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for i in 0..LANES {
-            acc[i] = if c[i] < acc[i] { c[i] } else { acc[i] };
-        }
-    }
-    for (i, &v) in chunks.remainder().iter().enumerate() {
-        acc[i] = if v < acc[i] { v } else { acc[i] };
-    }
-    combine(acc, |a, b| if b < a { b } else { a })
+    lane_pick(x, pos, |a, b| if b < a { b } else { a })
 }
 
 /// `sum_i x[i]` in T.

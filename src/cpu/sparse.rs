@@ -13,7 +13,13 @@
 //!
 //! Each output element is summed in the same order (bias, one-hot, then the row's non-zeros in
 //! order; dW over cells in order) however the work is split between threads.
+//!
+//! CPU twin of kernels/sparse.cu (checked by tests/cuda_kernels.rs `sparse_*`):
+//! [`sparse_log1p_linear_forward`] of `sparse_log1p_linear_fwd` (whose bias and one-hot column
+//! fc.cu adds), [`sparse_log1p_linear_backward`] of `sparse_log1p_linear_bwd` (the gene columns
+//! of dW), and the transposition into `Wt` (`simd::transpose`) of `transpose_fwd`.
 
+use super::gemm::SendPtr;
 use super::simd::{dispatch, transpose, transpose_raw, Kernel};
 use crate::batch::Minibatch;
 use crate::float::Float;
@@ -89,17 +95,6 @@ impl<T: Float> SparseScratch<T> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: tasks write disjoint elements through the pointer (see its use).
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 /// `y[b, h] = bias[h] + W[h, G + cat_b] + sum_{g in nz(b)} W[h, g] log1p(x_bg)`, `y` `[B, H]`.
 #[allow(clippy::too_many_arguments)]
 pub fn sparse_log1p_linear_forward<T: Float>(
@@ -112,8 +107,8 @@ pub fn sparse_log1p_linear_forward<T: Float>(
     n_out: usize,
     scratch: &mut SparseScratch<T>,
 ) {
-    let (g, nb, h) = (batch.n_genes, batch.len(), n_out);
-    let ldw = g + n_cat;
+    let dims = Dims::new(batch, n_cat, n_out);
+    let (Dims { h, g, ldw }, nb) = (dims, batch.len());
     assert!(y.len() >= nb * h && weight.len() >= h * ldw && bias.len() >= h);
     // Wt = W[:, :G]^T, 64 genes per task.
     const GENES_PER_TASK: usize = 64;
@@ -136,9 +131,7 @@ pub fn sparse_log1p_linear_forward<T: Float>(
             dispatch(ForwardCells {
                 y,
                 b0: t * CELLS_PER_TASK,
-                h,
-                g,
-                ldw,
+                dims,
                 cats: &batch.batch,
                 n_cat,
                 weight,
@@ -151,12 +144,28 @@ pub fn sparse_log1p_linear_forward<T: Float>(
         });
 }
 
-struct ForwardCells<'a, T> {
-    y: &'a mut [T],
-    b0: usize,
+/// The layer's sizes: H outputs, G genes, the weight's row length `ldw = G + n_cat`.
+#[derive(Clone, Copy)]
+struct Dims {
     h: usize,
     g: usize,
     ldw: usize,
+}
+
+impl Dims {
+    fn new(batch: &Minibatch, n_cat: usize, n_out: usize) -> Self {
+        Dims {
+            h: n_out,
+            g: batch.n_genes,
+            ldw: batch.n_genes + n_cat,
+        }
+    }
+}
+
+struct ForwardCells<'a, T> {
+    y: &'a mut [T],
+    b0: usize,
+    dims: Dims,
     cats: &'a [u32],
     n_cat: usize,
     weight: &'a [T],
@@ -177,9 +186,7 @@ impl<T: Float> Kernel for ForwardCells<'_, T> {
         let ForwardCells {
             y,
             b0,
-            h,
-            g,
-            ldw,
+            dims: Dims { h, g, ldw },
             cats,
             n_cat,
             weight,
@@ -240,8 +247,8 @@ pub fn sparse_log1p_linear_backward<T: Float>(
     n_out: usize,
     scratch: &mut SparseScratch<T>,
 ) {
-    let (g, nb, h) = (batch.n_genes, batch.len(), n_out);
-    let ldw = g + n_cat;
+    let dims = Dims::new(batch, n_cat, n_out);
+    let (Dims { h, g, ldw }, nb) = (dims, batch.len());
     assert!(dweight.len() >= h * ldw && d.len() >= nb * h && dbias.len() >= h);
     for b in 0..nb {
         let dr = &d[b * h..(b + 1) * h];
@@ -283,9 +290,7 @@ pub fn sparse_log1p_linear_backward<T: Float>(
                 dweight: dp,
                 blocks: t * per..((t + 1) * per).min(n_blocks),
                 d,
-                h,
-                g,
-                ldw,
+                dims,
                 ptr: csc_ptr,
                 cell: csc_cell,
                 lx: csc_lx,
@@ -299,9 +304,7 @@ struct BackwardTask<'a, T> {
     dweight: SendPtr<T>,
     blocks: std::ops::Range<usize>,
     d: &'a [T],
-    h: usize,
-    g: usize,
-    ldw: usize,
+    dims: Dims,
     ptr: &'a [usize],
     cell: &'a [u32],
     lx: &'a [T],
@@ -316,9 +319,7 @@ impl<T: Float> Kernel for BackwardTask<'_, T> {
             dweight,
             blocks,
             d,
-            h,
-            g,
-            ldw,
+            dims: Dims { h, g, ldw },
             ptr,
             cell,
             lx,

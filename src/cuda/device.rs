@@ -1,11 +1,12 @@
 //! The device the engine talks to: a CUDA GPU through cudarc (driver API, NVRTC-compiled modules,
-//! cuBLAS), or the host emulation of the same kernels for tests ([`super::emu`]). Memory is
-//! addressed by raw device pointers ([`DevPtr`]), owned by [`DevBuf`]s; every kernel takes one
-//! `#[repr(C)]` argument struct ([`super::ops`]). All work goes to one stream, in order.
+//! cuBLAS), or, in builds with the `test-support` feature, the host emulation of the same kernels
+//! (`super::emu`), whose memory is plain host memory. Memory is addressed by raw device pointers
+//! ([`DevPtr`]), owned by [`DevBuf`]s; every kernel takes one `#[repr(C)]` argument struct
+//! ([`super::kernels`]). All work goes to one stream, in order.
 
-use super::emu;
+use super::kernels::{DevPtr, KERNEL_FILES};
 use super::libs::{self, Lib};
-use super::nvrtc::{self, Image, KERNEL_FILES};
+use super::nvrtc::{self, Image};
 use crate::error::{Error, Result};
 use cudarc::driver::{
     result as dr, sys as ds, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig,
@@ -13,9 +14,6 @@ use cudarc::driver::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A device address (a host address under emulation).
-pub type DevPtr = u64;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -153,9 +151,18 @@ struct CudaDev {
     arch: String,
 }
 
+/// The emulation library, in builds that have it; elsewhere a type with no value, so that the
+/// emulated paths below are compiled and type-checked but can never run.
+#[cfg(feature = "test-support")]
+type EmuLib = &'static super::emu::EmuLib;
+#[cfg(not(feature = "test-support"))]
+#[derive(Clone, Copy)]
+enum EmuLib {}
+
 enum Backend {
     Cuda(Box<CudaDev>),
-    Emu(&'static emu::EmuLib),
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+    Emu(EmuLib),
 }
 
 /// A device with its compiled kernels.
@@ -287,10 +294,11 @@ impl Gpu {
         })
     }
 
-    /// The host emulation of the kernels (tests only; see [`super::emu`]).
+    /// The host emulation of the kernels (tests only; see `super::emu`).
+    #[cfg(feature = "test-support")]
     pub fn emulated() -> Result<Gpu> {
         Ok(Gpu {
-            backend: Backend::Emu(emu::library()?),
+            backend: Backend::Emu(super::emu::library()?),
             info: DeviceInfo {
                 index: 0,
                 name: "host emulation of the CUDA kernels".into(),
@@ -545,56 +553,13 @@ impl Gpu {
                 unsafe { b.launch(cfg) }.map_err(|e| drv(e, &format!("launching {name}")))?;
                 Ok(())
             }
-            Backend::Emu(lib) => {
-                let k = lib
-                    .kernels
-                    .get(name)
-                    .ok_or_else(|| Error::Cuda(format!("kernel {name} is not emulated")))?;
-                let _g = emu::lock();
-                // SAFETY: as for CUDA; the emulated kernel reads its struct through the pointer.
-                let r = unsafe {
-                    (lib.launch)(
-                        *k,
-                        args as *const A as *const std::ffi::c_void,
-                        l.grid.0,
-                        l.grid.1,
-                        l.grid.2,
-                        l.block.0,
-                        l.block.1,
-                        l.block.2,
-                        l.smem as u64,
-                    )
-                };
-                if r != 0 {
-                    return Err(Error::Cuda(format!(
-                        "emulated launch of {name} failed ({r})"
-                    )));
-                }
-                Ok(())
-            }
+            Backend::Emu(lib) => emulated_launch(lib, name, l, args),
         }
     }
 
-    /// Column-major `C = alpha op(A) op(B) + beta C` (cuBLAS sgemm, pure f32: no TF32), with
-    /// `op(A)` m x k and `op(B)` k x n.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sgemm(
-        &self,
-        trans_a: bool,
-        trans_b: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: DevPtr,
-        lda: usize,
-        b: DevPtr,
-        ldb: usize,
-        beta: f32,
-        c: DevPtr,
-        ldc: usize,
-    ) -> Result<()> {
-        if m == 0 || n == 0 {
+    /// Column-major `C = alpha op(A) op(B) + beta C` (cuBLAS sgemm, pure f32: no TF32).
+    pub fn sgemm(&self, g: &Sgemm) -> Result<()> {
+        if g.m == 0 || g.n == 0 {
             return Ok(());
         }
         match &self.backend {
@@ -607,57 +572,80 @@ impl Gpu {
                 unsafe {
                     cudarc::cublas::result::sgemm(
                         *cd.blas.handle(),
-                        op(trans_a),
-                        op(trans_b),
-                        m as i32,
-                        n as i32,
-                        k as i32,
-                        &alpha,
-                        a as *const f32,
-                        lda as i32,
-                        b as *const f32,
-                        ldb as i32,
-                        &beta,
-                        c as *mut f32,
-                        ldc as i32,
+                        op(g.trans_a),
+                        op(g.trans_b),
+                        g.m as i32,
+                        g.n as i32,
+                        g.k as i32,
+                        &g.alpha,
+                        g.a as *const f32,
+                        g.lda as i32,
+                        g.b as *const f32,
+                        g.ldb as i32,
+                        &g.beta,
+                        g.c as *mut f32,
+                        g.ldc as i32,
                     )
                 }
                 .map_err(|e| Error::Cuda(format!("cuBLAS sgemm: {e:?}")))
             }
             Backend::Emu(_) => {
                 // SAFETY: as above, on host memory.
-                unsafe {
-                    host_sgemm(
-                        trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                    )
-                };
+                unsafe { host_sgemm(g) };
                 Ok(())
             }
         }
     }
 }
 
+/// The arguments of a column-major `C = alpha op(A) op(B) + beta C`, as cuBLAS's sgemm takes them:
+/// `op(A)` m x k, `op(B)` k x n, C m x n, leading dimensions in elements.
+#[derive(Clone, Copy, Debug)]
+pub struct Sgemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: DevPtr,
+    pub lda: usize,
+    pub b: DevPtr,
+    pub ldb: usize,
+    pub beta: f32,
+    pub c: DevPtr,
+    pub ldc: usize,
+}
+
+/// Launch an emulated kernel with its argument struct.
+#[cfg(feature = "test-support")]
+fn emulated_launch<A>(lib: &EmuLib, name: &str, l: Launch, args: &A) -> Result<()> {
+    lib.launch(name, l.grid, l.block, l.smem, args)
+}
+#[cfg(not(feature = "test-support"))]
+fn emulated_launch<A>(lib: &EmuLib, _: &str, _: Launch, _: &A) -> Result<()> {
+    match *lib {}
+}
+
 /// The column-major reference GEMM used by the emulation, accumulating in f64.
 ///
 /// # Safety
 /// The pointers must address the matrices of the stated shapes in host memory.
-#[allow(clippy::too_many_arguments)]
-unsafe fn host_sgemm(
-    ta: bool,
-    tb: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: DevPtr,
-    lda: usize,
-    b: DevPtr,
-    ldb: usize,
-    beta: f32,
-    c: DevPtr,
-    ldc: usize,
-) {
-    let (a, b, c) = (a as *const f32, b as *const f32, c as *mut f32);
+unsafe fn host_sgemm(g: &Sgemm) {
+    let Sgemm {
+        trans_a: ta,
+        trans_b: tb,
+        m,
+        n,
+        k,
+        alpha,
+        lda,
+        ldb,
+        beta,
+        ldc,
+        ..
+    } = *g;
+    let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
     for j in 0..n {
         for i in 0..m {
             let mut s = 0.0f64;

@@ -6,12 +6,14 @@
 //! the engine's orchestration (pointers, offsets, GEMM shapes, launch order) and the kernels'
 //! arithmetic can be compared with the CPU reference where no GPU exists. It says nothing about
 //! timing, occupancy, memory coalescing or races between blocks, and it is never used to train:
-//! only [`super::device::Gpu::emulated`] creates it.
+//! only [`super::device::Gpu::emulated`] creates it, and only builds with the `test-support`
+//! feature (the test suite's) have it.
 //!
-//! Needs a C++17 compiler (`$CXX`, else `c++`); the library is built once per source hash under
-//! the system's temporary directory.
+//! Needs a C++17 compiler (`$CXX`, else `c++`); the library is built once per hash of the sources
+//! and the shared constants (the same `-D` defines NVRTC gets) under the system's temporary
+//! directory.
 
-use super::nvrtc::{fnv1a, COMMON_CUH, KERNEL_FILES};
+use super::kernels::{define_options, fnv1a, struct_sizes, COMMON_CUH, KERNEL_FILES};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -26,16 +28,16 @@ extern "C" {
 const RTLD_NOW: c_int = 2;
 
 /// An emulated kernel: takes a pointer to its argument struct.
-pub type EmuKernel = unsafe extern "C" fn(*const c_void);
+type EmuKernel = unsafe extern "C" fn(*const c_void);
 /// `scvi_emu_launch(kernel, args, grid xyz, block xyz, dynamic shared bytes) -> 0 on success`.
-pub type EmuLaunch =
+type EmuLaunch =
     unsafe extern "C" fn(EmuKernel, *const c_void, u32, u32, u32, u32, u32, u32, u64) -> c_int;
 
 /// The loaded emulation library.
 pub struct EmuLib {
-    pub launch: EmuLaunch,
-    pub size_of: unsafe extern "C" fn(*const c_char) -> u64,
-    pub kernels: HashMap<&'static str, EmuKernel>,
+    launch: EmuLaunch,
+    size_of: unsafe extern "C" fn(*const c_char) -> u64,
+    kernels: HashMap<&'static str, EmuKernel>,
 }
 
 // SAFETY: the library is loaded once and never unloaded; its functions are plain code pointers.
@@ -44,7 +46,7 @@ unsafe impl Send for EmuLib {}
 unsafe impl Sync for EmuLib {}
 
 /// One lock for all emulated launches (the fiber scheduler uses process-wide state).
-pub fn lock() -> std::sync::MutexGuard<'static, ()> {
+fn lock() -> std::sync::MutexGuard<'static, ()> {
     static L: Mutex<()> = Mutex::new(());
     L.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -70,7 +72,8 @@ pub fn library() -> Result<&'static EmuLib> {
 }
 
 fn build_and_load() -> Result<EmuLib> {
-    let mut parts: Vec<&[u8]> = vec![COMMON_CUH.as_bytes()];
+    let defines = define_options().join(" ");
+    let mut parts: Vec<&[u8]> = vec![COMMON_CUH.as_bytes(), defines.as_bytes()];
     for f in KERNEL_FILES {
         parts.push(f.source.as_bytes());
     }
@@ -96,9 +99,9 @@ fn build(dir: &Path, so: &Path) -> Result<()> {
         write(f.name, f.source)?;
         main += &format!("#include \"{}\"\n", f.name);
     }
-    // sizeof of each argument struct, to check the Rust mirrors (ops::struct_sizes).
+    // sizeof of each argument struct, to check the Rust mirrors (kernels::struct_sizes).
     main += "extern \"C\" unsigned long long scvi_emu_sizeof(const char* n) {\n";
-    for (name, _) in super::ops::struct_sizes() {
+    for (name, _) in struct_sizes() {
         main += &format!("    if (!std::strcmp(n, \"{name}\")) return sizeof({name});\n");
     }
     main += "    return 0;\n}\n";
@@ -107,6 +110,7 @@ fn build(dir: &Path, so: &Path) -> Result<()> {
     let tmp = dir.join(format!("libscvi_emu.so.tmp{}", std::process::id()));
     let out = std::process::Command::new(&cxx)
         .args(["-std=c++17", "-O2", "-g", "-fPIC", "-shared", "-x", "c++"])
+        .args(define_options())
         .arg(dir.join("emu_main.cpp"))
         .arg("-o")
         .arg(&tmp)
@@ -160,6 +164,46 @@ fn load(so: &Path) -> Result<EmuLib> {
         size_of,
         kernels,
     })
+}
+
+impl EmuLib {
+    /// Run kernel `name` on its argument struct `args` over the grid, one block after another.
+    pub fn launch<A>(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &A,
+    ) -> Result<()> {
+        let k = self
+            .kernels
+            .get(name)
+            .ok_or_else(|| Error::Cuda(format!("kernel {name} is not emulated")))?;
+        let _g = lock();
+        // SAFETY: `A` is the #[repr(C)] mirror of the kernel's argument struct (the caller,
+        // `Gpu::launch`, is typed by it), whose pointers address live host allocations of the
+        // sizes the kernel uses for this grid.
+        let r = unsafe {
+            (self.launch)(
+                *k,
+                args as *const A as *const c_void,
+                grid.0,
+                grid.1,
+                grid.2,
+                block.0,
+                block.1,
+                block.2,
+                smem as u64,
+            )
+        };
+        if r != 0 {
+            return Err(Error::Cuda(format!(
+                "emulated launch of {name} failed ({r})"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The C++ compiler's `sizeof` of an argument struct (0 when unknown).

@@ -10,7 +10,7 @@
 //! fc_post_fwd              + bias + one-hot, BatchNorm (batch stats, running stats), ReLU, dropout
 //! sgemm x (n_layers - 1)   further layers, each followed by fc_post_fwd
 //! sgemm x 2                q_m and q_v heads
-//! reparam_kl_fwd           q_v = exp(u) + 1e-4, z = q_m + sqrt(q_v) eps, KL_z  (ln: softmax)
+//! reparam_kl_fwd           q_v = exp(u) + VAR_EPS, z = q_m + sqrt(q_v) eps, KL_z  (ln: softmax)
 //! library_fwd              observed log library, or the l encoder's sample and KL_l
 //! sgemm, fc_post_fwd       decoder layers on [z, onehot]
 //! sgemm x 2-3              rho, pi (ZINB), r (gene-cell) heads: [B, G] logits
@@ -26,17 +26,16 @@
 //! Parameter gradients accumulate into a flat buffer in the parameters' layout; every kernel that
 //! sums over cells does it in a fixed order, so a run is reproducible bit for bit on one GPU.
 
-use super::device::{as_bytes, DevBuf, DevPtr, Gpu, PinnedBuf};
-use super::ops::{self, *};
+use super::device::{as_bytes, DevBuf, Gpu, PinnedBuf};
+use super::kernels::*;
+use super::ops;
 use crate::batch::Minibatch;
-use crate::cpu::{LossParts, Mode};
-use crate::engine::Engine;
+use crate::engine::{validate_minibatch, AdamConfig, Engine, LossParts, Mode, Pass};
 use crate::error::{Error, Result};
-use crate::model::config::{Dispersion, GeneLikelihood, LatentDistribution, ModelConfig};
+use crate::model::config::{Dispersion, LatentDistribution, ModelConfig};
 use crate::model::init::ModelState;
 use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
 use crate::rng::Stream;
-use crate::train::adam::AdamConfig;
 
 /// What one FCLayers layer keeps for its backward pass.
 struct LayerBufs {
@@ -149,11 +148,7 @@ impl CudaEngine {
         gpu.zero(grads.ptr(), grads.bytes())?;
         gpu.zero(adam_m.ptr(), adam_m.bytes())?;
         gpu.zero(adam_v.ptr(), adam_v.bytes())?;
-        let mut m = vec![0u8; np];
-        for t in layout.params.iter().filter(|t| t.trainable) {
-            m[t.range()].iter_mut().for_each(|v| *v = 1);
-        }
-        gpu.upload(mask.ptr(), &m)?;
+        gpu.upload(mask.ptr(), &layout.trainable_mask())?;
         let cfg = &layout.config;
         let wt_bytes = |ids: &EncoderIds| f32_bytes(cfg.n_input * ids.layers[0].linear.n_out);
         let wt_z = gpu.alloc(
@@ -209,67 +204,6 @@ impl CudaEngine {
         self.buffers.at::<f32>(self.layout.buffers[id].offset)
     }
 
-    /// The same checks as the CPU engine, plus the CSR invariants the kernels rely on.
-    fn check_batch(&self, batch: &Minibatch, mode: Mode) -> Result<()> {
-        let cfg = &self.layout.config;
-        if batch.n_genes != cfg.n_input {
-            return Err(Error::Shape(format!(
-                "minibatch has {} genes, the model {}",
-                batch.n_genes, cfg.n_input
-            )));
-        }
-        if batch.is_empty() {
-            return Err(Error::Data("empty minibatch".into()));
-        }
-        if mode == Mode::Train && batch.len() < 2 && self.layout.batch_norms().next().is_some() {
-            return Err(Error::Data(
-                "BatchNorm cannot train on a minibatch of one cell".to_string(),
-            ));
-        }
-        let b = batch.len();
-        if batch.batch.len() < b || batch.labels.len() < b || batch.log_library.len() < b {
-            return Err(Error::Shape(
-                "minibatch covariates shorter than its rows".into(),
-            ));
-        }
-        if let Some(&s) = batch.batch[..b]
-            .iter()
-            .find(|&&s| s as usize >= cfg.n_batch)
-        {
-            return Err(Error::Data(format!(
-                "batch code {s} out of range (n_batch {})",
-                cfg.n_batch
-            )));
-        }
-        if let Some(&s) = batch.labels[..b]
-            .iter()
-            .find(|&&s| s as usize >= cfg.n_labels)
-        {
-            return Err(Error::Data(format!(
-                "label code {s} out of range (n_labels {})",
-                cfg.n_labels
-            )));
-        }
-        if batch.indptr.len() != b + 1 || batch.indices.len() != batch.values.len() {
-            return Err(Error::Shape("minibatch CSR arrays disagree".into()));
-        }
-        if batch.indices.len() > u32::MAX as usize {
-            return Err(Error::Data("minibatch has more than 2^32 non-zeros".into()));
-        }
-        for i in 0..b {
-            let (idx, _) = batch.row(i);
-            let ok = idx.windows(2).all(|w| w[0] < w[1])
-                && idx.last().is_none_or(|&g| (g as usize) < cfg.n_input);
-            if !ok {
-                return Err(Error::Data(format!(
-                    "minibatch row {i}: column indices must be strictly increasing and below {}",
-                    cfg.n_input
-                )));
-            }
-        }
-        Ok(())
-    }
-
     fn alloc_layer(gpu: &Gpu, cap: usize, n: usize) -> Result<LayerBufs> {
         let a = |len: usize| gpu.alloc(f32_bytes(len), "layer activations");
         Ok(LayerBufs {
@@ -313,7 +247,10 @@ impl CudaEngine {
         let cfg = &self.layout.config;
         let (h, l, g) = (cfg.n_hidden, cfg.n_latent, cfg.n_input);
         let a = |len: usize, what: &str| gpu.alloc(f32_bytes(len), what);
-        let planes = "the [cells, genes] output planes";
+        let plane = |used: bool| {
+            let len = if used { cap * g } else { 0 };
+            a(len, "the [cells, genes] output planes")
+        };
         self.work = Some(Work {
             cap,
             z_enc: Self::alloc_encoder(gpu, cap, &self.layout.z_encoder, h)?,
@@ -336,24 +273,10 @@ impl CudaEngine {
             eps_l: a(cap, "noise")?,
             d_hd: a(cap * h, "decoder gradients")?,
             d_hd2: a(cap * h, "decoder gradients")?,
-            rho: a(cap * g, planes)?,
-            d_rho: a(cap * g, planes)?,
-            pi: a(
-                if cfg.gene_likelihood.has_pi() {
-                    cap * g
-                } else {
-                    0
-                },
-                planes,
-            )?,
-            r: a(
-                if cfg.gene_likelihood.has_theta() {
-                    cap * g
-                } else {
-                    0
-                },
-                planes,
-            )?,
+            rho: plane(true)?,
+            d_rho: plane(true)?,
+            pi: plane(cfg.gene_likelihood.has_pi())?,
+            r: plane(cfg.gene_likelihood.has_theta())?,
             d_library: a(cap, "library gradient")?,
             losses: gpu.alloc(3 * cap * 8, "per-cell losses")?,
         });
@@ -436,22 +359,16 @@ impl CudaEngine {
         Ok(())
     }
 
-    fn fc_args(&self, lb: &LayerBufs, ids: &FcLayerIds, b: usize, train: bool) -> FcPostArgs {
+    fn fc_args(
+        &self,
+        lb: &LayerBufs,
+        ids: &FcLayerIds,
+        (b, train): (usize, bool),
+        key: PhiloxKey,
+    ) -> FcPostArgs {
         let bn = ids.batch_norm.as_ref();
-        let use_dropout = train && ids.dropout > 0.0;
-        let mut flags = 0;
-        if bn.is_some() {
-            flags |= FC_HAS_BN;
-        }
-        if train {
-            flags |= FC_TRAIN;
-        }
-        if !ids.layer_norm {
-            flags |= FC_ACT;
-        }
-        if use_dropout {
-            flags |= FC_DROPOUT;
-        }
+        let dropout = train && ids.dropout > 0.0;
+        let flags = FcPass::flags(bn.is_some(), train, ids.layer_norm, dropout);
         FcPostArgs {
             lin: lb.lin.ptr(),
             bias: self.p(ids.linear.bias),
@@ -470,12 +387,14 @@ impl CudaEngine {
             inv_std: lb.inv_std.ptr(),
             pre: lb.pre.ptr(),
             out: lb.out.ptr(),
-            key: PhiloxKey::default(),
-            dropout_p: ids.dropout,
-            dropout_scale: (1.0 / (1.0 - ids.dropout)) as f32,
-            flags,
-            rows: b as u32,
-            n: ids.linear.n_out as u32,
+            pass: FcPass {
+                key,
+                dropout_p: ids.dropout,
+                dropout_scale: (1.0 / (1.0 - ids.dropout)) as f32,
+                flags,
+                rows: b as u32,
+                n: ids.linear.n_out as u32,
+            },
             n_in: ids.linear.n_in as u32,
             n_cat: ids.n_cat as u32,
             ldw: (ids.linear.n_in + ids.n_cat) as u32,
@@ -483,57 +402,35 @@ impl CudaEngine {
         }
     }
 
-    fn ln_args(&self, lb: &LayerBufs, a: &FcPostArgs, d: DevPtr) -> LayerNormArgs {
-        LayerNormArgs {
-            pre: lb.pre.ptr(),
-            out: lb.out.ptr(),
-            d,
-            ln_inv: lb.ln_inv.ptr(),
-            key: a.key,
-            dropout_p: a.dropout_p,
-            dropout_scale: a.dropout_scale,
-            flags: a.flags & FC_DROPOUT,
-            rows: a.rows,
-            n: a.n,
-        }
-    }
-
-    /// Everything after a layer's matrix product (`lb.lin` holds it), as `fc_post` on the CPU.
-    fn fc_forward(
+    /// A layer's post-product part, as `fc_post` on the CPU. Forward (`d` None): `lb.lin` holds
+    /// the product. Backward: `d` holds dloss/dout and becomes dloss/dlin; the bias, one-hot
+    /// column and BatchNorm gradients accumulate.
+    fn fc_post(
         &self,
         lb: &LayerBufs,
         ids: &FcLayerIds,
-        b: usize,
-        train: bool,
+        (b, train): (usize, bool),
         key: PhiloxKey,
+        d: Option<DevPtr>,
     ) -> Result<()> {
-        let mut a = self.fc_args(lb, ids, b, train);
-        a.key = key;
-        ops::fc_post(&self.gpu, &a, false)?;
-        if ids.layer_norm {
-            ops::layer_norm(&self.gpu, &self.ln_args(lb, &a, 0), false)?;
+        let mut a = self.fc_args(lb, ids, (b, train), key);
+        let ln = ids.layer_norm;
+        match d {
+            None => {
+                ops::fc_post(&self.gpu, &a, false)?;
+                if ln {
+                    ops::layer_norm(&self.gpu, &a.layer_norm(0, lb.ln_inv.ptr()), false)?;
+                }
+                Ok(())
+            }
+            Some(d) => {
+                a.lin = d;
+                if ln {
+                    ops::layer_norm(&self.gpu, &a.layer_norm(d, lb.ln_inv.ptr()), true)?;
+                }
+                ops::fc_post(&self.gpu, &a, true)
+            }
         }
-        Ok(())
-    }
-
-    /// Backward through a layer's post-product part: `d` holds dloss/dout and becomes
-    /// dloss/dlin; bias, one-hot column and BatchNorm gradients accumulate.
-    fn fc_backward(
-        &self,
-        lb: &LayerBufs,
-        ids: &FcLayerIds,
-        d: DevPtr,
-        b: usize,
-        train: bool,
-        key: PhiloxKey,
-    ) -> Result<()> {
-        let mut a = self.fc_args(lb, ids, b, train);
-        a.key = key;
-        a.lin = d;
-        if ids.layer_norm {
-            ops::layer_norm(&self.gpu, &self.ln_args(lb, &a, d), true)?;
-        }
-        ops::fc_post(&self.gpu, &a, true)
     }
 
     fn dropout_key(&self, stream: Stream, step: u64, layer: usize, train: bool) -> PhiloxKey {
@@ -548,92 +445,50 @@ impl CudaEngine {
         }
     }
 
-    fn encoder_forward(&self, which: Which, b: usize, train: bool, step: u64) -> Result<()> {
+    /// An encoder's ids, device buffers and dropout stream.
+    fn encoder(&self, which: Which) -> (&EncoderIds, &EncoderBufs, Stream) {
         let w = self.work.as_ref().expect("work");
-        let (ids, enc, wt, stream) = match which {
-            Which::Z => (
-                &self.layout.z_encoder,
-                &w.z_enc,
-                &self.wt_z,
-                Stream::EncoderDropout,
-            ),
-            Which::L => (
-                &self.layout.l_encoder,
-                w.l_enc.as_ref().expect("l encoder"),
-                self.wt_l.as_ref().expect("l encoder weights"),
-                Stream::LibraryEncoderDropout,
-            ),
-        };
-        let cfg = &self.layout.config;
-        let first = &ids.layers[0];
-        ops::sparse_linear_fwd(
-            &self.gpu,
-            &SparseLinearArgs {
-                lin: enc.layers[0].lin.ptr(),
-                wt: wt.ptr(),
-                indptr: self.bp.indptr,
-                indices: self.bp.indices,
-                values: self.bp.values,
-                rows: b as u32,
-                h: first.linear.n_out as u32,
-                genes: cfg.n_input as u32,
-                ldw: (cfg.n_input + first.n_cat) as u32,
-                ..Default::default()
-            },
-        )?;
-        self.fc_forward(
-            &enc.layers[0],
-            first,
-            b,
-            train,
-            self.dropout_key(stream, step, 0, train),
-        )?;
-        for (i, li) in ids.layers.iter().enumerate().skip(1) {
-            ops::linear_fwd(
-                &self.gpu,
-                enc.layers[i].lin.ptr(),
-                enc.layers[i - 1].out.ptr(),
-                self.p(li.linear.weight),
-                b,
-                li.linear.n_in,
-                li.linear.n_in + li.n_cat,
-                li.linear.n_out,
-            )?;
-            self.fc_forward(
-                &enc.layers[i],
-                li,
-                b,
-                train,
-                self.dropout_key(stream, step, i, train),
-            )?;
-        }
-        let h = enc.layers.last().expect("a layer").out.ptr();
-        for (head, out) in [(&ids.mean, &enc.q_m), (&ids.var, &enc.u)] {
-            ops::linear_fwd(
-                &self.gpu,
-                out.ptr(),
-                h,
-                self.p(head.weight),
-                b,
-                head.n_in,
-                head.n_in,
-                head.n_out,
-            )?;
-        }
-        Ok(())
-    }
-
-    fn encoder_backward(&self, which: Which, b: usize, train: bool, step: u64) -> Result<()> {
-        let w = self.work.as_ref().expect("work");
-        let (ids, enc, stream) = match which {
+        match which {
             Which::Z => (&self.layout.z_encoder, &w.z_enc, Stream::EncoderDropout),
             Which::L => (
                 &self.layout.l_encoder,
                 w.l_enc.as_ref().expect("l encoder"),
                 Stream::LibraryEncoderDropout,
             ),
+        }
+    }
+
+    fn encoder_forward(&self, which: Which, b: usize, train: bool, step: u64) -> Result<()> {
+        let (ids, enc, stream) = self.encoder(which);
+        let wt = match which {
+            Which::Z => &self.wt_z,
+            Which::L => self.wt_l.as_ref().expect("l encoder weights"),
         };
-        let cfg = &self.layout.config;
+        let first = &ids.layers[0];
+        ops::sparse_linear_fwd(
+            &self.gpu,
+            &SparseLinearArgs {
+                lin: enc.layers[0].lin.ptr(),
+                wt: wt.ptr(),
+                ..self.sparse_args(first, b)
+            },
+        )?;
+        let key0 = self.dropout_key(stream, step, 0, train);
+        self.fc_post(&enc.layers[0], first, (b, train), key0, None)?;
+        for (i, li) in ids.layers.iter().enumerate().skip(1) {
+            let key = self.dropout_key(stream, step, i, train);
+            let x = enc.layers[i - 1].out.ptr();
+            self.layer_forward(&enc.layers[i], li, x, (b, train), key)?;
+        }
+        let h = enc.layers.last().expect("a layer").out.ptr();
+        for (head, out) in [(&ids.mean, &enc.q_m), (&ids.var, &enc.u)] {
+            self.head_forward(head, h, out.ptr(), b)?;
+        }
+        Ok(())
+    }
+
+    fn encoder_backward(&self, which: Which, b: usize, train: bool, step: u64) -> Result<()> {
+        let (ids, enc, stream) = self.encoder(which);
         let h = enc.layers.last().expect("a layer").out.ptr();
         for (k, (head, d)) in [(&ids.mean, &enc.d_q_m), (&ids.var, &enc.d_u)]
             .into_iter()
@@ -643,61 +498,20 @@ impl CudaEngine {
         }
         let (mut d, mut d_next) = (enc.d_h.ptr(), enc.d_h2.ptr());
         for i in (1..ids.layers.len()).rev() {
-            let li = &ids.layers[i];
-            self.fc_backward(
-                &enc.layers[i],
-                li,
-                d,
-                b,
-                train,
-                self.dropout_key(stream, step, i, train),
-            )?;
-            let ldw = li.linear.n_in + li.n_cat;
-            ops::linear_wgrad(
-                &self.gpu,
-                self.g(li.linear.weight),
-                d,
-                enc.layers[i - 1].out.ptr(),
-                b,
-                li.linear.n_in,
-                ldw,
-                li.linear.n_out,
-            )?;
-            ops::linear_dgrad(
-                &self.gpu,
-                d_next,
-                d,
-                self.p(li.linear.weight),
-                b,
-                li.linear.n_in,
-                ldw,
-                li.linear.n_out,
-                false,
-            )?;
+            let key = self.dropout_key(stream, step, i, train);
+            let (lb, x) = (&enc.layers[i], enc.layers[i - 1].out.ptr());
+            self.layer_backward(lb, &ids.layers[i], (d, x, d_next), (b, train), key)?;
             std::mem::swap(&mut d, &mut d_next);
         }
         let first = &ids.layers[0];
-        self.fc_backward(
-            &enc.layers[0],
-            first,
-            d,
-            b,
-            train,
-            self.dropout_key(stream, step, 0, train),
-        )?;
+        let key0 = self.dropout_key(stream, step, 0, train);
+        self.fc_post(&enc.layers[0], first, (b, train), key0, Some(d))?;
         ops::sparse_linear_bwd(
             &self.gpu,
             &SparseLinearArgs {
                 d,
                 dweight: self.g(first.linear.weight),
-                indptr: self.bp.indptr,
-                indices: self.bp.indices,
-                values: self.bp.values,
-                rows: b as u32,
-                h: first.linear.n_out as u32,
-                genes: cfg.n_input as u32,
-                ldw: (cfg.n_input + first.n_cat) as u32,
-                ..Default::default()
+                ..self.sparse_args(first, b)
             },
         )
     }
@@ -712,16 +526,8 @@ impl CudaEngine {
         accumulate: bool,
         b: usize,
     ) -> Result<()> {
-        ops::linear_wgrad(
-            &self.gpu,
-            self.g(ids.weight),
-            d,
-            x,
-            b,
-            ids.n_in,
-            ids.n_in,
-            ids.n_out,
-        )?;
+        let s = ids.shape(b);
+        ops::linear_wgrad(&self.gpu, self.g(ids.weight), d, x, s)?;
         ops::column_sum(
             &self.gpu,
             &ColumnArgs {
@@ -732,17 +538,59 @@ impl CudaEngine {
                 ..Default::default()
             },
         )?;
-        ops::linear_dgrad(
-            &self.gpu,
-            dx,
-            d,
-            self.p(ids.weight),
-            b,
-            ids.n_in,
-            ids.n_in,
-            ids.n_out,
-            accumulate,
-        )
+        ops::linear_dgrad(&self.gpu, dx, d, self.p(ids.weight), s, accumulate)
+    }
+
+    /// A head's product `y = x W^T` (its bias is added by the kernel that reads `y`).
+    fn head_forward(&self, ids: &LinearIds, x: DevPtr, y: DevPtr, b: usize) -> Result<()> {
+        ops::linear_fwd(&self.gpu, y, x, self.p(ids.weight), ids.shape(b))
+    }
+
+    /// One FCLayers layer on the dense input `x` for `b` cells: the product into `lb.lin`, then the
+    /// fused rest.
+    fn layer_forward(
+        &self,
+        lb: &LayerBufs,
+        li: &FcLayerIds,
+        x: DevPtr,
+        (b, train): (usize, bool),
+        key: PhiloxKey,
+    ) -> Result<()> {
+        let s = li.shape(b);
+        ops::linear_fwd(&self.gpu, lb.lin.ptr(), x, self.p(li.linear.weight), s)?;
+        self.fc_post(lb, li, (b, train), key, None)
+    }
+
+    /// Backward through [`Self::layer_forward`] with `(d, x, dx)`: `d` holds dloss/dout (used as
+    /// scratch), `x` the layer's input; the weight gradients accumulate and `dx` receives
+    /// dloss/dx.
+    fn layer_backward(
+        &self,
+        lb: &LayerBufs,
+        li: &FcLayerIds,
+        (d, x, dx): (DevPtr, DevPtr, DevPtr),
+        (b, train): (usize, bool),
+        key: PhiloxKey,
+    ) -> Result<()> {
+        self.fc_post(lb, li, (b, train), key, Some(d))?;
+        let (s, w) = (li.shape(b), li.linear.weight);
+        ops::linear_wgrad(&self.gpu, self.g(w), d, x, s)?;
+        ops::linear_dgrad(&self.gpu, dx, d, self.p(w), s, false)
+    }
+
+    /// The sparse first layer's arguments for `b` cells of the minibatch on the device.
+    fn sparse_args(&self, first: &FcLayerIds, b: usize) -> SparseLinearArgs {
+        let g = self.layout.config.n_input;
+        SparseLinearArgs {
+            indptr: self.bp.indptr,
+            indices: self.bp.indices,
+            values: self.bp.values,
+            rows: b as u32,
+            h: first.linear.n_out as u32,
+            genes: g as u32,
+            ldw: (g + first.n_cat) as u32,
+            ..Default::default()
+        }
     }
 
     fn latent_args(&self, which: Which, b: usize) -> LatentArgs {
@@ -839,217 +687,13 @@ impl CudaEngine {
             rec: w.losses.ptr(),
             d_library: w.d_library.ptr(),
             grad_scale: 1.0 / b as f64,
-            likelihood: match lik {
-                GeneLikelihood::Zinb => LIK_ZINB,
-                GeneLikelihood::Nb => LIK_NB,
-                GeneLikelihood::Poisson => LIK_POISSON,
-            },
+            likelihood: likelihood_code(lik),
             theta_mode,
             n_cat: n_cat as u32,
             rows: b as u32,
             genes: cfg.n_input as u32,
             pad: 0,
         }
-    }
-
-    /// The forward pass and, with `grads`, the backward pass into the gradient buffer (zeroed
-    /// first); as `CpuEngine::forward_backward`. Returns the loss parts; the per-cell losses are
-    /// kept for [`Engine::per_cell_losses`].
-    pub fn forward_backward(
-        &mut self,
-        batch: &Minibatch,
-        step: u64,
-        kl_weight: f64,
-        mode: Mode,
-        grads: bool,
-    ) -> Result<LossParts> {
-        self.gpu.bind()?;
-        self.check_batch(batch, mode)?;
-        let b = batch.len();
-        self.reserve(b)?;
-        self.upload(batch)?;
-        self.refresh_transposes()?;
-        let train = mode == Mode::Train;
-        let cfg = self.layout.config.clone();
-        let (h, g) = (cfg.n_hidden, cfg.n_input);
-        if grads {
-            self.gpu.zero(self.grads.ptr(), self.grads.bytes())?;
-        }
-
-        // Encoders, reparameterisation, library.
-        self.encoder_forward(Which::Z, b, train, step)?;
-        let mut za = self.latent_args(Which::Z, b);
-        za.key = PhiloxKey::new(self.seed, Stream::LatentNoise, step);
-        ops::latent(&self.gpu, "reparam_kl_fwd", &za)?;
-        if !cfg.use_observed_lib_size {
-            self.encoder_forward(Which::L, b, train, step)?;
-        }
-        let mut la = self.latent_args(Which::L, b);
-        la.key = PhiloxKey::new(self.seed, Stream::LibraryNoise, step);
-        ops::latent(&self.gpu, "library_fwd", &la)?;
-
-        // Decoder.
-        let w = self.work.as_ref().expect("work");
-        let dec = &self.layout.decoder;
-        for (i, li) in dec.layers.iter().enumerate() {
-            let x = if i == 0 {
-                w.z.ptr()
-            } else {
-                w.dec[i - 1].out.ptr()
-            };
-            ops::linear_fwd(
-                &self.gpu,
-                w.dec[i].lin.ptr(),
-                x,
-                self.p(li.linear.weight),
-                b,
-                li.linear.n_in,
-                li.linear.n_in + li.n_cat,
-                li.linear.n_out,
-            )?;
-            self.fc_forward(&w.dec[i], li, b, train, PhiloxKey::default())?;
-        }
-        let hd = w.dec.last().expect("a layer").out.ptr();
-        let head = |ids: &LinearIds, y: DevPtr| {
-            ops::linear_fwd(&self.gpu, y, hd, self.p(ids.weight), b, h, h, g)
-        };
-        head(&dec.scale, w.rho.ptr())?;
-        if cfg.gene_likelihood.has_pi() {
-            head(&dec.dropout, w.pi.ptr())?;
-        }
-        let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
-        if cell_theta {
-            head(&dec.r, w.r.ptr())?;
-        }
-        let oa = self.output_args(b);
-        ops::decoder_output(&self.gpu, &oa, grads)?;
-
-        if grads {
-            // Output heads -> h_d.
-            self.head_backward(&dec.scale, w.d_rho.ptr(), hd, w.d_hd.ptr(), false, b)?;
-            if cfg.gene_likelihood.has_pi() {
-                self.head_backward(&dec.dropout, w.pi.ptr(), hd, w.d_hd.ptr(), true, b)?;
-            }
-            if cfg.gene_likelihood.has_theta() {
-                if cell_theta {
-                    self.head_backward(&dec.r, w.r.ptr(), hd, w.d_hd.ptr(), true, b)?;
-                } else {
-                    ops::column_sum(
-                        &self.gpu,
-                        &ColumnArgs {
-                            d: w.r.ptr(),
-                            out: self.g(self.layout.px_r.expect("px_r")),
-                            codes: oa.codes,
-                            rows: b as u32,
-                            n: g as u32,
-                            n_cat: oa.n_cat,
-                            pad: 0,
-                        },
-                    )?;
-                }
-            }
-            // Decoder layers -> dz.
-            let (mut d, mut d_next) = (w.d_hd.ptr(), w.d_hd2.ptr());
-            for i in (0..dec.layers.len()).rev() {
-                let li = &dec.layers[i];
-                self.fc_backward(&w.dec[i], li, d, b, train, PhiloxKey::default())?;
-                let x = if i == 0 {
-                    w.z.ptr()
-                } else {
-                    w.dec[i - 1].out.ptr()
-                };
-                let ldw = li.linear.n_in + li.n_cat;
-                ops::linear_wgrad(
-                    &self.gpu,
-                    self.g(li.linear.weight),
-                    d,
-                    x,
-                    b,
-                    li.linear.n_in,
-                    ldw,
-                    li.linear.n_out,
-                )?;
-                let dx = if i == 0 { w.d_z.ptr() } else { d_next };
-                ops::linear_dgrad(
-                    &self.gpu,
-                    dx,
-                    d,
-                    self.p(li.linear.weight),
-                    b,
-                    li.linear.n_in,
-                    ldw,
-                    li.linear.n_out,
-                    false,
-                )?;
-                if i > 0 {
-                    std::mem::swap(&mut d, &mut d_next);
-                }
-            }
-            // Reparameterisation and KL, then the z encoder.
-            let mut zb = self.latent_args(Which::Z, b);
-            zb.kl_w = (kl_weight / b as f64) as f32;
-            ops::latent(&self.gpu, "reparam_kl_bwd", &zb)?;
-            self.encoder_backward(Which::Z, b, train, step)?;
-            if !cfg.use_observed_lib_size {
-                let mut lb = self.latent_args(Which::L, b);
-                lb.kl_w = (1.0 / b as f64) as f32;
-                ops::latent(&self.gpu, "library_bwd", &lb)?;
-                self.encoder_backward(Which::L, b, train, step)?;
-            }
-        }
-
-        // The per-cell losses: the step's one wait for the device.
-        let cap = self.work.as_ref().expect("work").cap;
-        let mut losses = vec![0f64; 3 * cap];
-        let lp = self.work.as_ref().expect("work").losses.ptr();
-        self.gpu.download_f64(&mut losses, lp)?;
-        self.rec = losses[..b].to_vec();
-        self.kl_z = losses[cap..cap + b].to_vec();
-        self.kl_l = losses[2 * cap..2 * cap + b].to_vec();
-        self.last_b = b;
-        let rec_sum: f64 = self.rec.iter().sum();
-        let kl_z_sum: f64 = self.kl_z.iter().sum();
-        let kl_l_sum: f64 = if cfg.use_observed_lib_size {
-            0.0
-        } else {
-            self.kl_l.iter().sum()
-        };
-        Ok(LossParts {
-            n_cells: b,
-            loss: (rec_sum + kl_weight * kl_z_sum + kl_l_sum) / b as f64,
-            reconstruction_sum: rec_sum,
-            kl_z_sum,
-            kl_l_sum,
-            kl_weight,
-        })
-    }
-
-    /// One Adam step with the gradients of the last backward pass.
-    pub fn adam_update(&mut self) -> Result<()> {
-        self.adam_step += 1;
-        let c = self.adam_cfg;
-        let t = self.adam_step as i32;
-        ops::adam(
-            &self.gpu,
-            &AdamArgs {
-                params: self.params.ptr(),
-                grads: self.grads.ptr(),
-                m: self.adam_m.ptr(),
-                v: self.adam_v.ptr(),
-                mask: self.mask.ptr(),
-                n: self.layout.n_param_elems as u64,
-                step_size: (c.lr / (1.0 - c.beta1.powi(t))) as f32,
-                bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt() as f32,
-                beta1: c.beta1 as f32,
-                beta2: c.beta2 as f32,
-                one_minus_beta1: 1.0f32 - c.beta1 as f32,
-                one_minus_beta2: 1.0f32 - c.beta2 as f32,
-                weight_decay: c.weight_decay as f32,
-                eps: c.eps as f32,
-            },
-        )?;
-        self.wt_valid = false;
-        Ok(())
     }
 
     /// The gradient buffer (parameters' layout) of the last backward pass.
@@ -1116,14 +760,145 @@ pub fn check_config(cfg: &ModelConfig) -> Result<()> {
 }
 
 impl Engine for CudaEngine {
-    fn train_step(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
-        let parts = self.forward_backward(batch, step, kl_weight, Mode::Train, true)?;
-        self.adam_update()?;
-        Ok(parts)
+    /// As `CpuEngine::forward_backward`, as a sequence of launches (see the module documentation).
+    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts> {
+        let (step, kl_weight, mode, grads) = (pass.step, pass.kl_weight, pass.mode, pass.grads);
+        self.gpu.bind()?;
+        validate_minibatch(batch, &self.layout, mode)?;
+        let b = batch.len();
+        self.reserve(b)?;
+        self.upload(batch)?;
+        self.refresh_transposes()?;
+        let train = mode == Mode::Train;
+        let cfg = self.layout.config.clone();
+        let g = cfg.n_input;
+        if grads {
+            self.gpu.zero(self.grads.ptr(), self.grads.bytes())?;
+        }
+
+        // Encoders, reparameterisation, library.
+        self.encoder_forward(Which::Z, b, train, step)?;
+        let mut za = self.latent_args(Which::Z, b);
+        za.key = PhiloxKey::new(self.seed, Stream::LatentNoise, step);
+        ops::latent(&self.gpu, REPARAM_KL_FWD, &za)?;
+        if !cfg.use_observed_lib_size {
+            self.encoder_forward(Which::L, b, train, step)?;
+        }
+        let mut la = self.latent_args(Which::L, b);
+        la.key = PhiloxKey::new(self.seed, Stream::LibraryNoise, step);
+        ops::latent(&self.gpu, LIBRARY_FWD, &la)?;
+
+        // Decoder.
+        let w = self.work.as_ref().expect("work");
+        let dec = &self.layout.decoder;
+        for (i, li) in dec.layers.iter().enumerate() {
+            let x = if i == 0 {
+                w.z.ptr()
+            } else {
+                w.dec[i - 1].out.ptr()
+            };
+            self.layer_forward(&w.dec[i], li, x, (b, train), PhiloxKey::default())?;
+        }
+        let hd = w.dec.last().expect("a layer").out.ptr();
+        let head = |ids: &LinearIds, y: DevPtr| self.head_forward(ids, hd, y, b);
+        head(&dec.scale, w.rho.ptr())?;
+        if cfg.gene_likelihood.has_pi() {
+            head(&dec.dropout, w.pi.ptr())?;
+        }
+        let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
+        if cell_theta {
+            head(&dec.r, w.r.ptr())?;
+        }
+        let oa = self.output_args(b);
+        ops::decoder_output(&self.gpu, &oa, grads)?;
+
+        if grads {
+            // Output heads -> h_d.
+            self.head_backward(&dec.scale, w.d_rho.ptr(), hd, w.d_hd.ptr(), false, b)?;
+            if cfg.gene_likelihood.has_pi() {
+                self.head_backward(&dec.dropout, w.pi.ptr(), hd, w.d_hd.ptr(), true, b)?;
+            }
+            if cfg.gene_likelihood.has_theta() {
+                if cell_theta {
+                    self.head_backward(&dec.r, w.r.ptr(), hd, w.d_hd.ptr(), true, b)?;
+                } else {
+                    ops::column_sum(
+                        &self.gpu,
+                        &ColumnArgs {
+                            d: w.r.ptr(),
+                            out: self.g(self.layout.px_r.expect("px_r")),
+                            codes: oa.codes,
+                            rows: b as u32,
+                            n: g as u32,
+                            n_cat: oa.n_cat,
+                            pad: 0,
+                        },
+                    )?;
+                }
+            }
+            // Decoder layers -> dz.
+            let (mut d, mut d_next) = (w.d_hd.ptr(), w.d_hd2.ptr());
+            for i in (0..dec.layers.len()).rev() {
+                let (x, dx) = if i == 0 {
+                    (w.z.ptr(), w.d_z.ptr())
+                } else {
+                    (w.dec[i - 1].out.ptr(), d_next)
+                };
+                let key = PhiloxKey::default();
+                self.layer_backward(&w.dec[i], &dec.layers[i], (d, x, dx), (b, train), key)?;
+                if i > 0 {
+                    std::mem::swap(&mut d, &mut d_next);
+                }
+            }
+            // Reparameterisation and KL, then the z encoder.
+            let mut zb = self.latent_args(Which::Z, b);
+            zb.kl_w = (kl_weight / b as f64) as f32;
+            ops::latent(&self.gpu, REPARAM_KL_BWD, &zb)?;
+            self.encoder_backward(Which::Z, b, train, step)?;
+            if !cfg.use_observed_lib_size {
+                let mut lb = self.latent_args(Which::L, b);
+                lb.kl_w = (1.0 / b as f64) as f32;
+                ops::latent(&self.gpu, LIBRARY_BWD, &lb)?;
+                self.encoder_backward(Which::L, b, train, step)?;
+            }
+        }
+
+        // The per-cell losses: the step's one wait for the device.
+        let cap = self.work.as_ref().expect("work").cap;
+        let mut losses = vec![0f64; 3 * cap];
+        let lp = self.work.as_ref().expect("work").losses.ptr();
+        self.gpu.download_f64(&mut losses, lp)?;
+        self.rec = losses[..b].to_vec();
+        self.kl_z = losses[cap..cap + b].to_vec();
+        self.kl_l = losses[2 * cap..2 * cap + b].to_vec();
+        self.last_b = b;
+        let rec_sum: f64 = self.rec.iter().sum();
+        let kl_z_sum: f64 = self.kl_z.iter().sum();
+        let kl_l_sum: f64 = if cfg.use_observed_lib_size {
+            0.0
+        } else {
+            self.kl_l.iter().sum()
+        };
+        Ok(LossParts::from_sums(
+            b, rec_sum, kl_z_sum, kl_l_sum, kl_weight,
+        ))
     }
 
-    fn eval_loss(&mut self, batch: &Minibatch, step: u64, kl_weight: f64) -> Result<LossParts> {
-        self.forward_backward(batch, step, kl_weight, Mode::Eval, false)
+    fn adam_update(&mut self) -> Result<()> {
+        self.adam_step += 1;
+        ops::adam(
+            &self.gpu,
+            &AdamArgs {
+                params: self.params.ptr(),
+                grads: self.grads.ptr(),
+                m: self.adam_m.ptr(),
+                v: self.adam_v.ptr(),
+                mask: self.mask.ptr(),
+                ..AdamArgs::new(&self.adam_cfg, self.adam_step, self.layout.n_param_elems)
+            },
+        )?;
+        self.wt_valid = false;
+        Ok(())
     }
 
     fn per_cell_losses(&self, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
@@ -1137,7 +912,7 @@ impl Engine for CudaEngine {
 
     fn encode(&mut self, batch: &Minibatch) -> Result<(Vec<f32>, Vec<f32>)> {
         self.gpu.bind()?;
-        self.check_batch(batch, Mode::Eval)?;
+        validate_minibatch(batch, &self.layout, Mode::Eval)?;
         let b = batch.len();
         self.reserve(b)?;
         self.upload(batch)?;
@@ -1145,7 +920,7 @@ impl Engine for CudaEngine {
         self.encoder_forward(Which::Z, b, false, 0)?;
         let mut za = self.latent_args(Which::Z, b);
         za.key = PhiloxKey::new(self.seed, Stream::LatentNoise, 0);
-        ops::latent(&self.gpu, "reparam_kl_fwd", &za)?;
+        ops::latent(&self.gpu, REPARAM_KL_FWD, &za)?;
         self.last_b = b;
         self.posterior()
     }

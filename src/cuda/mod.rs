@@ -1,22 +1,27 @@
-//! The GPU engine: the same [`Engine`] interface, flat parameter layout and results as the CPU
+//! The GPU engine: the same [`Engine`] contract, flat parameter layout and results as the CPU
 //! reference, with the forward and backward passes written as fused CUDA kernels (kernels/*.cu)
 //! compiled at run time by NVRTC and launched through cudarc; the dense products go to cuBLAS.
+//! Like the CPU engine it stands below the user-facing model: it is built from a model's values
+//! ([`engine()`]), and knows neither `Scvi` nor the CPU engine.
 //!
+//! - [`kernels`]: what Rust and the kernels share, each defined once: the embedded sources, the
+//!   entry-point names, the constants (passed as `-D` defines) and the `#[repr(C)]` argument
+//!   structs;
 //! - [`libs`]: finding libcuda / libnvrtc / libcublas at run time, never panicking when absent;
-//! - [`nvrtc`]: the embedded kernel sources and their compilation, cached per architecture and
-//!   source hash;
-//! - [`device`]: a device (context, stream, cuBLAS, loaded kernels) or the host emulation of the
-//!   kernels ([`emu`], tests only), memory and launches;
-//! - [`ops`]: the kernels' `#[repr(C)]` argument structs and launch shapes;
-//! - [`engine`]: [`CudaEngine`], one training step as a sequence of launches;
-//! - [`harness`]: what the GPU tests share (skipping with a reason, named tolerances).
+//! - [`nvrtc`]: compiling the kernels, cached per architecture and source hash;
+//! - [`device`]: a device (context, stream, cuBLAS, loaded kernels), memory and launches;
+//! - `emu` (builds with the `test-support` feature only, as the test suite's): the host emulation
+//!   of the kernels, so that the tests run every kernel where there is no GPU;
+//! - [`ops`]: each kernel's launch shape, and the cuBLAS products;
+//! - [`engine`](mod@engine): [`CudaEngine`], one training step as a sequence of launches.
 //!
 //! docs/cuda.md describes the design, what has been verified and how.
 
 pub mod device;
+#[cfg(feature = "test-support")]
 pub mod emu;
 pub mod engine;
-pub mod harness;
+pub mod kernels;
 pub mod libs;
 pub mod nvrtc;
 pub mod ops;
@@ -24,22 +29,22 @@ pub mod ops;
 pub use device::{DeviceInfo, Gpu};
 pub use engine::CudaEngine;
 
-use crate::engine::Engine;
-use crate::error::Result;
-use crate::train::AdamConfig;
+use crate::engine::{AdamConfig, Engine};
+use crate::error::{Error, Result};
+use crate::model::init::ModelState;
 
-/// The CUDA engine for `model` on device `index`, or [`crate::Error::Cuda`] saying why there is
+/// The CUDA engine holding `state` on device `index`, or [`Error::Cuda`] saying why there is
 /// none (no driver, no NVRTC or cuBLAS, no such device, out of memory, a kernel that does not
 /// compile).
 pub fn engine(
-    model: &crate::scvi::Scvi,
+    state: &ModelState<f32>,
     index: usize,
     seed: u64,
     adam: AdamConfig,
 ) -> Result<Box<dyn Engine>> {
-    engine::check_config(model.config())?;
+    engine::check_config(&state.layout.config)?;
     let gpu = Gpu::cuda(index)?;
-    Ok(Box::new(CudaEngine::new(gpu, &model.state, seed, adam)?))
+    Ok(Box::new(CudaEngine::new(gpu, state, seed, adam)?))
 }
 
 /// Why no CUDA device can run the GPU engine here, or `Ok(n)` with the number of devices.
@@ -49,9 +54,7 @@ pub fn availability() -> Result<usize> {
     }
     let n = device::device_count()?;
     if n == 0 {
-        return Err(crate::Error::Cuda(
-            "the CUDA driver reports no device".into(),
-        ));
+        return Err(Error::Cuda("the CUDA driver reports no device".into()));
     }
     Ok(n)
 }

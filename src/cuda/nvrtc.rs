@@ -1,5 +1,5 @@
-//! The kernel sources (kernels/*.cu, embedded at build time) and their run-time compilation with
-//! NVRTC for one GPU architecture, cached in memory per (architecture, source hash) and on disk
+//! The run-time compilation of the kernel sources ([`super::kernels`]) with NVRTC for one GPU
+//! architecture, cached in memory per (architecture, source hash) and on disk
 //! (`$SCVI_RS_KERNEL_CACHE`, else `$XDG_CACHE_HOME/scvi-rs/kernels`, else
 //! `~/.cache/scvi-rs/kernels`; a cache that cannot be written is skipped silently).
 //!
@@ -9,6 +9,7 @@
 //! architecture newer than this NVRTC knows gets PTX for the newest one it knows, for the driver to
 //! JIT.
 
+use super::kernels::{define_options, fnv1a, KernelFile, COMMON_CUH};
 use super::libs::{self, Lib};
 use crate::error::{Error, Result};
 use cudarc::nvrtc::sys as nv;
@@ -16,60 +17,6 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-
-/// The shared header.
-pub const COMMON_CUH: &str = include_str!("../../kernels/common.cuh");
-
-/// One kernel file and its entry points.
-#[derive(Clone, Copy, Debug)]
-pub struct KernelFile {
-    pub name: &'static str,
-    pub source: &'static str,
-    pub entries: &'static [&'static str],
-}
-
-/// Every kernel file, with the entry points the engine loads from it.
-pub const KERNEL_FILES: &[KernelFile] = &[
-    KernelFile {
-        name: "sparse.cu",
-        source: include_str!("../../kernels/sparse.cu"),
-        entries: &[
-            "sparse_log1p_linear_fwd",
-            "sparse_log1p_linear_bwd",
-            "transpose_fwd",
-        ],
-    },
-    KernelFile {
-        name: "fc.cu",
-        source: include_str!("../../kernels/fc.cu"),
-        entries: &[
-            "fc_post_fwd",
-            "fc_post_bwd",
-            "layer_norm_fwd",
-            "layer_norm_bwd",
-        ],
-    },
-    KernelFile {
-        name: "latent.cu",
-        source: include_str!("../../kernels/latent.cu"),
-        entries: &[
-            "reparam_kl_fwd",
-            "reparam_kl_bwd",
-            "library_fwd",
-            "library_bwd",
-        ],
-    },
-    KernelFile {
-        name: "output.cu",
-        source: include_str!("../../kernels/output.cu"),
-        entries: &["decoder_output_fwd", "decoder_output_bwd", "column_sum_bwd"],
-    },
-    KernelFile {
-        name: "adam.cu",
-        source: include_str!("../../kernels/adam.cu"),
-        entries: &["adam_step"],
-    },
-];
 
 /// What NVRTC produced: a CUBIN for a real architecture or PTX for a virtual one.
 #[derive(Clone, Debug)]
@@ -88,20 +35,6 @@ impl Image {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// 64-bit FNV-1a (the cache key; not cryptographic, only change detection).
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in *p {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// NVRTC's version, e.g. (12, 9).
@@ -164,14 +97,17 @@ pub fn arch_for(cc: i32) -> Result<String> {
 }
 
 /// Options every compile uses. Full-precision division and square roots (the defaults), no fast
-/// math: the kernels are checked against the CPU reference at f32 rounding.
+/// math: the kernels are checked against the CPU reference at f32 rounding. The constants shared
+/// with Rust come as `-D` defines ([`super::kernels::defines`]).
 fn options(arch: &str) -> Vec<String> {
-    vec![
+    let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
         "-default-device".to_string(),
         "-lineinfo".to_string(),
-    ]
+    ];
+    o.extend(define_options());
+    o
 }
 
 type CacheKey = (String, u64);
@@ -305,56 +241,56 @@ fn compile_program(prog: nv::nvrtcProgram, file: &KernelFile, arch: &str) -> Res
             log.trim_end()
         )));
     }
-    let mut size: usize = 0;
     if arch.starts_with("sm_") {
-        // SAFETY: `prog` compiled; `size` is a valid out-pointer and the buffer has `size` bytes.
-        check(
-            unsafe { nv::nvrtcGetCUBINSize(prog, &mut size) },
-            "nvrtcGetCUBINSize",
+        // SAFETY: `prog` compiled; the out-pointers are valid and the buffer has the announced size.
+        let bytes = program_output(
+            ["nvrtcGetCUBINSize", "nvrtcGetCUBIN"],
+            |n| unsafe { nv::nvrtcGetCUBINSize(prog, n) },
+            |p| unsafe { nv::nvrtcGetCUBIN(prog, p) },
         )?;
-        let mut buf = vec![0u8; size];
-        check(
-            unsafe { nv::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char) },
-            "nvrtcGetCUBIN",
-        )?;
-        Ok(Image::Cubin(buf))
+        Ok(Image::Cubin(bytes))
     } else {
-        // SAFETY: as above, for the PTX text (NUL-terminated, `size` includes the NUL).
-        check(
-            unsafe { nv::nvrtcGetPTXSize(prog, &mut size) },
-            "nvrtcGetPTXSize",
+        // SAFETY: as above, for the PTX text (NUL-terminated, the size includes the NUL).
+        let mut bytes = program_output(
+            ["nvrtcGetPTXSize", "nvrtcGetPTX"],
+            |n| unsafe { nv::nvrtcGetPTXSize(prog, n) },
+            |p| unsafe { nv::nvrtcGetPTX(prog, p) },
         )?;
-        let mut buf = vec![0u8; size];
-        check(
-            unsafe { nv::nvrtcGetPTX(prog, buf.as_mut_ptr() as *mut c_char) },
-            "nvrtcGetPTX",
-        )?;
-        while buf.last() == Some(&0) {
-            buf.pop();
+        while bytes.last() == Some(&0) {
+            bytes.pop();
         }
-        String::from_utf8(buf)
+        String::from_utf8(bytes)
             .map(Image::Ptx)
             .map_err(|_| Error::Cuda("NVRTC returned PTX that is not UTF-8".into()))
     }
 }
 
+/// One of a program's outputs (CUBIN, PTX, the log): its size from `size`, then its bytes from
+/// `get` into a buffer of that size; `what` names the two calls for errors.
+fn program_output(
+    what: [&str; 2],
+    size: impl FnOnce(&mut usize) -> nv::nvrtcResult,
+    get: impl FnOnce(*mut c_char) -> nv::nvrtcResult,
+) -> Result<Vec<u8>> {
+    let mut n: usize = 0;
+    check(size(&mut n), what[0])?;
+    let mut buf = vec![0u8; n.max(1)];
+    check(get(buf.as_mut_ptr() as *mut c_char), what[1])?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
 fn program_log(prog: nv::nvrtcProgram) -> Option<String> {
-    let mut size: usize = 0;
-    // SAFETY: `prog` is live; the buffer has the `size` bytes NVRTC announced.
-    unsafe {
-        if nv::nvrtcGetProgramLogSize(prog, &mut size) != nv::nvrtcResult::NVRTC_SUCCESS {
-            return None;
-        }
-        let mut buf = vec![0u8; size.max(1)];
-        if nv::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut c_char)
-            != nv::nvrtcResult::NVRTC_SUCCESS
-        {
-            return None;
-        }
-        Some(
-            CStr::from_bytes_until_nul(&buf)
-                .map(|c| c.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        )
-    }
+    // SAFETY: `prog` is live; the out-pointers are valid and the buffer has the announced size.
+    let log = program_output(
+        ["nvrtcGetProgramLogSize", "nvrtcGetProgramLog"],
+        |n| unsafe { nv::nvrtcGetProgramLogSize(prog, n) },
+        |p| unsafe { nv::nvrtcGetProgramLog(prog, p) },
+    )
+    .ok()?;
+    Some(
+        CStr::from_bytes_until_nul(&log)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    )
 }

@@ -87,7 +87,7 @@ pub fn sigmoid(x: f64) -> f64 {
 // SIMD when it is inlined into a loop. Products and sums are written as separate `*` and `+` (no
 // `mul_add`) so the result is the same on every instruction set, vectorised or not. The maximum
 // errors against an f64 reference, over the ranges the likelihood uses, are asserted by the tests
-// below and reported in BENCHMARKS_CPU.md.
+// below and reported in BENCHMARKS.md.
 
 const MAGIC_ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: x + MAGIC rounds x to an integer (|x| < 2^22)
 
@@ -97,15 +97,30 @@ fn pow2i(n: i32) -> f32 {
     f32::from_bits(((n + 127) as u32) << 23)
 }
 
+/// The common core of [`exp_f32`] and [`exp_f32_fast`]: `x = n ln 2 + r` with `|r| <= ln2/2`
+/// (Cody-Waite: ln 2 split so that `n * LN2_HI` is exact for |n| < 2^9, LN2_HI = 355/512 exactly),
+/// and `e^r` by Cephes' minimax polynomial. Returns `(n, e^r)`.
+#[inline(always)]
+fn exp_reduced(xc: f32) -> (i32, f32) {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let t = xc * LOG2E + MAGIC_ROUND;
+    let n = t.to_bits() as i32 - MAGIC_ROUND.to_bits() as i32;
+    let nf = t - MAGIC_ROUND;
+    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    (n, p * (r * r) + r + 1.0)
+}
+
 /// `e^x` in f32, branch-free. Max error 2 ulp over [-87.3, 88.7]; below -103.98 it returns 0 (the
 /// true value underflows), above 88.72 `inf`, NaN for NaN. Results between 1e-45 and 1e-38
 /// (subnormal) are computed too.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n * LN2_HI is exact for |n| < 2^9 (Cody-Waite): LN2_HI = 355/512 exactly.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     const HI: f32 = 88.722_84;
     const LO: f32 = -103.972_08;
     // A select, not `clamp` (which also handles NaN differently and does not vectorise as well);
@@ -118,16 +133,7 @@ pub fn exp_f32(x: f32) -> f32 {
     } else {
         x
     };
-    let t = xc * LOG2E + MAGIC_ROUND;
-    let n = t.to_bits() as i32 - MAGIC_ROUND.to_bits() as i32;
-    let nf = t - MAGIC_ROUND;
-    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
-    // e^r on |r| <= ln2/2: Cephes' minimax polynomial.
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = p * (r * r) + r + 1.0;
+    let (n, e) = exp_reduced(xc);
     // 2^n as two factors, so that n in [-150, 128] stays in the normal range of each.
     let n1 = n >> 1;
     let y = e * pow2i(n1) * pow2i(n - n1);
@@ -145,32 +151,19 @@ pub fn exp_f32(x: f32) -> f32 {
 /// value: an absolute error under 1.2e-38. Max 2 ulp above -87.3 (tested with [`exp_f32`]'s bound).
 #[inline(always)]
 pub fn exp_f32_fast(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     const LO: f32 = -87.3;
     let xc = if x < LO { LO } else { x };
-    let t = xc * LOG2E + MAGIC_ROUND;
-    let n = t.to_bits() as i32 - MAGIC_ROUND.to_bits() as i32;
-    let nf = t - MAGIC_ROUND;
-    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = p * (r * r) + r + 1.0;
+    let (n, e) = exp_reduced(xc);
     // e in [0.7, 1.42]: adding n to its exponent field is exact for n in [-126, 127].
     f32::from_bits((e.to_bits() as i32 + (n << 23)) as u32)
 }
 
-/// `ln x` in f32 for the hot loops, where `x` is known to be positive, normal and finite (no
-/// special cases). Max 2 ulp, as [`ln_f32`].
+/// The common core of [`ln_f32`] and [`ln_f32_fast`]: `ln(m 2^e)` for `m` in [0.5, 1). `m` moves
+/// to [sqrt(1/2), sqrt(2)) (`f = m - 1` in [-0.29, 0.41]) and Cephes' logf polynomial gives
+/// `log(1+f) = f - f^2/2 + f^3 P(f)`, ln 2 split as in [`exp_reduced`].
 #[inline(always)]
-pub fn ln_f32_fast(x: f32) -> f32 {
+fn ln_reduced(m: f32, e: i32) -> f32 {
     const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
-    let bits = x.to_bits();
-    let e = ((bits >> 23) & 0xff) as i32 - 126;
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
     let small = m < SQRT_HALF;
     let f = if small { m + m - 1.0 } else { m - 1.0 };
     let ef = (if small { e - 1 } else { e }) as f32;
@@ -191,41 +184,31 @@ pub fn ln_f32_fast(x: f32) -> f32 {
     f + y + ef * 0.693_359_4
 }
 
+/// `x = m 2^e` with `m` in [0.5, 1), from the bits of a normal `x`.
+#[inline(always)]
+fn frexp_normal(x: f32) -> (f32, i32) {
+    let bits = x.to_bits();
+    let e = ((bits >> 23) & 0xff) as i32 - 126;
+    (f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000), e)
+}
+
+/// `ln x` in f32 for the hot loops, where `x` is known to be positive, normal and finite (no
+/// special cases). Max 2 ulp, as [`ln_f32`].
+#[inline(always)]
+pub fn ln_f32_fast(x: f32) -> f32 {
+    let (m, e) = frexp_normal(x);
+    ln_reduced(m, e)
+}
+
 /// Natural logarithm in f32, branch-free. Max error 2 ulp over the positive floats (subnormals
 /// included); `ln 0 = -inf`, `ln x = NaN` for x < 0 and NaN, `ln inf = inf`.
 #[inline(always)]
 pub fn ln_f32(x: f32) -> f32 {
-    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
     // Scale subnormals into the normal range.
     let sub = x < f32::MIN_POSITIVE;
     let xs = if sub { x * 8_388_608.0 } else { x }; // 2^23
-    let bits = xs.to_bits();
-    // x = m 2^e with m in [0.5, 1).
-    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
-    if sub {
-        e -= 23;
-    }
-    // Move m to [sqrt(1/2), sqrt(2)): f = m - 1 in [-0.29, 0.41].
-    let small = m < SQRT_HALF;
-    let f = if small { m + m - 1.0 } else { m - 1.0 };
-    let ef = (if small { e - 1 } else { e }) as f32;
-    let z = f * f;
-    // Cephes' logf polynomial: log(1+f) = f - f^2/2 + f^3 P(f).
-    let p = (((((((7.037_683_6e-2 * f - 1.151_461e-1) * f + 1.167_699_9e-1) * f
-        - 1.242_014_1e-1)
-        * f
-        + 1.424_932_3e-1)
-        * f
-        - 1.666_805_8e-1)
-        * f
-        + 2.000_071_4e-1)
-        * f
-        - 2.499_999_4e-1)
-        * f
-        + 3.333_333e-1;
-    let y = f * z * p + ef * -2.121_944_4e-4 - 0.5 * z;
-    let r = f + y + ef * 0.693_359_4;
+    let (m, e) = frexp_normal(xs);
+    let r = ln_reduced(m, if sub { e - 23 } else { e });
     if x == f32::INFINITY {
         f32::INFINITY
     } else if x == 0.0 {
@@ -341,6 +324,22 @@ mod f32_tests {
         worst
     }
 
+    /// `f` within `ulps` ulp (relative) of `reference` over `xs`; prints the worst error.
+    fn assert_ulps(
+        name: &str,
+        xs: &[f32],
+        f: impl Fn(f32) -> f32,
+        reference: impl Fn(f64) -> f64,
+        ulps: f64,
+    ) {
+        let (err, at) = max_rel(xs, f, reference);
+        println!(
+            "{name}: max rel error {err:.3e} ({:.2} ulp) at {at}",
+            err / ULP
+        );
+        assert!(err < ulps * ULP, "{name} rel error {err:e} at {at}");
+    }
+
     /// Every 37th float between `lo` and `hi` (same sign), plus the ends.
     fn floats(lo: f32, hi: f32) -> Vec<f32> {
         let (a, b) = (
@@ -369,12 +368,13 @@ mod f32_tests {
     #[test]
     fn exp_f32_error_bound() {
         // The normal range of the result.
-        let (err, at) = max_rel(&signed_range(-87.3, 88.7), exp_f32, f64::exp);
-        println!(
-            "exp_f32: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
+        assert_ulps(
+            "exp_f32",
+            &signed_range(-87.3, 88.7),
+            exp_f32,
+            f64::exp,
+            2.0,
         );
-        assert!(err < 2.0 * ULP, "exp_f32 rel error {err:e} at {at}");
         assert_eq!(exp_f32(0.0), 1.0);
         assert_eq!(exp_f32(-200.0), 0.0);
         assert_eq!(exp_f32(100.0), f32::INFINITY);
@@ -389,36 +389,27 @@ mod f32_tests {
 
     #[test]
     fn fast_variants_error_bounds() {
-        let (err, at) = max_rel(&signed_range(-87.3, 88.3), exp_f32_fast, f64::exp);
-        println!(
-            "exp_f32_fast: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
+        assert_ulps(
+            "exp_f32_fast",
+            &signed_range(-87.3, 88.3),
+            exp_f32_fast,
+            f64::exp,
+            2.0,
         );
-        assert!(err < 2.0 * ULP, "exp_f32_fast rel error {err:e} at {at}");
         for x in [-87.31f32, -100.0, -1e30, f32::NEG_INFINITY] {
             let y = exp_f32_fast(x);
             assert!(y > 0.0 && y <= 1.3e-38, "exp_f32_fast({x}) = {y}");
         }
         let mut xs = floats(f32::MIN_POSITIVE, f32::MAX);
         xs.extend(floats(0.5, 2.0));
-        let (err, at) = max_rel(&xs, ln_f32_fast, f64::ln);
-        println!(
-            "ln_f32_fast: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 2.0 * ULP, "ln_f32_fast rel error {err:e} at {at}");
+        assert_ulps("ln_f32_fast", &xs, ln_f32_fast, f64::ln, 2.0);
     }
 
     #[test]
     fn ln_f32_error_bound() {
         let mut xs = floats(f32::from_bits(1), f32::MAX);
         xs.extend(floats(0.5, 2.0));
-        let (err, at) = max_rel(&xs, ln_f32, f64::ln);
-        println!(
-            "ln_f32: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 2.0 * ULP, "ln_f32 rel error {err:e} at {at}");
+        assert_ulps("ln_f32", &xs, ln_f32, f64::ln, 2.0);
         assert_eq!(ln_f32(1.0), 0.0);
         assert_eq!(ln_f32(0.0), f32::NEG_INFINITY);
         assert_eq!(ln_f32(f32::INFINITY), f32::INFINITY);
@@ -429,12 +420,7 @@ mod f32_tests {
     fn ln_1p_f32_error_bound() {
         let mut xs = floats(-0.999, -1e-30);
         xs.extend(floats(1e-30, 1e30));
-        let (err, at) = max_rel(&xs, ln_1p_f32, f64::ln_1p);
-        println!(
-            "ln_1p_f32: max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 2.0 * ULP, "ln_1p_f32 rel error {err:e} at {at}");
+        assert_ulps("ln_1p_f32", &xs, ln_1p_f32, f64::ln_1p, 2.0);
         assert_eq!(ln_1p_f32(0.0), 0.0);
         assert_eq!(ln_1p_f32(1e-30), 1e-30);
         assert_eq!(ln_1p_f32(-1.0), f32::NEG_INFINITY);
@@ -448,22 +434,12 @@ mod f32_tests {
         // subnormal and the error is absolute, under 2e-45).
         let xs = signed_range(-87.3, 20.0);
         let sp = |x: f32| ln_1p_f32(exp_f32(x));
-        let (err, at) = max_rel(&xs, sp, softplus);
-        println!(
-            "softplus (f32): max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 4.0 * ULP, "softplus {err:e} at {at}");
+        assert_ulps("softplus (f32)", &xs, sp, softplus, 4.0);
         let sg = |x: f32| {
             let e = exp_f32(x);
             e / (1.0 + e)
         };
-        let (err, at) = max_rel(&xs, sg, sigmoid);
-        println!(
-            "sigmoid (f32): max rel error {err:.3e} ({:.2} ulp) at {at}",
-            err / ULP
-        );
-        assert!(err < 4.0 * ULP, "sigmoid {err:e} at {at}");
+        assert_ulps("sigmoid (f32)", &xs, sg, sigmoid, 4.0);
     }
 
     #[test]

@@ -1,8 +1,18 @@
-//! The model's hyper-parameters, with scvi-tools' `SCVI` defaults.
+//! The model's hyper-parameters, with scvi-tools' `SCVI` defaults, and the constants of its modules
+//! that are not options (every engine uses these; the CUDA kernels get them from here at compile
+//! time).
 
 use crate::error::{Error, Result};
 pub use crate::math::likelihood::GeneLikelihood;
 use serde::{Deserialize, Serialize};
+
+/// scvi-tools' `Encoder.var_eps`: `q_v = exp(u) + VAR_EPS`.
+pub const VAR_EPS: f64 = 1e-4;
+/// `nn.BatchNorm1d(momentum=0.01, eps=0.001)` in `FCLayers`.
+pub const BN_EPS: f64 = 1e-3;
+pub const BN_MOMENTUM: f64 = 0.01;
+/// `nn.LayerNorm(elementwise_affine=False)`: torch's default eps.
+pub const LN_EPS: f64 = 1e-5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -35,6 +35,29 @@ pub struct LinearIds {
     pub n_out: usize,
 }
 
+impl LinearIds {
+    /// The shape of this head's products on `b` rows (no one-hot columns).
+    pub fn shape(&self, b: usize) -> LinearShape {
+        LinearShape {
+            b,
+            n_in: self.n_in,
+            ldw: self.n_in,
+            n_out: self.n_out,
+        }
+    }
+}
+
+/// The shape of a Linear's products, as both engines run them: `b` rows of `n_in` inputs, `n_out`
+/// outputs, the weight `[n_out, ldw]` row-major (`ldw = n_in + n_cat`: the one-hot columns follow
+/// the inputs, and the products leave them alone).
+#[derive(Clone, Copy, Debug)]
+pub struct LinearShape {
+    pub b: usize,
+    pub n_in: usize,
+    pub ldw: usize,
+    pub n_out: usize,
+}
+
 /// One `FCLayers` layer: `Linear([x, onehot]) -> BatchNorm -> LayerNorm -> ReLU -> Dropout`.
 #[derive(Clone, Debug)]
 pub struct FcLayerIds {
@@ -45,6 +68,18 @@ pub struct FcLayerIds {
     pub batch_norm: Option<BatchNormIds>,
     pub layer_norm: bool,
     pub dropout: f64,
+}
+
+impl FcLayerIds {
+    /// The shape of this layer's products on `b` rows (its weight carries the one-hot columns).
+    pub fn shape(&self, b: usize) -> LinearShape {
+        LinearShape {
+            b,
+            n_in: self.linear.n_in,
+            ldw: self.linear.n_in + self.n_cat,
+            n_out: self.linear.n_out,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -311,5 +346,15 @@ impl Layout {
             .chain(&self.l_encoder.layers)
             .chain(&self.decoder.layers)
             .filter_map(|l| l.batch_norm.as_ref())
+    }
+
+    /// Per parameter element, 1 where its tensor receives gradients (`Tensor::trainable`), else 0:
+    /// the mask of the GPU's Adam kernel.
+    pub fn trainable_mask(&self) -> Vec<u8> {
+        let mut m = vec![0u8; self.n_param_elems];
+        for t in self.params.iter().filter(|t| t.trainable) {
+            m[t.range()].iter_mut().for_each(|v| *v = 1);
+        }
+        m
     }
 }

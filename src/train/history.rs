@@ -1,6 +1,6 @@
 //! The training history: one record per epoch with scvi-tools' column names, written as CSV.
 
-use crate::cpu::LossParts;
+use crate::engine::LossParts;
 use std::fmt::Write as _;
 
 /// Loss parts summed over minibatches.

@@ -7,16 +7,16 @@
 //! numbers, lower is better), the KL unweighted; `train_loss` / `validation_loss` average the
 //! minibatch objective, whose KL_z carries the warm-up weight.
 
-pub mod adam;
 pub mod history;
 pub mod loader;
 pub mod split;
 
 use crate::data::SparseRows;
+/// The optimiser's settings are the contract's (the engines run the update).
+pub use crate::engine::AdamConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::rng::{Philox, Stream};
-pub use adam::AdamConfig;
 pub use history::{EpochRecord, History, LossSums};
 pub use loader::{for_each_minibatch, Covariates};
 use serde::{Deserialize, Serialize};

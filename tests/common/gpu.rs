@@ -7,8 +7,8 @@
 //! device tests take is compiled and exercised everywhere; only the real-device runs say anything
 //! about the GPU itself.
 
-use super::device::Gpu;
-use super::libs::{self, Lib};
+use scvi_rs::cuda::libs::{self, Lib};
+use scvi_rs::cuda::{availability, Gpu};
 
 /// Print why `test` skipped. Written straight to the process's stderr, past the test harness's
 /// output capture, so the reason shows in a plain `cargo test` run too.
@@ -19,7 +19,7 @@ pub fn skip(test: &str, why: &str) {
 
 /// Device 0, or `None` after printing why the test skips.
 pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
-    match super::availability().and_then(|_| Gpu::cuda(0)) {
+    match availability().and_then(|_| Gpu::cuda(0)) {
         Ok(g) => Some(g),
         Err(e) => {
             skip(test, &format!("no CUDA driver/GPU found ({e})"));
@@ -38,6 +38,48 @@ pub fn emulated_or_skip(test: &str) -> Option<Gpu> {
         }
     }
 }
+
+/// Where a GPU test runs: on the GPU, or on the host emulation of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Gpu,
+    Emulated,
+}
+
+impl Target {
+    /// Whether `test` can run here (else it printed why it skips), and then its seed and
+    /// generator ([`super::seeded`]).
+    pub fn seeded(self, test: &str) -> Option<(u64, super::Rng)> {
+        self.open(test)?;
+        Some(super::seeded(test))
+    }
+
+    /// A fresh device of this kind, or `None` after printing why `test` skips.
+    pub fn open(self, test: &str) -> Option<Gpu> {
+        match self {
+            Target::Gpu => gpu_or_skip(test),
+            Target::Emulated => emulated_or_skip(test),
+        }
+    }
+}
+
+/// A pair of tests per line, `emulated_name, gpu_name => body;`: each calls `body(target, name)`
+/// with its device (the host emulation, the GPU) and its own name.
+#[allow(unused_macros)] // Each test binary uses a part of the helpers.
+macro_rules! device_tests {
+    ($($emulated:ident, $gpu:ident => $body:expr;)*) => {$(
+        #[test]
+        fn $emulated() {
+            ($body)(crate::common::gpu::Target::Emulated, stringify!($emulated));
+        }
+        #[test]
+        fn $gpu() {
+            ($body)(crate::common::gpu::Target::Gpu, stringify!($gpu));
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use device_tests;
 
 /// Whether NVRTC loads; prints why not.
 pub fn nvrtc_or_skip(test: &str) -> bool {
@@ -184,16 +226,24 @@ impl Checker {
         }
     }
 
+    /// Every failure in one message, if any.
+    pub fn failure(self) -> Option<String> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{}: {} of {} tensors mismatch the CPU reference:\n  {}",
+            self.context,
+            self.failures.len(),
+            self.checked,
+            self.failures.join("\n  ")
+        ))
+    }
+
     /// Panic with every failure, if any.
     pub fn finish(self) {
-        if !self.failures.is_empty() {
-            panic!(
-                "{}: {} of {} tensors mismatch the CPU reference:\n  {}",
-                self.context,
-                self.failures.len(),
-                self.checked,
-                self.failures.join("\n  ")
-            );
+        if let Some(m) = self.failure() {
+            panic!("{m}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Adam exactly as `torch.optim.Adam(params, lr, eps, weight_decay)` under scvi-tools' `TrainingPlan`
-//! (lr 1e-3, betas (0.9, 0.999), eps 0.01, weight_decay 1e-6 added to the gradient, no amsgrad):
+//! ([`AdamConfig`], the contract's), over the flat parameter buffer. CPU twin of kernels/adam.cu
+//! (`adam_step`), which tests/cuda_kernels.rs (`adam_*`) checks against [`Adam::update`]:
 //!
 //! ```text
 //! g = grad + wd p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
@@ -8,31 +9,10 @@
 //! Tensors without a gradient in this configuration are skipped entirely, as torch skips parameters
 //! whose `.grad` is None (no weight decay either).
 
+use crate::engine::AdamConfig;
 use crate::float::Float;
 use crate::model::layout::Layout;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AdamConfig {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamConfig {
-    fn default() -> Self {
-        AdamConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 0.01,
-            weight_decay: 1e-6,
-        }
-    }
-}
 
 /// Adam's state over the flat parameter buffer.
 pub struct Adam<T> {
@@ -65,9 +45,8 @@ impl<T: Float> Adam<T> {
     pub fn update(&mut self, params: &mut [T], grads: &[T]) {
         self.step += 1;
         let c = self.config;
-        let t = self.step as i32;
-        let step_size = T::from_f64(c.lr / (1.0 - c.beta1.powi(t)));
-        let bc2_sqrt = T::from_f64((1.0 - c.beta2.powi(t)).sqrt());
+        let (step_size, bc2_sqrt) = c.step_constants(self.step);
+        let (step_size, bc2_sqrt) = (T::from_f64(step_size), T::from_f64(bc2_sqrt));
         let (b1, b2) = (T::from_f64(c.beta1), T::from_f64(c.beta2));
         let (ob1, ob2) = (T::ONE - b1, T::ONE - b2);
         let (wd, eps) = (T::from_f64(c.weight_decay), T::from_f64(c.eps));
