@@ -38,7 +38,10 @@ pub trait Engine {
     /// (`crate::infer`) sample from. Engines that lack it say so.
     fn posteriors(&mut self, batch: &Minibatch, out: &mut Posteriors) -> Result<()> {
         let _ = (batch, out);
-        Err(not_implemented(&self.name(), "the posteriors of both encoders"))
+        Err(not_implemented(
+            &self.name(),
+            "the posteriors of both encoders",
+        ))
     }
     /// scvi-tools' `generative` in inference mode on given latents (`crate::infer`): row `r` of
     /// `rows` is decoded from `z[r]` (`[R, L]`, after the logistic normal's softmax) with log
@@ -52,7 +55,10 @@ pub trait Engine {
         out: &mut Generative,
     ) -> Result<()> {
         let _ = (rows, z, library, what, out);
-        Err(not_implemented(&self.name(), "the decoder on given latents"))
+        Err(not_implemented(
+            &self.name(),
+            "the decoder on given latents",
+        ))
     }
     /// The model's current values, in f32.
     fn state(&self) -> ModelState<f32>;

@@ -65,8 +65,10 @@ impl Philox {
         }
     }
 
+    /// Block `block` of stream (`stream`, `index`): its words `4 block .. 4 block + 4`, as
+    /// [`u32_at`](Self::u32_at) gives them one by one (one Philox evaluation for four words).
     #[inline]
-    fn block(&self, stream: Stream, index: u64, block: u64) -> [u32; 4] {
+    pub fn block(&self, stream: Stream, index: u64, block: u64) -> [u32; 4] {
         philox4x32(
             [
                 block as u32,

@@ -18,6 +18,9 @@ use scvi_rs::store::open_input;
 use scvi_rs::{Device, Scvi};
 use std::path::{Path, PathBuf};
 
+/// The input's per-gene string columns (var), carried into the `.h5ad` outputs.
+type VarColumns = Vec<(String, Vec<String>)>;
+
 /// The model, the data and where to run, shared by the after-training commands.
 #[derive(Args, Debug)]
 pub struct InferArgs {
@@ -48,7 +51,7 @@ impl InferArgs {
     }
 
     /// The model, the data (checked against it) and the input's per-gene columns.
-    fn load(&self) -> Result<(Scvi, Dataset, Vec<(String, Vec<String>)>)> {
+    fn load(&self) -> Result<(Scvi, Dataset, VarColumns)> {
         let model = Scvi::load(&self.model)?;
         let input = open_input(&self.data, self.layer.as_deref())?;
         let var = input.meta.var.clone();
@@ -182,22 +185,41 @@ pub fn run_normalize(cmd: &NormalizeCmd) -> Result<()> {
         if extension(&cmd.out) == "h5ad" {
             let mut out = H5adOut::create(&cmd.out, cmd.force, &data, &var, genes.as_deref())?;
             let id = out.writer.add_dense(Place::Layers, "scvi_normalized", n)?;
-            model.normalized_expression(&data, &cells, &opts, device, seed, &mut |first, rows| {
-                pb.set_position((first + rows.len() / n) as u64);
-                out.writer.append_dense(id, rows)
-            })?;
+            model.normalized_expression(
+                &data,
+                &cells,
+                &opts,
+                device,
+                seed,
+                &mut |first, rows| {
+                    pb.set_position((first + rows.len() / n) as u64);
+                    out.writer.append_dense(id, rows)
+                },
+            )?;
             out.copy_input_x()?;
             out.finish()?;
         } else {
-            let mut out = MatrixFile::create(&cmd.out, cmd.force, "--out", &data.cell_names, &names)?;
-            model.normalized_expression(&data, &cells, &opts, device, seed, &mut |first, rows| {
-                pb.set_position((first + rows.len() / n) as u64);
-                out.rows(rows)
-            })?;
+            let mut out =
+                MatrixFile::create(&cmd.out, cmd.force, "--out", &data.cell_names, &names)?;
+            model.normalized_expression(
+                &data,
+                &cells,
+                &opts,
+                device,
+                seed,
+                &mut |first, rows| {
+                    pb.set_position((first + rows.len() / n) as u64);
+                    out.rows(rows)
+                },
+            )?;
             out.finish()?;
         }
         pb.finish_and_clear();
-        eprintln!("wrote {} ({} cells x {n} genes)", cmd.out.display(), data.n_cells());
+        eprintln!(
+            "wrote {} ({} cells x {n} genes)",
+            cmd.out.display(),
+            data.n_cells()
+        );
         Ok(())
     })
 }
@@ -258,10 +280,14 @@ pub fn run_de(cmd: &DeCmd) -> Result<()> {
         let (model, data, _) = cmd.io.load()?;
         let n = model.comparisons(&data, &groups)?.len();
         let pb = bar(cmd.io.quiet, n, "de", "comparisons");
-        let results =
-            model.differential_expression(&data, &groups, &opts, device, cmd.io.seed, &mut |k, _| {
-                pb.set_position(k as u64)
-            })?;
+        let results = model.differential_expression(
+            &data,
+            &groups,
+            &opts,
+            device,
+            cmd.io.seed,
+            &mut |k, _| pb.set_position(k as u64),
+        )?;
         pb.finish_and_clear();
         scvi_rs::atomic::write_file(
             &cmd.out,
@@ -303,7 +329,10 @@ pub fn run_sample(cmd: &SampleCmd) -> Result<()> {
         bail!("--n-samples must be at least 1");
     }
     if cmd.n_samples > 511 && extension(&cmd.out) == "h5ad" {
-        bail!("--n-samples {}: an .h5ad holds at most 511 draws as layers", cmd.n_samples);
+        bail!(
+            "--n-samples {}: an .h5ad holds at most 511 draws as layers",
+            cmd.n_samples
+        );
     }
     let device = cmd.io.device()?;
     with_threads(cmd.io.run.threads, || {
@@ -316,15 +345,22 @@ pub fn run_sample(cmd: &SampleCmd) -> Result<()> {
             let layers: Vec<usize> = (1..s_n)
                 .map(|k| out.writer.add_sparse(Place::Layers, &format!("sample_{k}")))
                 .collect::<scvi_rs::Result<_>>()?;
-            model.posterior_predictive_sample(&data, &cells, s_n, device, seed, &mut |s, first, m| {
-                if s + 1 == s_n {
-                    pb.set_position((first + m.n_rows) as u64);
-                }
-                match s {
-                    0 => out.writer.append_owned(m),
-                    k => out.writer.append_sparse(layers[k - 1], &m),
-                }
-            })?;
+            model.posterior_predictive_sample(
+                &data,
+                &cells,
+                s_n,
+                device,
+                seed,
+                &mut |s, first, m| {
+                    if s + 1 == s_n {
+                        pb.set_position((first + m.n_rows) as u64);
+                    }
+                    match s {
+                        0 => out.writer.append_owned(m),
+                        k => out.writer.append_sparse(layers[k - 1], &m),
+                    }
+                },
+            )?;
             out.finish()?;
         } else {
             let total = data.n_cells() * g * s_n;
@@ -336,23 +372,31 @@ pub fn run_sample(cmd: &SampleCmd) -> Result<()> {
                 );
             }
             let mut v = vec![0f32; total];
-            model.posterior_predictive_sample(&data, &cells, s_n, device, seed, &mut |s, first, m| {
-                for i in 0..m.n_rows {
-                    let (a, b) = (m.indptr[i] as usize, m.indptr[i + 1] as usize);
-                    for (&j, &x) in m.indices[a..b].iter().zip(&m.data[a..b]) {
-                        v[((first + i) * g + j as usize) * s_n + s] = x;
+            model.posterior_predictive_sample(
+                &data,
+                &cells,
+                s_n,
+                device,
+                seed,
+                &mut |s, first, m| {
+                    for i in 0..m.n_rows {
+                        let (a, b) = (m.indptr[i] as usize, m.indptr[i + 1] as usize);
+                        for (&j, &x) in m.indices[a..b].iter().zip(&m.data[a..b]) {
+                            v[((first + i) * g + j as usize) * s_n + s] = x;
+                        }
                     }
-                }
-                pb.set_position((first + m.n_rows) as u64);
-                Ok(())
-            })?;
+                    pb.set_position((first + m.n_rows) as u64);
+                    Ok(())
+                },
+            )?;
             let shape: Vec<usize> = if s_n == 1 {
                 vec![data.n_cells(), g]
             } else {
                 vec![data.n_cells(), g, s_n]
             };
             let mut bytes = npy_header(&shape);
-            v.iter().for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+            v.iter()
+                .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
             scvi_rs::atomic::write_file(&cmd.out, &bytes, cmd.force, "--out")?;
         }
         pb.finish_and_clear();

@@ -6,9 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scvi_rs::atomic::{check_output, AtomicDir, OutputKind};
+use scvi_rs::infer::h5ad_out::{H5adOut, Place};
 use scvi_rs::infer::output::write_matrix;
 use scvi_rs::model::io::MODEL_DIR;
-use scvi_rs::infer::h5ad_out::{H5adOut, Place};
 use scvi_rs::store::output::is_h5ad_name;
 use scvi_rs::store::{load_dataset, open_input};
 use scvi_rs::{Device, Scvi, Setup};
@@ -204,7 +204,10 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
 fn check_output_ext(p: &Path) -> Result<()> {
     match p.extension().and_then(|e| e.to_str()) {
         Some("npy") | Some("csv") | Some("h5ad") => Ok(()),
-        _ => bail!("{}: the output must end in .npy, .csv or .h5ad", p.display()),
+        _ => bail!(
+            "{}: the output must end in .npy, .csv or .h5ad",
+            p.display()
+        ),
     }
 }
 

@@ -7,9 +7,9 @@ use crate::batch::Minibatch;
 use crate::engine::{
     AdamConfig, Engine, Generative, GenerativeOutputs, LossParts, Pass, Posteriors,
 };
-use crate::model::config::Dispersion;
 use crate::error::Result;
 use crate::float::Float;
+use crate::model::config::Dispersion;
 use crate::model::init::ModelState;
 use crate::rng::Philox;
 

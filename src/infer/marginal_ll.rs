@@ -81,7 +81,12 @@ pub fn marginal_ll(
         weights.resize(n * n_mc_samples, 0.0);
         for_each_pass(n, n_mc_samples, |draws| {
             crate::interrupt::check()?;
-            sampler.decode(chunk, draws, Transform::OBSERVED, GenerativeOutputs::Likelihood)?;
+            sampler.decode(
+                chunk,
+                draws,
+                Transform::OBSERVED,
+                GenerativeOutputs::Likelihood,
+            )?;
             let post = sampler.posteriors();
             let (z, lib) = (sampler.z(), sampler.library());
             let zeros = vec![0f32; l];
@@ -92,7 +97,8 @@ pub fn marginal_ll(
                     &post.z_mean[d.cell * l..(d.cell + 1) * l],
                     &post.z_var[d.cell * l..(d.cell + 1) * l],
                 );
-                let mut w = log_normal(zr, &zeros, &ones) - sampler.out.reconstruction[r]
+                let mut w = log_normal(zr, &zeros, &ones)
+                    - sampler.out.reconstruction[r]
                     - log_normal(zr, m, v);
                 if let Some(p) = prior {
                     let b = chunk.batch[d.cell] as usize;

@@ -62,7 +62,11 @@ impl NormalizeOptions {
         if self.n_samples == 0 {
             return Err(Error::Config("--n-samples must be at least 1".into()));
         }
-        if let Some(&t) = self.transform_batch.iter().find(|&&t| t as usize >= n_batch) {
+        if let Some(&t) = self
+            .transform_batch
+            .iter()
+            .find(|&&t| t as usize >= n_batch)
+        {
             return Err(Error::Config(format!(
                 "transform batch code {t} out of range (the model has {n_batch} batches)"
             )));
@@ -125,40 +129,47 @@ pub fn normalized_expression(
     let mut acc: Vec<f64> = Vec::new();
     let mut rows: Vec<f32> = Vec::new();
     let mut first = 0usize;
-    for_each_chunk(x, cov, cells, per_chunk, cfg.use_observed_lib_size, |chunk| {
-        sampler.encode(chunk)?;
-        let n = chunk.len();
-        acc.clear();
-        acc.resize(n * n_out, 0.0);
-        for t in &transforms {
-            for_each_pass(n, opts.n_samples, |draws| {
-                sampler.decode(chunk, draws, *t, GenerativeOutputs::Scale)?;
-                let (scale, lib) = (&sampler.out.px_scale, sampler.library());
-                for (r, d) in draws.iter().enumerate() {
-                    // px_rate = exp(l) px_scale, in f32 as torch computes it.
-                    let row = &scale[r * g..(r + 1) * g];
-                    let dst = &mut acc[d.cell * n_out..(d.cell + 1) * n_out];
-                    match opts.library_size {
-                        LibrarySize::Fixed(size) => {
-                            for (a, &j) in dst.iter_mut().zip(genes) {
-                                *a += row[j] as f64 * size;
+    for_each_chunk(
+        x,
+        cov,
+        cells,
+        per_chunk,
+        cfg.use_observed_lib_size,
+        |chunk| {
+            sampler.encode(chunk)?;
+            let n = chunk.len();
+            acc.clear();
+            acc.resize(n * n_out, 0.0);
+            for t in &transforms {
+                for_each_pass(n, opts.n_samples, |draws| {
+                    sampler.decode(chunk, draws, *t, GenerativeOutputs::Scale)?;
+                    let (scale, lib) = (&sampler.out.px_scale, sampler.library());
+                    for (r, d) in draws.iter().enumerate() {
+                        // px_rate = exp(l) px_scale, in f32 as torch computes it.
+                        let row = &scale[r * g..(r + 1) * g];
+                        let dst = &mut acc[d.cell * n_out..(d.cell + 1) * n_out];
+                        match opts.library_size {
+                            LibrarySize::Fixed(size) => {
+                                for (a, &j) in dst.iter_mut().zip(genes) {
+                                    *a += row[j] as f64 * size;
+                                }
                             }
-                        }
-                        LibrarySize::Latent => {
-                            let e = lib[r].exp();
-                            for (a, &j) in dst.iter_mut().zip(genes) {
-                                *a += (e * row[j]) as f64;
+                            LibrarySize::Latent => {
+                                let e = lib[r].exp();
+                                for (a, &j) in dst.iter_mut().zip(genes) {
+                                    *a += (e * row[j]) as f64;
+                                }
                             }
                         }
                     }
-                }
-                Ok(())
-            })?;
-        }
-        rows.clear();
-        rows.extend(acc.iter().map(|&a| (a / denom) as f32));
-        sink(first, &rows)?;
-        first += n;
-        Ok(())
-    })
+                    Ok(())
+                })?;
+            }
+            rows.clear();
+            rows.extend(acc.iter().map(|&a| (a / denom) as f32));
+            sink(first, &rows)?;
+            first += n;
+            Ok(())
+        },
+    )
 }

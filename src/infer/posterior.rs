@@ -144,7 +144,10 @@ impl<'a> Sampler<'a> {
                 let mut e = [0.0f64; 1];
                 self.rng
                     .fill_normal_at(Stream::PosteriorLibrary, key, d.sample, &mut e);
-                let (m, v) = (self.post.library_mean[d.cell], self.post.library_var[d.cell]);
+                let (m, v) = (
+                    self.post.library_mean[d.cell],
+                    self.post.library_var[d.cell],
+                );
                 m + v.sqrt() * e[0] as f32
             } else {
                 chunk.log_library[d.cell] as f32

@@ -46,9 +46,7 @@ impl Uniforms {
 
     fn word(&mut self) -> u32 {
         if self.used == 4 {
-            for (i, w) in self.words.iter_mut().enumerate() {
-                *w = self.rng.u32_at(Stream::Predictive, self.key, self.block * 4 + i as u64);
-            }
+            self.words = self.rng.block(Stream::Predictive, self.key, self.block);
             self.block += 1;
             self.used = 0;
         }
@@ -134,21 +132,22 @@ fn draw_count(u: &mut Uniforms, lik: GeneLikelihood, mu: f64, theta: f64, pi: f6
     match lik {
         GeneLikelihood::Poisson => poisson(u, mu.min(MAX_RATE)),
         GeneLikelihood::Nb | GeneLikelihood::Zinb => {
+            if lik == GeneLikelihood::Zinb {
+                // is_zero = U <= sigmoid(pi); torch draws the NB count whatever the outcome, but
+                // the outcome is independent of it, so deciding first gives the same distribution
+                // and skips the gamma and Poisson draws of the zeroed entries.
+                let p = 1.0 / (1.0 + (-pi).exp());
+                if u.uniform() <= p {
+                    return 0.0;
+                }
+            }
             // torch: Gamma(concentration theta, rate theta / mu); a zero mean draws zero.
             let w = if mu > 0.0 {
                 gamma(u, theta) * mu / theta
             } else {
                 0.0
             };
-            let x = poisson(u, w.min(MAX_RATE));
-            if lik == GeneLikelihood::Zinb {
-                // is_zero = U <= sigmoid(pi)
-                let p = 1.0 / (1.0 + (-pi).exp());
-                if u.uniform() <= p {
-                    return 0.0;
-                }
-            }
-            x
+            poisson(u, w.min(MAX_RATE))
         }
     }
 }
@@ -175,54 +174,66 @@ pub fn posterior_predictive(
     let rng = Philox::new(seed);
     let per_chunk = chunking(n_samples);
     let mut first = 0usize;
-    for_each_chunk(x, cov, cells, per_chunk, cfg.use_observed_lib_size, |chunk| {
-        sampler.encode(chunk)?;
-        let n = chunk.len();
-        // Dense rows of counts per (cell, sample), cell-major.
-        let mut counts = vec![0f32; n * n_samples * g];
-        for_each_pass(n, n_samples, |draws| {
-            sampler.decode(chunk, draws, Transform::OBSERVED, GenerativeOutputs::Parameters)?;
-            let out = &sampler.out;
-            let lib = sampler.library();
-            let rows: Vec<(usize, Vec<f32>)> = draws
-                .par_iter()
-                .enumerate()
-                .map(|(r, d)| {
-                    let key = chunk.cells[d.cell] as u64;
-                    let mut u = Uniforms::new(rng, key, d.sample << 40);
-                    let e = lib[r].exp();
-                    let row: Vec<f32> = (0..g)
-                        .map(|j| {
-                            let mu = (e * out.px_scale[r * g + j]) as f64;
-                            let theta = out.theta.get(r * g + j).map_or(0.0, |&t| t as f64);
-                            let pi = out.zi_logits.get(r * g + j).map_or(0.0, |&p| p as f64);
-                            draw_count(&mut u, likelihood, mu, theta, pi) as f32
-                        })
-                        .collect();
-                    (d.cell * n_samples + d.sample as usize, row)
-                })
-                .collect();
-            for (at, row) in rows {
-                counts[at * g..(at + 1) * g].copy_from_slice(&row);
+    for_each_chunk(
+        x,
+        cov,
+        cells,
+        per_chunk,
+        cfg.use_observed_lib_size,
+        |chunk| {
+            sampler.encode(chunk)?;
+            let n = chunk.len();
+            // Dense rows of counts per (cell, sample), cell-major.
+            let mut counts = vec![0f32; n * n_samples * g];
+            for_each_pass(n, n_samples, |draws| {
+                sampler.decode(
+                    chunk,
+                    draws,
+                    Transform::OBSERVED,
+                    GenerativeOutputs::Parameters,
+                )?;
+                let out = &sampler.out;
+                let lib = sampler.library();
+                let rows: Vec<(usize, Vec<f32>)> = draws
+                    .par_iter()
+                    .enumerate()
+                    .map(|(r, d)| {
+                        let key = chunk.cells[d.cell] as u64;
+                        let mut u = Uniforms::new(rng, key, d.sample << 40);
+                        let e = lib[r].exp();
+                        let row: Vec<f32> = (0..g)
+                            .map(|j| {
+                                let mu = (e * out.px_scale[r * g + j]) as f64;
+                                let theta = out.theta.get(r * g + j).map_or(0.0, |&t| t as f64);
+                                let pi = out.zi_logits.get(r * g + j).map_or(0.0, |&p| p as f64);
+                                draw_count(&mut u, likelihood, mu, theta, pi) as f32
+                            })
+                            .collect();
+                        (d.cell * n_samples + d.sample as usize, row)
+                    })
+                    .collect();
+                for (at, row) in rows {
+                    counts[at * g..(at + 1) * g].copy_from_slice(&row);
+                }
+                Ok(())
+            })?;
+            for s in 0..n_samples {
+                let mut m = CsrMatrix::with_cols(g);
+                for i in 0..n {
+                    let row = &counts[(i * n_samples + s) * g..(i * n_samples + s + 1) * g];
+                    m.push_row(
+                        row.iter()
+                            .enumerate()
+                            .filter(|(_, &v)| v != 0.0)
+                            .map(|(j, &v)| (j as u32, v)),
+                    );
+                }
+                sink(s, first, m)?;
             }
+            first += n;
             Ok(())
-        })?;
-        for s in 0..n_samples {
-            let mut m = CsrMatrix::with_cols(g);
-            for i in 0..n {
-                let row = &counts[(i * n_samples + s) * g..(i * n_samples + s + 1) * g];
-                m.push_row(
-                    row.iter()
-                        .enumerate()
-                        .filter(|(_, &v)| v != 0.0)
-                        .map(|(j, &v)| (j as u32, v)),
-                );
-            }
-            sink(s, first, m)?;
-        }
-        first += n;
-        Ok(())
-    })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -257,7 +268,10 @@ mod tests {
         let (mu, theta) = (5.0, 2.0);
         let (m, v) = moments(|u| draw_count(u, GeneLikelihood::Nb, mu, theta, 0.0), n);
         assert!((m - mu).abs() < 5.0 * (mu + mu * mu / theta).sqrt() / (n as f64).sqrt());
-        assert!((v / (mu + mu * mu / theta) - 1.0).abs() < 0.05, "nb var {v}");
+        assert!(
+            (v / (mu + mu * mu / theta) - 1.0).abs() < 0.05,
+            "nb var {v}"
+        );
         let pi = 0.5f64;
         let p0 = 1.0 / (1.0 + (-pi).exp());
         let (m, _) = moments(|u| draw_count(u, GeneLikelihood::Zinb, mu, theta, pi), n);

@@ -196,15 +196,20 @@ impl Scvi {
             .to_categorical(key)
             .map_err(|e| Error::Data(format!("{}: {e}", data.source)))?;
         let find = |g: &str, flag: &str| -> Result<u32> {
-            names.iter().position(|n| n == g).map(|i| i as u32).ok_or_else(|| {
-                Error::Config(format!(
-                    "{flag} '{g}' is not a group of obs column '{key}' in {} (groups: {})",
-                    data.source,
-                    names.join(", ")
-                ))
-            })
+            names
+                .iter()
+                .position(|n| n == g)
+                .map(|i| i as u32)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{flag} '{g}' is not a group of obs column '{key}' in {} (groups: {})",
+                        data.source,
+                        names.join(", ")
+                    ))
+                })
         };
-        let cells_of = |c: u32| -> Vec<usize> { (0..codes.len()).filter(|&i| codes[i] == c).collect() };
+        let cells_of =
+            |c: u32| -> Vec<usize> { (0..codes.len()).filter(|&i| codes[i] == c).collect() };
         let g2 = match &groups.group2 {
             Some(g) => Some((g.clone(), cells_of(find(g, "--group2")?))),
             None => None,
@@ -282,19 +287,22 @@ impl Scvi {
         names
             .iter()
             .map(|n| {
-                cats.iter().position(|c| c == n).map(|i| i as u32).ok_or_else(|| {
-                    Error::Config(format!(
-                        "--transform-batch '{n}' is not a batch the model was trained on \
+                cats.iter()
+                    .position(|c| c == n)
+                    .map(|i| i as u32)
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "--transform-batch '{n}' is not a batch the model was trained on \
                          (batches{}: {})",
-                        self.meta
-                            .setup
-                            .batch_key
-                            .as_ref()
-                            .map(|k| format!(" of '{k}'"))
-                            .unwrap_or_default(),
-                        cats.join(", ")
-                    ))
-                })
+                            self.meta
+                                .setup
+                                .batch_key
+                                .as_ref()
+                                .map(|k| format!(" of '{k}'"))
+                                .unwrap_or_default(),
+                            cats.join(", ")
+                        ))
+                    })
             })
             .collect()
     }
@@ -302,8 +310,13 @@ impl Scvi {
     /// The model's columns of `genes` (scvi-tools' `gene_list`), in the model's order (as
     /// scvi-tools returns them); genes the model lacks are an error naming them and `list_name`.
     pub fn gene_indices(&self, genes: &[String], list_name: &str) -> Result<Vec<usize>> {
-        let mut idx =
-            crate::data::genes::resolve_genes(genes, &self.meta.genes, &[], list_name, "the model")?;
+        let mut idx = crate::data::genes::resolve_genes(
+            genes,
+            &self.meta.genes,
+            &[],
+            list_name,
+            "the model",
+        )?;
         idx.sort_unstable();
         Ok(idx)
     }
@@ -312,7 +325,10 @@ impl Scvi {
 /// At least one cell, all in range.
 fn check_cells(data: &Dataset, cells: &[usize]) -> Result<()> {
     if cells.is_empty() {
-        return Err(Error::Data(format!("{}: no cells to compute on", data.source)));
+        return Err(Error::Data(format!(
+            "{}: no cells to compute on",
+            data.source
+        )));
     }
     if let Some(&c) = cells.iter().find(|&&c| c >= data.n_cells()) {
         return Err(Error::Data(format!(

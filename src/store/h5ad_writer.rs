@@ -377,7 +377,9 @@ impl Side {
     }
 
     fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.w.write_all(b).map_err(|e| Error::io(self.tmp.path(), e))
+        self.w
+            .write_all(b)
+            .map_err(|e| Error::io(self.tmp.path(), e))
     }
 
     /// Copy everything written into `out` at an 8-aligned address, returned.
@@ -592,7 +594,7 @@ impl H5adWriter {
         else {
             return Err(Error::Config(format!("'{name}' is not a dense matrix")));
         };
-        if *n_cols == 0 || rows.len() % *n_cols != 0 {
+        if *n_cols == 0 || !rows.len().is_multiple_of(*n_cols) {
             return Err(Error::Shape(format!(
                 "'{name}': {} values are not rows of {n_cols}",
                 rows.len()
@@ -676,7 +678,12 @@ impl H5adWriter {
         let indices_oh = out.dataset_at(Dt::I32, &[nnz], indices_addr, &[])?;
         let raw: Vec<u8> = self.indptr.iter().flat_map(|p| p.to_le_bytes()).collect();
         let indptr_oh = out.dataset(Dt::I64, &[n_cells as u64 + 1], &raw, &[])?;
-        let x = csr_group(&mut out, [data_oh, indices_oh, indptr_oh], n_cells, g as usize)?;
+        let x = csr_group(
+            &mut out,
+            [data_oh, indices_oh, indptr_oh],
+            n_cells,
+            g as usize,
+        )?;
         let mut layers = Vec::new();
         let mut obsm = Vec::new();
         for (place, name, extra) in std::mem::take(&mut self.extras) {
