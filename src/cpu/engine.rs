@@ -19,7 +19,8 @@ use super::fc::{
     fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats, DropoutKey,
     FcCache, FcGrads, FcParams,
 };
-use super::gemm::linear_fwd;
+use super::gemm::{add_column_sums, linear_fwd};
+use super::gemm_bf16::{as_f32, as_f32_mut, Backend, HeadsBf16};
 use super::latent::{
     library_backward, library_forward, library_observed_forward, posterior_variance,
     reparam_kl_backward, reparam_kl_forward, LibraryPrior, Posterior, PosteriorGrads,
@@ -34,7 +35,7 @@ use crate::batch::Minibatch;
 use crate::engine::{validate_minibatch, LossParts, Mode};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::model::config::{Dispersion, LatentDistribution};
+use crate::model::config::{Dispersion, LatentDistribution, Precision};
 use crate::model::init::ModelState;
 use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds, LinearShape};
 use crate::rng::{Philox, Stream};
@@ -163,6 +164,8 @@ pub struct CpuEngine<T> {
     kl_z: Vec<f64>,
     kl_l: Vec<f64>,
     capacity: usize,
+    /// The output heads' products in bf16 (`Precision::Bf16`), None in f32.
+    bf16: Option<HeadsBf16>,
 }
 
 /// Disjoint mutable views of several tensors of one flat buffer.
@@ -198,6 +201,31 @@ impl<T: Float> CpuEngine<T> {
             kl_z: Vec::new(),
             kl_l: Vec::new(),
             capacity: 0,
+            bf16: None,
+        }
+    }
+
+    /// An engine whose output heads' products run in `precision` (bf16: f32 engines only).
+    pub fn with_precision(layout: Layout, precision: Precision) -> Result<Self> {
+        let mut e = Self::new(layout);
+        if precision == Precision::Bf16 {
+            if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+                return Err(Error::Config(format!(
+                    "precision bf16 runs on the f32 engine only, not {}",
+                    T::NAME
+                )));
+            }
+            e.bf16 = Some(HeadsBf16::new(Backend::detect()));
+        }
+        Ok(e)
+    }
+
+    /// The precision of the heads' products and, for bf16, how they run ("bf16 head products on
+    /// AMX", or why they are emulated).
+    pub fn precision(&self) -> (Precision, Option<String>) {
+        match &self.bf16 {
+            None => (Precision::F32, None),
+            Some(h) => (Precision::Bf16, Some(h.backend().describe())),
         }
     }
 
@@ -393,34 +421,31 @@ impl<T: Float> CpuEngine<T> {
         // The heads' products only: their biases are added by the output kernel as it reads the
         // rows (one pass less over the [B, G] planes).
         let h = cfg.n_hidden;
-        head_product(
-            &mut self.planes.scale,
-            hd,
-            state.param(dec.scale.weight),
+        let with_grads = grads.is_some();
+        if let Some(hb) = self.bf16.as_mut() {
+            hb.begin(as_f32(&hd[..b * h]), b, h, g, with_grads);
+        }
+        let mut heads = HeadProducts {
+            bf16: self.bf16.as_mut(),
+            grads: with_grads,
             b,
             h,
             g,
-        );
+        };
+        heads.forward(0, &mut self.planes.scale, hd, state.param(dec.scale.weight));
         let mut biases = HeadBiases {
             rho: state.param(dec.scale.bias),
             pi: None,
             r: None,
         };
         if cfg.gene_likelihood.has_pi() {
-            head_product(
-                &mut self.planes.pi,
-                hd,
-                state.param(dec.dropout.weight),
-                b,
-                h,
-                g,
-            );
+            heads.forward(1, &mut self.planes.pi, hd, state.param(dec.dropout.weight));
             biases.pi = Some(state.param(dec.dropout.bias));
         }
         let theta = if !cfg.gene_likelihood.has_theta() {
             ThetaSource::None
         } else if cfg.dispersion == Dispersion::GeneCell {
-            head_product(&mut self.planes.r, hd, state.param(dec.r.weight), b, h, g);
+            heads.forward(2, &mut self.planes.r, hd, state.param(dec.r.weight));
             biases.r = Some(state.param(dec.r.bias));
             ThetaSource::Cell
         } else {
@@ -455,11 +480,28 @@ impl<T: Float> CpuEngine<T> {
         let hd = &self.dec_layers.last().unwrap().out;
         let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
         {
-            let mut head = |ids: &LinearIds, d: &[T], sums: Option<&[T]>, accumulate: bool| {
-                let dx = &mut self.d_hd;
-                head_backward(grads, &layout, ids, d, sums, hd, state, dx, accumulate, b)
-            };
+            let mut head =
+                |slot: usize, ids: &LinearIds, d: &[T], sums: Option<&[T]>, accumulate: bool| {
+                    let dx = &mut self.d_hd;
+                    match self.bf16.as_mut() {
+                        Some(hb) => head_backward_bf16(
+                            (hb, slot),
+                            grads,
+                            &layout,
+                            ids,
+                            d,
+                            sums,
+                            dx,
+                            accumulate,
+                            b,
+                        ),
+                        None => head_backward(
+                            grads, &layout, ids, d, sums, hd, state, dx, accumulate, b,
+                        ),
+                    }
+                };
             head(
+                0,
                 &dec.scale,
                 &self.planes.d_rho,
                 Some(&self.planes.sum_d_rho),
@@ -467,6 +509,7 @@ impl<T: Float> CpuEngine<T> {
             );
             if cfg.gene_likelihood.has_pi() {
                 head(
+                    1,
                     &dec.dropout,
                     &self.planes.pi,
                     Some(&self.planes.sum_d_pi),
@@ -474,7 +517,7 @@ impl<T: Float> CpuEngine<T> {
                 );
             }
             if cell_theta {
-                head(&dec.r, &self.planes.r, None, true);
+                head(2, &dec.r, &self.planes.r, None, true);
             }
         }
         if cfg.gene_likelihood.has_theta() && !cell_theta {
@@ -539,15 +582,70 @@ impl<T: Float> CpuEngine<T> {
     }
 }
 
-/// `y = x W^T` for a decoder head (`x` `[B, H]`, W `[G, H]`), without the bias.
-fn head_product<T: Float>(y: &mut [T], x: &[T], weight: &[T], b: usize, h: usize, g: usize) {
-    let s = LinearShape {
-        b,
-        n_in: h,
-        ldw: h,
-        n_out: g,
-    };
-    linear_fwd(y, x, weight, s, T::ZERO);
+/// The decoder heads' forward products `y = x W^T` (`x` `[B, H]`, W `[G, H]`, no bias) in f32,
+/// or in bf16 through the engine's [`HeadsBf16`] (head `slot`: 0 scale, 1 dropout, 2 r).
+struct HeadProducts<'a> {
+    bf16: Option<&'a mut HeadsBf16>,
+    grads: bool,
+    b: usize,
+    h: usize,
+    g: usize,
+}
+
+impl HeadProducts<'_> {
+    fn forward<T: Float>(&mut self, slot: usize, y: &mut [T], x: &[T], weight: &[T]) {
+        let (b, h, g) = (self.b, self.h, self.g);
+        match self.bf16.as_deref_mut() {
+            Some(hb) => hb.forward(
+                slot,
+                as_f32_mut(&mut y[..b * g]),
+                as_f32(weight),
+                self.grads,
+            ),
+            None => {
+                let s = LinearShape {
+                    b,
+                    n_in: h,
+                    ldw: h,
+                    n_out: g,
+                };
+                linear_fwd(y, x, weight, s, T::ZERO);
+            }
+        }
+    }
+}
+
+/// [`head_backward`] for a decoder head whose products run in bf16 (`slot` as in
+/// [`HeadProducts`]); the bias gradient stays f32.
+#[allow(clippy::too_many_arguments)]
+fn head_backward_bf16<T: Float>(
+    (hb, slot): (&mut HeadsBf16, usize),
+    grads: &mut [T],
+    layout: &Layout,
+    ids: &LinearIds,
+    d: &[T],
+    bias_sums: Option<&[T]>,
+    dx: &mut [T],
+    accumulate: bool,
+    b: usize,
+) {
+    let [dw, db] = split_mut(
+        grads,
+        [
+            layout.params[ids.weight].range(),
+            layout.params[ids.bias].range(),
+        ],
+    );
+    let n = ids.n_out;
+    match bias_sums {
+        Some(sums) => db[..n]
+            .iter_mut()
+            .zip(&sums[..n])
+            .for_each(|(o, &v)| *o += v),
+        None => add_column_sums(db, d, b, n, n),
+    }
+    let d = as_f32(&d[..b * n]);
+    hb.backward(slot, as_f32_mut(dw), as_f32_mut(dx), d, accumulate);
 }
 
 fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcParams<'a, T> {

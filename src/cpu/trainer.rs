@@ -7,6 +7,7 @@ use crate::batch::Minibatch;
 use crate::engine::{AdamConfig, Engine, LossParts, Pass};
 use crate::error::Result;
 use crate::float::Float;
+use crate::model::config::Precision;
 use crate::model::init::ModelState;
 use crate::rng::Philox;
 
@@ -31,6 +32,25 @@ impl<T: Float> CpuTrainer<T> {
             rng: Philox::new(seed),
             state,
         }
+    }
+
+    /// [`new`](Self::new) with the output heads' products in `precision` (bf16: f32 only).
+    pub fn with_precision(
+        state: ModelState<T>,
+        adam: AdamConfig,
+        seed: u64,
+        precision: Precision,
+    ) -> Result<Self> {
+        let engine = CpuEngine::with_precision(state.layout.clone(), precision)?;
+        Ok(CpuTrainer {
+            engine,
+            ..Self::new(state, adam, seed)
+        })
+    }
+
+    /// The gradients of the last backward pass (the parameters' layout).
+    pub fn grads(&self) -> &[T] {
+        &self.grads
     }
 }
 
@@ -73,10 +93,13 @@ impl<T: Float> Engine for CpuTrainer<T> {
     }
 
     fn name(&self) -> String {
+        let precision = match self.engine.precision() {
+            (_, Some(how)) => how,
+            (_, None) => T::NAME.to_lowercase(),
+        };
         format!(
-            "cpu ({} threads, {})",
-            rayon::current_num_threads(),
-            T::NAME.to_lowercase()
+            "cpu ({} threads, {precision})",
+            rayon::current_num_threads()
         )
     }
 }
