@@ -404,3 +404,287 @@ fn vector_packers_match_the_scalar_definition() {
         }
     }
 }
+
+// --- The quality guard, one step --------------------------------------------------------------
+
+/// Kang (when the shared data is present) or simulated counts of the same shape, with the batch
+/// codes, the number of batches and a description.
+fn guard_data() -> (scvi_rs::data::Dataset, Vec<u32>, usize, String) {
+    use scvi_rs::data::simulate::{simulate, SimConfig};
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/kang_ifnb_hvg2k.h5ad");
+    let (data, key, what) = if p.exists() {
+        let d = scvi_rs::store::load_dataset(&p, None).unwrap();
+        (d, "stim", "Kang (kang_ifnb_hvg2k.h5ad)".to_string())
+    } else {
+        let sim = SimConfig {
+            n_cells: 2_000,
+            n_genes: 2_000,
+            n_batches: 2,
+            ..SimConfig::default()
+        };
+        println!("(kang_ifnb_hvg2k.h5ad absent: simulated counts instead)");
+        (
+            simulate(&sim),
+            "batch",
+            "simulated 2,000 x 2,000".to_string(),
+        )
+    };
+    let (codes, cats) = data.obs_column(key).unwrap().to_categorical(key).unwrap();
+    (data, codes, cats.len(), what)
+}
+
+/// The Euclidean norm.
+fn norm(a: &[f32]) -> f64 {
+    a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// `||a - b|| / ||b||` (Euclidean norms) and `||b||`.
+fn rel(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let d: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (d.sqrt() / n.sqrt().max(1e-300), n.sqrt())
+}
+
+/// One training step (same weights, minibatch, noise and dropout) in f32 and in bf16, on a model
+/// trained for a few f32 steps first; see the module's header for the bounds.
+#[test]
+fn one_step_in_bf16_stays_within_the_derived_bounds() {
+    use scvi_rs::batch::Minibatch;
+    use scvi_rs::cpu::engine::NoiseBuffers;
+    use scvi_rs::cpu::{CpuEngine, CpuTrainer};
+    use scvi_rs::engine::{AdamConfig, Engine, Mode};
+    use scvi_rs::model::init::ModelState;
+    use scvi_rs::model::{Layout, ModelConfig, Precision};
+    use scvi_rs::rng::{Philox, Stream};
+
+    let (data, codes, n_batch, what) = guard_data();
+    let cfg = ModelConfig {
+        n_input: data.n_genes(),
+        n_batch,
+        ..ModelConfig::default()
+    };
+    let layout = Layout::new(&cfg);
+    let labels = vec![0u32; data.n_cells()];
+    let perm = Philox::new(3).permutation(Stream::Shuffle, 0, data.n_cells());
+    let batches: Vec<Minibatch> = perm
+        .chunks(128)
+        .take(41)
+        .map(|c| {
+            let mut mb = Minibatch::default();
+            mb.gather(data.counts.as_ref(), c, &codes, &labels);
+            mb
+        })
+        .collect();
+    // Off the initial weights: 40 f32 steps.
+    let mut tr = CpuTrainer::<f32>::new(
+        ModelState::init(layout.clone(), 7),
+        AdamConfig::default(),
+        7,
+    );
+    for (k, mb) in batches[..40].iter().enumerate() {
+        tr.train_step(mb, k as u64, 0.3).unwrap();
+    }
+    let mb = &batches[40];
+    let (b, h, g) = (mb.len(), cfg.n_hidden, cfg.n_input);
+    let rng = Philox::new(11);
+    let mut noise = NoiseBuffers::<f32>::default();
+    noise.draw(&rng, 5, b, cfg.n_latent);
+    let run = |precision: Precision| {
+        let mut state = tr.state.clone();
+        let mut e = CpuEngine::<f32>::with_precision(layout.clone(), precision).unwrap();
+        let mut grads = vec![0f32; layout.n_param_elems];
+        let parts = e
+            .forward_backward(
+                &mut state,
+                Some(&mut grads),
+                mb,
+                &noise.as_step(Some((rng, 5))),
+                0.3,
+                Mode::Train,
+            )
+            .unwrap();
+        let (x, dr, dp) = e.head_io(b);
+        (parts.loss, grads, x.to_vec(), dr.to_vec(), dp.to_vec())
+    };
+    let (l32, g32, x, d_rho, d_pi) = run(Precision::F32);
+    let (l16, g16, x16, d_rho16, d_pi16) = run(Precision::Bf16);
+    assert_eq!(
+        x, x16,
+        "the heads' input must not depend on the heads' precision"
+    );
+    let param = |name: &str| {
+        let t = layout.params.iter().find(|t| t.name == name).unwrap();
+        &tr.state.params[t.range()]
+    };
+    let w = [
+        param("decoder.px_scale_decoder.0.weight"),
+        param("decoder.px_dropout_decoder.weight"),
+    ];
+    let (d32, d16) = ([&d_rho, &d_pi], [&d_rho16, &d_pi16]);
+    let gamma = |k: usize| 2.0 * U + U * U + (k as f64 - 1.0) * U32 * (1.0 + U).powi(2);
+
+    // The loss: first order in the logits' errors, |dL| <= sum |dL/dlogit| |d logit|, with
+    // |d logit_bg| <= gamma(H) sum_k |x_bk W_gk| (forward product bound); the second-order term
+    // is below 1% of it at these sizes (the errors are ~1e-3 of the logits).
+    let mut bound = 0.0f64;
+    let mut typical = 0.0f64;
+    for (head, dl) in d32.iter().enumerate() {
+        for i in 0..b {
+            for j in 0..g {
+                let (mut abs, mut sq) = (0.0f64, 0.0f64);
+                for k in 0..h {
+                    let p = (x[i * h + k] * w[head][j * h + k]) as f64;
+                    abs += p.abs();
+                    sq += p * p;
+                }
+                let dlv = dl[i * g + j] as f64;
+                bound += dlv.abs() * gamma(h) * abs;
+                // Independent rounding errors of sd u/sqrt(3) on both factors.
+                typical += (dlv * U * (2.0f64 / 3.0).sqrt()).powi(2) * sq;
+            }
+        }
+    }
+    let typical = typical.sqrt();
+    let dl = (l16 - l32).abs();
+    println!(
+        "{what}: loss f32 {l32:.6} bf16 {l16:.6}: |diff| {dl:.3e}, first-order worst case \
+         {bound:.3e}, typical (random rounding) {typical:.3e}"
+    );
+    assert!(
+        dl <= 1.01 * bound,
+        "loss difference {dl} above the bound {bound}"
+    );
+    assert!(
+        dl <= 10.0 * typical,
+        "loss difference {dl} far above the typical {typical}"
+    );
+
+    // The heads' weight gradients: dW = D^T x is linear in D, so with D' the bf16 run's upstream
+    // gradient, dW' - dW = (D' - D)^T x + (rounding of D' and x, and f32 sums):
+    // |dW' - dW| <= |D' - D|^T |x| + gamma(B) |D'|^T |x| + gamma32(B) |D|^T |x| per element.
+    // The same for dx = sum_heads D W (checked below through its effect on the decoder layer).
+    let names = [
+        "decoder.px_scale_decoder.0.weight",
+        "decoder.px_dropout_decoder.weight",
+    ];
+    for (head, name) in names.iter().enumerate() {
+        let t = layout.params.iter().find(|t| t.name == *name).unwrap();
+        let (a, e) = (&g16[t.range()], &g32[t.range()]);
+        let (mut excess, mut worst) = (0.0f64, 0.0f64);
+        for j in 0..g {
+            for k in 0..h {
+                let (mut dd, mut mag, mut mag32) = (0.0f64, 0.0f64, 0.0f64);
+                for i in 0..b {
+                    let xv = (x[i * h + k] as f64).abs();
+                    dd += (d16[head][i * g + j] as f64 - d32[head][i * g + j] as f64).abs() * xv;
+                    mag += (d16[head][i * g + j] as f64).abs() * xv;
+                    mag32 += (d32[head][i * g + j] as f64).abs() * xv;
+                }
+                let bound = dd + gamma(b) * mag + 2.0 * b as f64 * U32 * mag32 + 1e-30;
+                let err = (a[j * h + k] as f64 - e[j * h + k] as f64).abs();
+                excess = excess.max(err / bound);
+                worst = worst.max(err / mag32.max(1e-30));
+            }
+        }
+        let (r, _) = rel(a, e);
+        println!(
+            "  {name}: |g16 - g32| / |g32| = {r:.2e}; worst element error / its bound = \
+             {excess:.2}; worst element error / sum|D||x| = {worst:.2e}"
+        );
+        assert!(
+            excess <= 1.0,
+            "{name}: an element above its bound ({excess})"
+        );
+    }
+
+    // Every other tensor's gradient is the image of the heads' input gradient dx = sum D W under
+    // the (f32, identical) backward pass above the heads, so each of its terms carries the
+    // relative error of one product of bf16-rounded factors, 2u + u^2, plus D's own change (the
+    // heads' rows above show |D' - D| contributes less than the rounding). Summed without
+    // cancellation that is at most 2u (+ u^2) of the gradient: the guard. Linear biases that
+    // feed a BatchNorm have an exact gradient of zero, so what both runs compute there is f32
+    // rounding, ~u32 of the layer's weight gradient: for those, both must stay at that level.
+    let mut rows: Vec<(String, f64, f64)> = layout
+        .params
+        .iter()
+        .filter(|t| t.trainable)
+        .map(|t| {
+            let (r, n) = rel(&g16[t.range()], &g32[t.range()]);
+            (t.name.clone(), r, n)
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    for (name, r, n) in &rows {
+        let pure_rounding =
+            cfg.use_batch_norm.encoder() && name.ends_with(".0.bias") && name.contains("fc_layers");
+        if pure_rounding {
+            let wname = name.replace(".0.bias", ".0.weight");
+            let wt = layout.params.iter().find(|t| t.name == wname).unwrap();
+            let wn = norm(&g32[wt.range()]);
+            let bt = layout.params.iter().find(|t| &t.name == name).unwrap();
+            let n16 = norm(&g16[bt.range()]);
+            println!("  {name}: exact gradient 0; |g32| = {n:.2e}, |g16| = {n16:.2e} ({:.1} and {:.1} u32 of |{wname}|)", n / wn / U32, n16 / wn / U32);
+            assert!(n.max(n16) <= 64.0 * U32 * wn, "{name}: above f32 rounding");
+        } else {
+            println!("  {name}: |g16 - g32| / |g32| = {r:.2e} (|g32| = {n:.2e})");
+            assert!(
+                *r <= 2.0 * U + U * U,
+                "{name}: relative gradient difference {r:.2e} above 2u"
+            );
+        }
+    }
+}
+
+/// Two epochs of training in bf16: the same model bit for bit on 1 and 2 threads (same seed), and
+/// a validation ELBO within 0.5 nats per cell of the f32 run's (the f32 model's spread between
+/// seeds is 1.6 nats at 20 epochs, BENCHMARKS.md; scripts/bench/bf16_guard.sh is the full guard).
+#[test]
+fn bf16_training_is_reproducible_and_tracks_f32() {
+    use scvi_rs::model::{ModelConfig, Precision};
+    use scvi_rs::train::TrainConfig;
+    use scvi_rs::{Device, Scvi, Setup};
+
+    let (data, _, _, what) = guard_data();
+    let key = if what.starts_with("Kang") {
+        "stim"
+    } else {
+        "batch"
+    };
+    let train = |precision: Precision, threads: usize| {
+        let setup = Setup {
+            batch_key: Some(key.into()),
+            labels_key: None,
+        };
+        let mut m = Scvi::new(&data, setup, ModelConfig::default(), 4).unwrap();
+        let cfg = TrainConfig {
+            max_epochs: Some(2),
+            seed: 4,
+            precision,
+            ..TrainConfig::default()
+        };
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| m.train(&data, &cfg, Device::Cpu, &mut |_, _| {}))
+            .unwrap();
+        let elbo = m.history.epochs.last().unwrap().elbo_validation.unwrap();
+        (m.state.params, elbo, m.meta.engine.unwrap_or_default())
+    };
+    let (p2, e16, name) = train(Precision::Bf16, 2);
+    let (p1, e16_1, _) = train(Precision::Bf16, 1);
+    let (_, e32, _) = train(Precision::F32, 2);
+    println!("{what}: engine '{name}'; validation ELBO after 2 epochs: bf16 {e16:.4} (1 thread {e16_1:.4}), f32 {e32:.4}");
+    assert!(
+        name.contains("bf16"),
+        "the engine does not say bf16: {name}"
+    );
+    let same = p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "bf16 training differs between 1 and 2 threads");
+    assert!((e16 - e32).abs() < 0.5, "bf16 {e16} vs f32 {e32}");
+}

@@ -6,8 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scvi_rs::atomic::{check_output, AtomicDir, OutputKind};
+use scvi_rs::cpu::gemm_bf16::Backend;
 use scvi_rs::infer::output::write_matrix;
 use scvi_rs::model::io::MODEL_DIR;
+use scvi_rs::model::Precision;
 use scvi_rs::store::load_dataset;
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::{Path, PathBuf};
@@ -108,6 +110,9 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
                 Device::Cuda(i) => format!("cuda:{i}"),
             }
         );
+        if tcfg.precision == Precision::Bf16 && device == Device::Cpu {
+            eprintln!("precision bf16: {}", Backend::detect().describe());
+        }
         let pb = progress_bar(cmd.quiet);
         let t0 = Instant::now();
         model.train(&data, &tcfg, device, &mut |r, max| {

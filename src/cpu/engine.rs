@@ -293,6 +293,20 @@ impl<T: Float> CpuEngine<T> {
         (&self.z[..b * l], &self.planes.scale[..b * g])
     }
 
+    /// What the output heads saw in the last pass: their input `h_d` (`[B, H]`) and, after a
+    /// backward pass, the loss's gradients with respect to the scale and zero-inflation logits
+    /// (`[B, G]` each; the second is meaningless without zero inflation). The bf16 quality guard
+    /// (tests/bf16.rs) builds its error bounds from these.
+    pub fn head_io(&self, b: usize) -> (&[T], &[T], &[T]) {
+        let (h, g) = (self.layout.config.n_hidden, self.layout.config.n_input);
+        let hd = &self.dec_layers.last().expect("a decoder layer").out;
+        (
+            &hd[..b * h],
+            &self.planes.d_rho[..b * g],
+            &self.planes.pi[..b * g],
+        )
+    }
+
     /// The z (`Which::Z`) or library (`Which::L`) encoder's forward pass, on the prepared input.
     fn encoder_forward(
         &mut self,
