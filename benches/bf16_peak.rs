@@ -18,7 +18,7 @@ mod common;
 
 use common::{shape, uniform};
 use scvi_rs::cpu::amx;
-use scvi_rs::cpu::bf16::{pack_a, pack_b_rows, pack_transposed, Src};
+use scvi_rs::cpu::bf16::{pack, Packing, Src};
 use scvi_rs::cpu::gemm::{linear_dgrad, linear_fwd, linear_wgrad};
 use scvi_rs::cpu::gemm_bf16::{Backend, HeadsBf16};
 use std::time::Instant;
@@ -130,8 +130,12 @@ mod peak {
         let mut acc = [_mm512_setzero_ps(); 12];
         let one = _mm512_set1_epi16(0x3f80);
         let (a, b) = (std::hint::black_box(one), std::hint::black_box(one));
-        let (a, b): (__m512bh, __m512bh) =
-            unsafe { (std::mem::transmute(a), std::mem::transmute(b)) };
+        let (a, b): (__m512bh, __m512bh) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(a),
+                std::mem::transmute::<__m512i, __m512bh>(b),
+            )
+        };
         for _ in 0..n {
             for v in acc.iter_mut() {
                 *v = _mm512_dpbf16_ps(*v, a, b);
@@ -212,18 +216,18 @@ fn heads(threads: usize, rounds: usize) {
         let mut hb = HeadsBf16::new(backend);
         let t = timed(rounds, || {
             hb.begin(&x, b, h, g, true);
-            for k in 0..2 {
-                hb.forward(k, &mut y, &w[k], true);
+            for (k, wk) in w.iter().enumerate() {
+                hb.forward(k, &mut y, wk, true);
             }
-            for k in 0..2 {
-                hb.backward(k, &mut dw, &mut dx, &d[k], k == 1);
+            for (k, dk) in d.iter().enumerate() {
+                hb.backward(k, &mut dw, &mut dx, dk, k == 1);
             }
         });
         row(&format!("bf16 {backend:?}, conversions included"), t);
         let t = timed(rounds, || {
             hb.begin(&x, b, h, g, true);
-            for k in 0..2 {
-                hb.forward(k, &mut y, &w[k], true);
+            for (k, wk) in w.iter().enumerate() {
+                hb.forward(k, &mut y, wk, true);
             }
         });
         row(
@@ -232,66 +236,52 @@ fn heads(threads: usize, rounds: usize) {
         );
     }
     if amx::available() && threads == 1 {
-        // The conversions alone, per step (two heads): W into both layouts, d into both, x.
+        // The conversions alone, per step (two heads): W into both of its layouts (forward and
+        // dx), then d into both of its layouts (dW and dx); x is converted once per pass besides.
         let mut buf = vec![half::bf16::ZERO; 2 * g.div_ceil(32) * 512 * 8];
-        let src = |data: &[f32], rows, cols| Src {
-            data: unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) },
-            rows,
-            cols,
-            ld: cols,
-        };
         let (kg, kh, kb) = (g.div_ceil(32), h.div_ceil(32), b.div_ceil(32));
-        let t = timed(rounds, || {
-            for k in 0..2 {
-                pack_transposed(
-                    &mut buf,
-                    true,
-                    src(&w[k], g, h),
-                    false,
-                    0..2 * kg,
-                    0..kh,
-                    |j, t| j * kh + t,
-                );
-                pack_b_rows(
-                    &mut buf,
-                    true,
-                    src(&w[k], g, h),
-                    0..kg,
-                    0..2 * kh,
-                    |t, j| t * 2 * kh + j,
-                );
-            }
-        });
-        println!(
-            "| conversions: both heads' W into both layouts | {:.3} | {:.3} | |",
-            t.0 * 1e3,
-            t.1 * 1e3
-        );
-        let t = timed(rounds, || {
-            for k in 0..2 {
-                pack_transposed(
-                    &mut buf,
-                    true,
-                    src(&d[k], b, g),
-                    true,
-                    0..2 * kg,
-                    0..kb,
-                    |i, t| i * kb + t,
-                );
-                pack_a(
-                    &mut buf,
-                    true,
-                    src(&d[k], b, g),
-                    0..2 * kb,
-                    0..kg,
-                    |i, t| t * 2 * kb + i,
-                );
-            }
-        });
-        println!(
-            "| conversions: both heads' d into both layouts | {:.3} | {:.3} | |",
-            t.0 * 1e3,
-            t.1 * 1e3
-        );
+        let transposed = |pairs_along_rows| Packing::Transposed { pairs_along_rows };
+        // (name, source, rows, cols, [(packing, outer tiles, inner tiles)]).
+        let groups = [
+            (
+                "W",
+                &w,
+                g,
+                h,
+                [
+                    (transposed(false), 2 * kg, kh),
+                    (Packing::BRows, kg, 2 * kh),
+                ],
+            ),
+            (
+                "d",
+                &d,
+                b,
+                g,
+                [(transposed(true), 2 * kg, kb), (Packing::A, 2 * kb, kg)],
+            ),
+        ];
+        for (name, m, rows, cols, packings) in groups {
+            let t = timed(rounds, || {
+                for mk in m.iter() {
+                    let src = Src {
+                        data: mk,
+                        rows,
+                        cols,
+                        ld: cols,
+                    };
+                    for (p, outer, inner) in packings {
+                        pack(&mut buf, true, src, p, (0..outer, 0..inner), |i, t| {
+                            i * inner + t
+                        });
+                    }
+                }
+            });
+            println!(
+                "| conversions: both heads' {name} into both layouts | {:.3} | {:.3} | |",
+                t.0 * 1e3,
+                t.1 * 1e3
+            );
+        }
     }
 }

@@ -17,6 +17,7 @@
 mod common;
 
 use common::{shape, uniform, BareStep, BenchData, OutputStage, BATCH_SIZE};
+use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::adam::Adam;
 use scvi_rs::cpu::gemm::{gemm, MatRef};
 use scvi_rs::cpu::gemm::{linear_dgrad, linear_fwd, linear_wgrad};
@@ -66,6 +67,44 @@ fn item<'a>(name: &'static str, flops: f64, calls: usize, f: impl FnMut() + 'a) 
         f: Box::new(f),
         times: Vec::new(),
     }
+}
+
+/// The timed items of a whole step in one precision (`names`): `CpuTrainer::train_step`, and the
+/// engine's `forward_backward` alone, cycling through `mbs`.
+fn step_items<'a>(
+    names: [&'static str; 2],
+    flops: f64,
+    (trainer, bare): (&'a mut CpuTrainer<f32>, &'a mut BareStep<f32>),
+    mbs: &'a [Minibatch],
+) -> [Item<'a>; 2] {
+    let (mut k, mut j) = (0usize, 0usize);
+    [
+        item(names[0], flops, 4, move || {
+            trainer
+                .train_step(&mbs[k % mbs.len()], k as u64, 0.5)
+                .unwrap();
+            k += 1;
+        }),
+        item(names[1], flops, 4, move || {
+            bare.run(&mbs[j % mbs.len()], j as u64);
+            j += 1;
+        }),
+    ]
+}
+
+/// Heap allocations in 10 warmed-up `forward_backward` steps (3 to warm up).
+fn allocations_per_10_steps(bare: &mut BareStep<f32>, mbs: &[Minibatch]) -> usize {
+    let mut k = 1000u64;
+    let mut one = |n: u64| {
+        for _ in 0..n {
+            bare.run(&mbs[k as usize % mbs.len()], k);
+            k += 1;
+        }
+    };
+    one(3);
+    let before = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
+    one(10);
+    ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - before
 }
 
 /// (min, median) of a list of seconds.
@@ -240,9 +279,7 @@ fn run(
     let parts = std::cell::RefCell::new([vec![], vec![], vec![], vec![]]);
 
     let one_head = heads / 6.0;
-    let (mut k1, mut k2, mut k3, mut k4, mut k5, mut k6, mut k7, mut k8) =
-        (0usize, 0, 0, 0, 0, 0, 0, 0);
-    let (mut k9, mut k10) = (0usize, 0usize);
+    let (mut k1, mut k2, mut k3, mut k4, mut k5, mut k8) = (0usize, 0, 0, 0, 0, 0);
     let (mut y4, mut dw4, mut dx4) = (vec![0f32; b * g], vec![0f32; g * h], vec![0f32; b * h]);
     let mut items = vec![
         item("GEMM y = h W^T  [B,H]x[H,G]", one_head, 4, || {
@@ -327,24 +364,6 @@ fn run(
             adam.update(&mut params, &pgrads)
         }),
         item(
-            "train step (CpuTrainer::train_step)",
-            heads + small + sparse_flops,
-            4,
-            || {
-                trainer.train_step(&mbs[k6 % nm], k6 as u64, 0.5).unwrap();
-                k6 += 1;
-            },
-        ),
-        item(
-            "  forward_backward alone",
-            heads + small + sparse_flops,
-            4,
-            || {
-                bare.run(&mbs[k7 % nm], k7 as u64);
-                k7 += 1;
-            },
-        ),
-        item(
             "bf16: six head products (conversions included)",
             heads,
             1,
@@ -356,24 +375,6 @@ fn run(
                 for k in 0..2 {
                     hb.backward(k, &mut dw4, &mut dx4, &d, k == 1);
                 }
-            },
-        ),
-        item(
-            "bf16: train step (CpuTrainer::train_step)",
-            heads + small + sparse_flops,
-            4,
-            || {
-                trainer16.train_step(&mbs[k9 % nm], k9 as u64, 0.5).unwrap();
-                k9 += 1;
-            },
-        ),
-        item(
-            "bf16:   forward_backward alone",
-            heads + small + sparse_flops,
-            4,
-            || {
-                bare16.run(&mbs[k10 % nm], k10 as u64);
-                k10 += 1;
             },
         ),
         item("validation forward (CpuTrainer::eval_loss)", 0.0, 4, || {
@@ -404,6 +405,29 @@ fn run(
             }
         }),
     ];
+
+    let step_flops = heads + small + sparse_flops;
+    let steps = [
+        (
+            [
+                "train step (CpuTrainer::train_step)",
+                "  forward_backward alone",
+            ],
+            &mut trainer,
+            &mut bare,
+        ),
+        (
+            [
+                "bf16: train step (CpuTrainer::train_step)",
+                "bf16:   forward_backward alone",
+            ],
+            &mut trainer16,
+            &mut bare16,
+        ),
+    ];
+    for (names, tr, bs) in steps {
+        items.extend(step_items(names, step_flops, (tr, bs), mbs));
+    }
 
     // Warm up, then interleaved rounds.
     for it in items.iter_mut() {
@@ -469,32 +493,8 @@ fn run(
     };
     res.insert(4, ("GEMM six head products, cold caches", heads, cold));
     // Allocations in warmed-up steps.
-    let allocations = {
-        let mut k = 1000u64;
-        let mut one = |n: u64| {
-            for _ in 0..n {
-                bare.run(&mbs[k as usize % nm], k);
-                k += 1;
-            }
-        };
-        one(3);
-        let before = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
-        one(10);
-        ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - before
-    };
-    let allocations16 = {
-        let mut k = 1000u64;
-        let mut one = |n: u64| {
-            for _ in 0..n {
-                bare16.run(&mbs[k as usize % nm], k);
-                k += 1;
-            }
-        };
-        one(3);
-        let before = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
-        one(10);
-        ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - before
-    };
+    let allocations = allocations_per_10_steps(&mut bare, mbs);
+    let allocations16 = allocations_per_10_steps(&mut bare16, mbs);
 
     // --- Report -------------------------------------------------------------------------------------
     println!("\n### {threads} thread(s)\n");

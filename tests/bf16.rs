@@ -22,22 +22,28 @@ mod common;
 use common::{seeded, Rng};
 use half::bf16;
 use scvi_rs::cpu::amx;
-use scvi_rs::cpu::bf16::{pack_a, pack_b_rows, pack_transposed, round_bf16, to_bf16, Src};
+use scvi_rs::cpu::bf16::{pack, round_bf16, to_bf16, Packing, Src};
 use scvi_rs::cpu::gemm_bf16::{Backend, HeadsBf16};
 
 const U: f64 = 1.0 / 256.0;
 const U32: f64 = 1.0 / 16_777_216.0;
 
-/// The backends this machine can run, each with a name; AMX is skipped with a reason.
+/// Whether AMX runs here; where it does not, says that `test` is skipped and why.
+fn amx_or_skip(test: &str) -> bool {
+    let ok = amx::available();
+    if !ok {
+        let why = amx::unavailable_reason().unwrap_or_default();
+        common::files::skip(&format!("{test}: {why}"));
+    }
+    ok
+}
+
+/// The backends this machine can run: the portable one always, AMX where it runs (else the AMX
+/// part of `test` is skipped with a reason).
 fn backends(test: &str) -> Vec<Backend> {
     let mut v = vec![Backend::Portable];
-    if amx::available() {
+    if amx_or_skip(&format!("{test} (AMX part)")) {
         v.push(Backend::Amx);
-    } else {
-        common::files::skip(&format!(
-            "{test} (AMX part): {}",
-            amx::unavailable_reason().unwrap_or_default()
-        ));
     }
     v
 }
@@ -230,11 +236,7 @@ fn normals(rng: &mut Rng, n: usize) -> Vec<f32> {
 /// with the portable backend to the f32-accumulation part of the bound.
 #[test]
 fn amx_is_reproducible_and_agrees_with_the_portable_path() {
-    if !amx::available() {
-        common::files::skip(&format!(
-            "amx_is_reproducible_and_agrees_with_the_portable_path: {}",
-            amx::unavailable_reason().unwrap_or_default()
-        ));
+    if !amx_or_skip("amx_is_reproducible_and_agrees_with_the_portable_path") {
         return;
     }
     let (_, mut rng) = seeded("amx_is_reproducible_and_agrees_with_the_portable_path");
@@ -336,11 +338,7 @@ fn conversion_rounds_to_nearest_even_with_subnormals_as_zero() {
 /// and awkward values (AMX machines only: the packers' vector code runs where AMX does).
 #[test]
 fn vector_packers_match_the_scalar_definition() {
-    if !amx::available() {
-        common::files::skip(&format!(
-            "vector_packers_match_the_scalar_definition: {}",
-            amx::unavailable_reason().unwrap_or_default()
-        ));
+    if !amx_or_skip("vector_packers_match_the_scalar_definition") {
         return;
     }
     let (_, mut rng) = seeded("vector_packers_match_the_scalar_definition");
@@ -364,25 +362,37 @@ fn vector_packers_match_the_scalar_definition() {
             (
                 "a",
                 r16 * c32,
-                Box::new(move |d, s| pack_a(d, s, src, 0..r16, 0..c32, |i, t| i * c32 + t)),
+                Box::new(move |d, s| {
+                    pack(d, s, src, Packing::A, (0..r16, 0..c32), |i, t| i * c32 + t)
+                }),
             ),
             (
                 "b_rows",
                 r32 * c16,
-                Box::new(move |d, s| pack_b_rows(d, s, src, 0..r32, 0..c16, |t, j| t * c16 + j)),
+                Box::new(move |d, s| {
+                    pack(d, s, src, Packing::BRows, (0..r32, 0..c16), |t, j| {
+                        t * c16 + j
+                    })
+                }),
             ),
             (
                 "transposed (pairs along rows)",
                 c16 * r32,
                 Box::new(move |d, s| {
-                    pack_transposed(d, s, src, true, 0..c16, 0..r32, |i, t| i * r32 + t)
+                    let p = Packing::Transposed {
+                        pairs_along_rows: true,
+                    };
+                    pack(d, s, src, p, (0..c16, 0..r32), |i, t| i * r32 + t)
                 }),
             ),
             (
                 "transposed (pairs along columns)",
                 r16 * c32,
                 Box::new(move |d, s| {
-                    pack_transposed(d, s, src, false, 0..r16, 0..c32, |i, t| i * c32 + t)
+                    let p = Packing::Transposed {
+                        pairs_along_rows: false,
+                    };
+                    pack(d, s, src, p, (0..r16, 0..c32), |i, t| i * c32 + t)
                 }),
             ),
         ];
@@ -408,8 +418,14 @@ fn vector_packers_match_the_scalar_definition() {
 // --- The quality guard, one step --------------------------------------------------------------
 
 /// Kang (when the shared data is present) or simulated counts of the same shape, with the batch
-/// codes, the number of batches and a description.
-fn guard_data() -> (scvi_rs::data::Dataset, Vec<u32>, usize, String) {
+/// codes, the number of batches, the batch key and a description.
+fn guard_data() -> (
+    scvi_rs::data::Dataset,
+    Vec<u32>,
+    usize,
+    &'static str,
+    String,
+) {
     use scvi_rs::data::simulate::{simulate, SimConfig};
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/kang_ifnb_hvg2k.h5ad");
@@ -431,7 +447,16 @@ fn guard_data() -> (scvi_rs::data::Dataset, Vec<u32>, usize, String) {
         )
     };
     let (codes, cats) = data.obs_column(key).unwrap().to_categorical(key).unwrap();
-    (data, codes, cats.len(), what)
+    (data, codes, cats.len(), key, what)
+}
+
+/// A fresh model of `data` with scvi-tools' defaults, batches from `key`.
+fn guard_model(data: &scvi_rs::data::Dataset, key: &str, seed: u64) -> scvi_rs::Scvi {
+    let setup = scvi_rs::Setup {
+        batch_key: Some(key.into()),
+        labels_key: None,
+    };
+    scvi_rs::Scvi::new(data, setup, scvi_rs::model::ModelConfig::default(), seed).unwrap()
 }
 
 /// The Euclidean norm.
@@ -462,7 +487,7 @@ fn one_step_in_bf16_stays_within_the_derived_bounds() {
     use scvi_rs::model::{Layout, ModelConfig, Precision};
     use scvi_rs::rng::{Philox, Stream};
 
-    let (data, codes, n_batch, what) = guard_data();
+    let (data, codes, n_batch, _, what) = guard_data();
     let cfg = ModelConfig {
         n_input: data.n_genes(),
         n_batch,
@@ -647,22 +672,13 @@ fn one_step_in_bf16_stays_within_the_derived_bounds() {
 /// full 20-epoch guard), and the precision saved in model.json and read back.
 #[test]
 fn training_is_reproducible_within_a_precision_and_bf16_tracks_f32() {
-    use scvi_rs::model::{ModelConfig, Precision};
+    use scvi_rs::model::Precision;
     use scvi_rs::train::TrainConfig;
-    use scvi_rs::{Device, Scvi, Setup};
+    use scvi_rs::{Device, Scvi};
 
-    let (data, _, _, what) = guard_data();
-    let key = if what.starts_with("Kang") {
-        "stim"
-    } else {
-        "batch"
-    };
+    let (data, _, _, key, what) = guard_data();
     let train = |precision: Precision, threads: usize| {
-        let setup = Setup {
-            batch_key: Some(key.into()),
-            labels_key: None,
-        };
-        let mut m = Scvi::new(&data, setup, ModelConfig::default(), 4).unwrap();
+        let mut m = guard_model(&data, key, 4);
         let cfg = TrainConfig {
             max_epochs: Some(2),
             seed: 4,
@@ -731,20 +747,11 @@ fn training_is_reproducible_within_a_precision_and_bf16_tracks_f32() {
 #[test]
 fn bf16_on_cuda_is_refused_clearly() {
     use scvi_rs::engine::AdamConfig;
-    use scvi_rs::model::{ModelConfig, Precision};
-    use scvi_rs::{Device, Scvi, Setup};
+    use scvi_rs::model::Precision;
+    use scvi_rs::Device;
 
-    let (data, _, _, what) = guard_data();
-    let key = if what.starts_with("Kang") {
-        "stim"
-    } else {
-        "batch"
-    };
-    let setup = Setup {
-        batch_key: Some(key.into()),
-        labels_key: None,
-    };
-    let m = Scvi::new(&data, setup, ModelConfig::default(), 0).unwrap();
+    let (data, _, _, key, _) = guard_data();
+    let m = guard_model(&data, key, 0);
     let err = match m.engine_in(Device::Cuda(0), 0, AdamConfig::default(), Precision::Bf16) {
         Ok(_) => panic!("bf16 on cuda was accepted"),
         Err(e) => e.to_string(),

@@ -8,8 +8,8 @@ only, so both models of a seed are judged on the same held-out cells. Both are j
 (`scvi-rs elbo` and `scvi-rs embed` run the f32 engine whatever the model was trained in), so the
 figures compare the models, not the arithmetic that evaluates them:
 
-- held-out ELBO (`scvi-rs elbo --subset validation`, scvi-tools' sign: lower is better, nats per
-  cell): the bf16 mean over seeds must lie within the f32 models' spread between seeds,
+- held-out ELBO (`scvi-rs elbo --subset validation`, scvi-tools' sign, nats per
+  cell; higher is better): the bf16 mean over seeds must lie within the f32 models' spread between seeds,
   |mean_bf16 - mean_f32| <= max_f32 - min_f32;
 - latent kNN cell-type purity on the held-out cells (benchmarks/latent_metrics.py, k = 15):
   |mean_bf16 - mean_f32| <= 0.01.

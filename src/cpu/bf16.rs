@@ -13,8 +13,9 @@
 //!
 //! Each packer fills whole tiles from an f32 source, reading only inside the `rows x cols` source
 //! and writing zeros for the rest. Three ways to read the source cover the six operands of the
-//! heads' three products (`gemm_bf16` lists them): plain rows ([`pack_a`]), pairs of rows
-//! interleaved ([`pack_b_rows`]), and 16 x 16 transposes of 32-bit pairs ([`pack_transposed`]).
+//! heads' three products (`gemm_bf16` lists them), the [`Packing`]s of [`pack`]: plain rows
+//! (`A`), pairs of rows interleaved (`BRows`), and 16 x 16 transposes of 32-bit pairs
+//! (`Transposed`).
 
 use half::bf16;
 use std::ops::Range;
@@ -86,95 +87,71 @@ fn tile_scalar(dst: &mut [bf16], f: impl Fn(usize, usize) -> f32) {
     }
 }
 
-/// A tiles `(i, t)` of `src` (`M x K`) for `i` in `row_tiles`, `t` in `k_tiles`, into `dst`;
-/// `offset(i, t)` places each tile (in tiles, from the start of `dst`).
-pub fn pack_a(
+/// How [`pack`] reads its source into tiles `(i, t)` (`i` the outer index, `t` the inner one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// The A tiles of the source `S` (`M x K`): row `r` of tile `(i, t)` holds
+    /// `S[16 i + r][32 t .. 32 t + 32]`.
+    A,
+    /// The VNNI B tiles of the source itself as the `K x N` operand (k along its rows): row `p` of
+    /// tile `(t, j)` holds the pairs `(S[32 t + 2p][16 j + c], S[32 t + 2p + 1][16 j + c])`, `c < 16`.
+    BRows,
+    /// Tiles of the transpose `S^T`, built from 16 vectors of 16 bf16 pairs and one 16 x 16
+    /// transpose of those pairs:
+    /// - `pairs_along_rows`: the A tiles of `S^T` for `S` `K x M` (k along the source's rows): row
+    ///   `r` of tile `(i, t)` holds `S[32 t + k][16 i + r]`, `k < 32` (for `D^T`);
+    /// - otherwise: the VNNI B tiles of `S^T` for `S` `N x K` (k along the source's columns): row
+    ///   `p` of tile `(j, t)` holds the pairs `(S[16 j + c][32 t + 2p], S[16 j + c][32 t + 2p + 1])`,
+    ///   `c < 16` (for `W^T`).
+    Transposed { pairs_along_rows: bool },
+}
+
+/// Tiles `(i, t)` of `src` as `packing` says, for `i` in `outer` and `t` in `inner`, into `dst`;
+/// `offset(i, t)` places each tile (in tiles, from the start of `dst`). `simd`: with the AVX-512
+/// packers where AMX is available (the scalar definition otherwise; the same bits).
+pub fn pack(
     dst: &mut [bf16],
     simd: bool,
     src: Src,
-    row_tiles: Range<usize>,
-    k_tiles: Range<usize>,
+    packing: Packing,
+    (outer, inner): (Range<usize>, Range<usize>),
     offset: impl Fn(usize, usize) -> usize,
 ) {
     src.check();
     let simd = simd && super::amx::available();
-    for i in row_tiles {
-        for t in k_tiles.clone() {
+    for i in outer {
+        for t in inner.clone() {
             let o = offset(i, t) * TILE_ELEMS;
             let tile = &mut dst[o..o + TILE_ELEMS];
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: AMX availability implies AVX512F/BW/BF16 (checked there); the reads stay
                 // inside `src` (checked extent, masked edges) and the tile is 512 elements.
-                unsafe { vector::a_tile(tile, src, 16 * i, 32 * t) };
+                unsafe {
+                    match packing {
+                        Packing::A => vector::a_tile(tile, src, 16 * i, 32 * t),
+                        Packing::BRows => vector::b_rows_tile(tile, src, 32 * i, 16 * t),
+                        Packing::Transposed { pairs_along_rows } => {
+                            vector::transposed_tile(tile, src, pairs_along_rows, 16 * i, 32 * t)
+                        }
+                    }
+                }
                 continue;
             }
-            tile_scalar(tile, |r, k| src.at(16 * i + r, 32 * t + k));
-        }
-    }
-}
-
-/// VNNI B tiles `(t, j)` of `src` as the `K x N` operand itself (k along its rows), for `t` in
-/// `k_tiles` and `j` in `col_tiles`.
-pub fn pack_b_rows(
-    dst: &mut [bf16],
-    simd: bool,
-    src: Src,
-    k_tiles: Range<usize>,
-    col_tiles: Range<usize>,
-    offset: impl Fn(usize, usize) -> usize,
-) {
-    src.check();
-    let simd = simd && super::amx::available();
-    for t in k_tiles {
-        for j in col_tiles.clone() {
-            let o = offset(t, j) * TILE_ELEMS;
-            let tile = &mut dst[o..o + TILE_ELEMS];
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: as in `pack_a`.
-                unsafe { vector::b_rows_tile(tile, src, 32 * t, 16 * j) };
-                continue;
-            }
-            tile_scalar(tile, |p, e| src.at(32 * t + 2 * p + e % 2, 16 * j + e / 2));
-        }
-    }
-}
-
-/// Tiles of the transpose `S^T` of the source, both built from 16 vectors of 16 bf16 pairs and one
-/// 16 x 16 transpose of those pairs. Tiles `(i, t)` for `i` in `tiles` and `t` in `k_tiles`:
-/// - `pairs_along_rows`: the A tiles of `S^T` for `S` `K x M` (k along the source's rows): row
-///   `r` of tile `(i, t)` holds `S[32 t + k][16 i + r]`, `k < 32` (for `D^T`);
-/// - otherwise: the VNNI B tiles of `S^T` for `S` `N x K` (k along the source's columns): row `p`
-///   of tile `(j, t)` holds the pairs `(S[16 j + c][32 t + 2p], S[16 j + c][32 t + 2p + 1])`,
-///   `c < 16` (for `W^T`).
-pub fn pack_transposed(
-    dst: &mut [bf16],
-    simd: bool,
-    src: Src,
-    pairs_along_rows: bool,
-    tiles: Range<usize>,
-    k_tiles: Range<usize>,
-    offset: impl Fn(usize, usize) -> usize,
-) {
-    src.check();
-    let simd = simd && super::amx::available();
-    for i in tiles {
-        for t in k_tiles.clone() {
-            let o = offset(i, t) * TILE_ELEMS;
-            let tile = &mut dst[o..o + TILE_ELEMS];
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: as in `pack_a`.
-                unsafe { vector::transposed_tile(tile, src, pairs_along_rows, 16 * i, 32 * t) };
-                continue;
-            }
-            if pairs_along_rows {
+            match packing {
+                Packing::A => tile_scalar(tile, |r, k| src.at(16 * i + r, 32 * t + k)),
+                // Tile (i, t) here is tile (t, j) above: row p, element 2c + e.
+                Packing::BRows => {
+                    tile_scalar(tile, |p, e| src.at(32 * i + 2 * p + e % 2, 16 * t + e / 2))
+                }
                 // Row r, element 2q + e: S[32 t + 2q + e][16 i + r].
-                tile_scalar(tile, |r, k| src.at(32 * t + k, 16 * i + r));
-            } else {
+                Packing::Transposed {
+                    pairs_along_rows: true,
+                } => tile_scalar(tile, |r, k| src.at(32 * t + k, 16 * i + r)),
                 // Row p, element 2c + e: S[16 i + c][32 t + 2p + e].
-                tile_scalar(tile, |p, k| src.at(16 * i + k / 2, 32 * t + 2 * p + k % 2));
+                Packing::Transposed {
+                    pairs_along_rows: false,
+                } => tile_scalar(tile, |p, k| src.at(16 * i + k / 2, 32 * t + 2 * p + k % 2)),
             }
         }
     }
@@ -318,7 +295,7 @@ mod vector {
         unsafe { store(tile, &rows) };
     }
 
-    /// See `pack_transposed`: 16 source vectors of 16 pairs, transposed.
+    /// See `Packing::Transposed`: 16 source vectors of 16 pairs, transposed.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn transposed_tile(
         tile: &mut [bf16],

@@ -16,10 +16,10 @@
 //! kernel file.
 
 use super::fc::{
-    fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats, DropoutKey,
-    FcCache, FcGrads, FcParams,
+    bias_backward, fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats,
+    DropoutKey, FcCache, FcGrads, FcParams,
 };
-use super::gemm::{add_column_sums, linear_fwd};
+use super::gemm::linear_fwd;
 use super::gemm_bf16::{as_f32, as_f32_mut, Backend, HeadsBf16};
 use super::latent::{
     library_backward, library_forward, library_observed_forward, posterior_variance,
@@ -497,22 +497,10 @@ impl<T: Float> CpuEngine<T> {
             let mut head =
                 |slot: usize, ids: &LinearIds, d: &[T], sums: Option<&[T]>, accumulate: bool| {
                     let dx = &mut self.d_hd;
-                    match self.bf16.as_mut() {
-                        Some(hb) => head_backward_bf16(
-                            (hb, slot),
-                            grads,
-                            &layout,
-                            ids,
-                            d,
-                            sums,
-                            dx,
-                            accumulate,
-                            b,
-                        ),
-                        None => head_backward(
-                            grads, &layout, ids, d, sums, hd, state, dx, accumulate, b,
-                        ),
-                    }
+                    let bf16 = self.bf16.as_mut().map(|hb| (hb, slot));
+                    head_backward(
+                        bf16, grads, &layout, ids, d, sums, hd, state, dx, accumulate, b,
+                    )
                 };
             head(
                 0,
@@ -627,39 +615,6 @@ impl HeadProducts<'_> {
             }
         }
     }
-}
-
-/// [`head_backward`] for a decoder head whose products run in bf16 (`slot` as in
-/// [`HeadProducts`]); the bias gradient stays f32.
-#[allow(clippy::too_many_arguments)]
-fn head_backward_bf16<T: Float>(
-    (hb, slot): (&mut HeadsBf16, usize),
-    grads: &mut [T],
-    layout: &Layout,
-    ids: &LinearIds,
-    d: &[T],
-    bias_sums: Option<&[T]>,
-    dx: &mut [T],
-    accumulate: bool,
-    b: usize,
-) {
-    let [dw, db] = split_mut(
-        grads,
-        [
-            layout.params[ids.weight].range(),
-            layout.params[ids.bias].range(),
-        ],
-    );
-    let n = ids.n_out;
-    match bias_sums {
-        Some(sums) => db[..n]
-            .iter_mut()
-            .zip(&sums[..n])
-            .for_each(|(o, &v)| *o += v),
-        None => add_column_sums(db, d, b, n, n),
-    }
-    let d = as_f32(&d[..b * n]);
-    hb.backward(slot, as_f32_mut(dw), as_f32_mut(dx), d, accumulate);
 }
 
 fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcParams<'a, T> {
@@ -815,9 +770,11 @@ fn encoder_forward<T: Float>(
 }
 
 /// Backward through a head `y = x W^T + b` with upstream `d` (`[B, n_out]`): weight gradients and
-/// `dx (+)= d W`.
+/// `dx (+)= d W`; with `bf16` (the engine's [`HeadsBf16`] and the head's slot, as in
+/// [`HeadProducts`]) the two products take bf16 operands, the bias gradient stays f32.
 #[allow(clippy::too_many_arguments)]
 fn head_backward<T: Float>(
+    bf16: Option<(&mut HeadsBf16, usize)>,
     grads: &mut [T],
     layout: &Layout,
     ids: &LinearIds,
@@ -836,21 +793,28 @@ fn head_backward<T: Float>(
             layout.params[ids.bias].range(),
         ],
     );
-    linear_backward(
-        Some(dx),
-        accumulate,
-        dw,
-        db,
-        bias_sums,
-        d,
-        x,
-        &[],
-        state.param(ids.weight),
-        b,
-        ids.n_in,
-        0,
-        ids.n_out,
-    );
+    let Some((hb, slot)) = bf16 else {
+        linear_backward(
+            Some(dx),
+            accumulate,
+            dw,
+            db,
+            bias_sums,
+            d,
+            x,
+            &[],
+            state.param(ids.weight),
+            b,
+            ids.n_in,
+            0,
+            ids.n_out,
+        );
+        return;
+    };
+    let n = ids.n_out;
+    bias_backward(db, d, bias_sums, b, n);
+    let d = as_f32(&d[..b * n]);
+    hb.backward(slot, as_f32_mut(dw), as_f32_mut(dx), d, accumulate);
 }
 
 /// Backward through (part of) an FCLayers stack. `d` holds the gradient of the stack's output (it
@@ -950,10 +914,10 @@ fn encoder_backward<T: Float>(
     let layout = &state.layout;
     let h = &w.layers.last().unwrap().out;
     head_backward(
-        grads, layout, &ids.mean, &w.d_q_m, None, h, state, &mut w.d_h, false, b,
+        None, grads, layout, &ids.mean, &w.d_q_m, None, h, state, &mut w.d_h, false, b,
     );
     head_backward(
-        grads, layout, &ids.var, &w.d_u, None, h, state, &mut w.d_h, true, b,
+        None, grads, layout, &ids.var, &w.d_u, None, h, state, &mut w.d_h, true, b,
     );
     // The layers above the first are dense.
     let (l0, above) = w.layers.split_at_mut(1);

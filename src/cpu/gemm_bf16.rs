@@ -27,11 +27,12 @@
 //! blocks, k in order), never by the thread count, so a run is reproducible bit for bit on the
 //! same CPU at any number of threads.
 
-use super::bf16::{pack_a, pack_b_rows, pack_transposed, round_into, Src, TILE_ELEMS};
+use super::bf16::{pack, round_into, Packing, Src, TILE_ELEMS};
 use super::gemm::{linear_dgrad, linear_fwd, linear_wgrad, SendPtr};
 use crate::model::layout::LinearShape;
 use half::bf16;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Genes per parallel task: `CHUNK / 16` tiles of 16 outputs, `CHUNK / 32` tiles of 32 along k.
 pub const CHUNK: usize = 128;
@@ -173,10 +174,20 @@ impl HeadsBf16 {
             Backend::Amx => {
                 let (mb, nh) = (2 * t.kb, 2 * t.kh);
                 grow(&mut self.xa, mb * t.kh * TILE_ELEMS);
-                pack_a(&mut self.xa, true, src, 0..mb, 0..t.kh, |i, k| i * t.kh + k);
+                pack(
+                    &mut self.xa,
+                    true,
+                    src,
+                    Packing::A,
+                    (0..mb, 0..t.kh),
+                    |i, k| i * t.kh + k,
+                );
                 if grads {
                     grow(&mut self.xv, t.kb * nh * TILE_ELEMS);
-                    pack_b_rows(&mut self.xv, true, src, 0..t.kb, 0..nh, |k, j| j * t.kb + k);
+                    let (ks, js) = (0..t.kb, 0..nh);
+                    pack(&mut self.xv, true, src, Packing::BRows, (ks, js), |k, j| {
+                        j * t.kb + k
+                    });
                 }
             }
             Backend::Portable => {
@@ -216,37 +227,25 @@ impl HeadsBf16 {
             }
             Backend::Amx => {
                 let nh = 2 * t.kh;
-                grow(&mut hw.wf, 2 * t.kg * t.kh * TILE_ELEMS);
-                grow(&mut hw.wb, t.kg * nh * TILE_ELEMS);
-                let (wf_chunk, wb_chunk) = (TPC * t.kh * TILE_ELEMS, KPC * nh * TILE_ELEMS);
                 let yp = SendPtr(y.as_mut_ptr());
-                let xa = &self.xa;
-                hw.wf[..2 * t.kg * t.kh * TILE_ELEMS]
-                    .par_chunks_mut(wf_chunk)
-                    .zip(hw.wb[..t.kg * nh * TILE_ELEMS].par_chunks_mut(wb_chunk))
-                    .enumerate()
-                    .for_each(|(q, (wf, wb))| {
-                        let tiles = TPC * q..(TPC * q + TPC).min(2 * t.kg);
-                        let j0 = tiles.start;
-                        pack_transposed(wf, true, wsrc, false, tiles.clone(), 0..t.kh, |j, k| {
-                            (j - j0) * t.kh + k
-                        });
+                // Per gene chunk: W^T's B tiles (packed by `per_gene_chunk`), W's rows for dx,
+                // then y's columns of these genes.
+                per_gene_chunk(
+                    ((wsrc, false, t.kh), &mut hw.wf),
+                    (&mut hw.wb, nh),
+                    t.kg,
+                    |tiles, ks, wf, wb| {
                         if grads {
-                            let ks = KPC * q..(KPC * q + KPC).min(t.kg);
                             let k0 = ks.start;
-                            pack_b_rows(wb, true, wsrc, ks, 0..nh, |k, j| (k - k0) * nh + j);
+                            let w_rows = Packing::BRows;
+                            pack(wb, true, wsrc, w_rows, (ks, 0..nh), |k, j| {
+                                (k - k0) * nh + j
+                            });
                         }
                         // y[:, genes of this chunk]: output blocks (i, j) of 2 x 2 tiles.
+                        let j0 = tiles.start;
                         let jp = (tiles.end - j0) / 2;
-                        let ops = BlockOps {
-                            a: xa.as_ptr(),
-                            a_step: TILE_ELEMS,
-                            a_next: t.kh * TILE_ELEMS,
-                            b: wf.as_ptr(),
-                            b_step: TILE_ELEMS,
-                            b_next: t.kh * TILE_ELEMS,
-                            k_tiles: t.kh,
-                        };
+                        let ops = BlockOps::k_contiguous(self.xa.as_ptr(), wf.as_ptr(), t.kh);
                         run_blocks(&ops, t.kb, jp, |bi, bj| Block {
                             a_off: 2 * bi * t.kh * TILE_ELEMS,
                             b_off: 2 * bj * t.kh * TILE_ELEMS,
@@ -258,7 +257,8 @@ impl HeadsBf16 {
                             ld: g,
                             load_c: false,
                         });
-                    });
+                    },
+                );
             }
         }
     }
@@ -297,41 +297,28 @@ impl HeadsBf16 {
             }
             Backend::Amx => {
                 let (mb, nh) = (2 * t.kb, 2 * t.kh);
-                grow(&mut self.dt, 2 * t.kg * t.kb * TILE_ELEMS);
-                grow(&mut self.da, t.kg * mb * TILE_ELEMS);
                 let dsrc = Src {
                     data: d,
                     rows: b,
                     cols: g,
                     ld: g,
                 };
-                let (dt_chunk, da_chunk) = (TPC * t.kb * TILE_ELEMS, KPC * mb * TILE_ELEMS);
                 let dwp = SendPtr(dw.as_mut_ptr());
                 let xv = &self.xv;
-                // Phase 1, per gene chunk: both layouts of d, then dW's rows of these genes.
-                self.dt[..2 * t.kg * t.kb * TILE_ELEMS]
-                    .par_chunks_mut(dt_chunk)
-                    .zip(self.da[..t.kg * mb * TILE_ELEMS].par_chunks_mut(da_chunk))
-                    .enumerate()
-                    .for_each(|(q, (dt, da))| {
-                        let tiles = TPC * q..(TPC * q + TPC).min(2 * t.kg);
+                // Phase 1, per gene chunk: both layouts of d (d^T's A tiles packed by
+                // `per_gene_chunk`), then dW's rows of these genes.
+                per_gene_chunk(
+                    ((dsrc, true, t.kb), &mut self.dt),
+                    (&mut self.da, mb),
+                    t.kg,
+                    |tiles, ks, dt, da| {
                         let i0 = tiles.start;
-                        pack_transposed(dt, true, dsrc, true, tiles.clone(), 0..t.kb, |i, k| {
-                            (i - i0) * t.kb + k
-                        });
-                        let ks = KPC * q..(KPC * q + KPC).min(t.kg);
                         let k0 = ks.start;
-                        pack_a(da, true, dsrc, 0..mb, ks, |i, k| (k - k0) * mb + i);
+                        pack(da, true, dsrc, Packing::A, (0..mb, ks), |i, k| {
+                            (k - k0) * mb + i
+                        });
                         let ip = (tiles.end - i0) / 2;
-                        let ops = BlockOps {
-                            a: dt.as_ptr(),
-                            a_step: TILE_ELEMS,
-                            a_next: t.kb * TILE_ELEMS,
-                            b: xv.as_ptr(),
-                            b_step: TILE_ELEMS,
-                            b_next: t.kb * TILE_ELEMS,
-                            k_tiles: t.kb,
-                        };
+                        let ops = BlockOps::k_contiguous(dt.as_ptr(), xv.as_ptr(), t.kb);
                         run_blocks(&ops, ip, t.kh, |bi, bj| Block {
                             a_off: 2 * bi * t.kb * TILE_ELEMS,
                             b_off: 2 * bj * t.kb * TILE_ELEMS,
@@ -343,7 +330,8 @@ impl HeadsBf16 {
                             ld: h,
                             load_c: true,
                         });
-                    });
+                    },
+                );
                 // Phase 2: dx, one task per 32 x 32 block, k over every gene in order.
                 let ops = BlockOps {
                     a: self.da.as_ptr(),
@@ -397,6 +385,39 @@ pub(super) fn as_f32_mut<T: 'static>(x: &mut [T]) -> &mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) }
 }
 
+/// For every gene chunk in parallel, with the chunk's 16-wide gene tiles `tiles` and 32-wide gene
+/// k-tiles `k_tiles` (of `kg` k-tiles in all): pack the transpose of `src` (whose genes run along
+/// its columns, `pairs_along_rows` as in [`Packing::Transposed`], `kt` k-tiles along its other
+/// side) for these genes into the chunk's part of `first` (tile `(i, k)` at tile
+/// `(i - tiles.start) kt + k` of the part), then run `f(tiles, k_tiles, first part, second part)`.
+/// `second` is a buffer of `n` tiles per gene k-tile (k-tile-major). Both buffers grow to their
+/// size first. Fixed by the shapes, never by the thread count.
+fn per_gene_chunk(
+    ((src, pairs_along_rows, kt), first): ((Src, bool, usize), &mut Vec<bf16>),
+    (second, n): (&mut Vec<bf16>, usize),
+    kg: usize,
+    f: impl Fn(Range<usize>, Range<usize>, &mut [bf16], &mut [bf16]) + Send + Sync,
+) {
+    let (n1, chunk1) = (2 * kg * kt, TPC * kt);
+    let (n2, chunk2) = (kg * n, KPC * n);
+    grow(first, n1 * TILE_ELEMS);
+    grow(second, n2 * TILE_ELEMS);
+    first[..n1 * TILE_ELEMS]
+        .par_chunks_mut(chunk1 * TILE_ELEMS)
+        .zip(second[..n2 * TILE_ELEMS].par_chunks_mut(chunk2 * TILE_ELEMS))
+        .enumerate()
+        .for_each(|(q, (a, b))| {
+            let tiles = TPC * q..(TPC * q + TPC).min(2 * kg);
+            let k_tiles = KPC * q..(KPC * q + KPC).min(kg);
+            let t0 = tiles.start;
+            let packing = Packing::Transposed { pairs_along_rows };
+            pack(a, true, src, packing, (tiles.clone(), 0..kt), |i, k| {
+                (i - t0) * kt + k
+            });
+            f(tiles, k_tiles, a, b)
+        });
+}
+
 /// `dst = round(src)` elementwise, parallel in fixed chunks.
 fn round_parallel(dst: &mut [f32], src: &[f32]) {
     const N: usize = 1 << 14;
@@ -405,7 +426,9 @@ fn round_parallel(dst: &mut [f32], src: &[f32]) {
         .for_each(|(d, s)| round_into(d, s));
 }
 
-/// The operands shared by a task's output blocks: A and B tile bases and strides, in elements.
+/// The operands shared by a task's output blocks: A and B tile bases and strides, in elements
+/// (`*_step`: from one k-tile to the next; `*_next`: from a block's first row / column tile to its
+/// second), and the number of k-tiles.
 struct BlockOps {
     a: *const bf16,
     a_step: usize,
@@ -414,6 +437,22 @@ struct BlockOps {
     b_step: usize,
     b_next: usize,
     k_tiles: usize,
+}
+
+impl BlockOps {
+    /// A and B both laid out k-contiguous: tile (row or column tile r, k-tile k) at
+    /// `r k_tiles + k` tiles from the base.
+    fn k_contiguous(a: *const bf16, b: *const bf16, k_tiles: usize) -> BlockOps {
+        BlockOps {
+            a,
+            a_step: TILE_ELEMS,
+            a_next: k_tiles * TILE_ELEMS,
+            b,
+            b_step: TILE_ELEMS,
+            b_next: k_tiles * TILE_ELEMS,
+            k_tiles,
+        }
+    }
 }
 
 // SAFETY: the pointers address packed operands that no task writes while blocks run (they are
