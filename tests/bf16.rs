@@ -761,3 +761,59 @@ fn bf16_on_cuda_is_refused_clearly() {
         "unclear message: {err}"
     );
 }
+
+/// The command line: `--precision bf16` trains, says how its products run, and is recorded in
+/// model.json; bf16 on CUDA and an unknown precision fail with a message naming the flag, leaving
+/// no model behind.
+#[test]
+fn cli_precision_flag() {
+    let dir = common::files::tmpdir("bf16", "cli");
+    let data = common::files::fixture("cli", "small.h5ad");
+    let run = |out: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_scvi-rs"))
+            .args([
+                "train",
+                data.to_str().unwrap(),
+                "--batch-key",
+                "stim",
+                "--quiet",
+            ])
+            .args([
+                "--max-epochs",
+                "1",
+                "--out",
+                dir.join(out).to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run("m", &["--precision", "bf16"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "bf16 training failed:\n{err}");
+    assert!(
+        err.contains("precision bf16: bf16 head products"),
+        "the log does not say how the bf16 products run:\n{err}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("m/model.json")).unwrap()).unwrap();
+    assert_eq!(json["train"]["precision"], "bf16");
+    for (extra, needle) in [
+        (
+            &["--precision", "bf16", "--device", "cuda"][..],
+            "--precision bf16",
+        ),
+        (&["--precision", "fp8"][..], "--precision"),
+    ] {
+        let o = run("bad", extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} succeeded");
+        assert!(
+            err.contains(needle),
+            "{extra:?}: message lacks '{needle}':\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{extra:?} panicked:\n{err}");
+        assert!(!dir.join("bad").exists(), "{extra:?} left a model behind");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
