@@ -9,22 +9,26 @@
 //!    validation forward, and turn them into cells per second for a whole epoch.
 //!
 //! floor = GEMM alone + the element-wise stages alone; the step should be within 1.5x of it.
+//! The bf16 mode (`--precision bf16`, issue 16) is timed beside it: its six head products, its
+//! step, its floor (the same with the bf16 head products) and its allocations.
 //! Run: `cargo bench --bench cpu_floor` (`SCVI_RS_BENCH_THREADS=1,2` picks the thread counts).
 //! Minimum over rounds: the machine may be shared, and the minimum is the least disturbed figure.
 
 mod common;
 
 use common::{shape, uniform, BareStep, BenchData, OutputStage, BATCH_SIZE};
+use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::adam::Adam;
 use scvi_rs::cpu::gemm::{gemm, MatRef};
 use scvi_rs::cpu::gemm::{linear_dgrad, linear_fwd, linear_wgrad};
+use scvi_rs::cpu::gemm_bf16::{Backend, HeadsBf16};
 use scvi_rs::cpu::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
-use scvi_rs::cpu::CpuTrainer;
+use scvi_rs::cpu::{CpuEngine, CpuTrainer};
 use scvi_rs::engine::{AdamConfig, Engine};
 use scvi_rs::model::init::ModelState;
-use scvi_rs::model::Layout;
+use scvi_rs::model::{Layout, Precision};
 
 /// Counts heap allocations, to check that a warmed-up step makes none.
 struct Counting;
@@ -63,6 +67,44 @@ fn item<'a>(name: &'static str, flops: f64, calls: usize, f: impl FnMut() + 'a) 
         f: Box::new(f),
         times: Vec::new(),
     }
+}
+
+/// The timed items of a whole step in one precision (`names`): `CpuTrainer::train_step`, and the
+/// engine's `forward_backward` alone, cycling through `mbs`.
+fn step_items<'a>(
+    names: [&'static str; 2],
+    flops: f64,
+    (trainer, bare): (&'a mut CpuTrainer<f32>, &'a mut BareStep<f32>),
+    mbs: &'a [Minibatch],
+) -> [Item<'a>; 2] {
+    let (mut k, mut j) = (0usize, 0usize);
+    [
+        item(names[0], flops, 4, move || {
+            trainer
+                .train_step(&mbs[k % mbs.len()], k as u64, 0.5)
+                .unwrap();
+            k += 1;
+        }),
+        item(names[1], flops, 4, move || {
+            bare.run(&mbs[j % mbs.len()], j as u64);
+            j += 1;
+        }),
+    ]
+}
+
+/// Heap allocations in 10 warmed-up `forward_backward` steps (3 to warm up).
+fn allocations_per_10_steps(bare: &mut BareStep<f32>, mbs: &[Minibatch]) -> usize {
+    let mut k = 1000u64;
+    let mut one = |n: u64| {
+        for _ in 0..n {
+            bare.run(&mbs[k as usize % mbs.len()], k);
+            k += 1;
+        }
+    };
+    one(3);
+    let before = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
+    one(10);
+    ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - before
 }
 
 /// (min, median) of a list of seconds.
@@ -223,14 +265,22 @@ fn run(
     let mut trainer = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
     let mut trainer_eval = CpuTrainer::new(state.clone(), AdamConfig::default(), 0);
     let mut bare = BareStep::new(state.clone(), 0);
+    // The same in `--precision bf16` (AMX where this process can use it, else the portable path).
+    let backend = Backend::detect();
+    let mut hb = HeadsBf16::new(backend);
+    let mut trainer16 =
+        CpuTrainer::with_precision(state.clone(), AdamConfig::default(), 0, Precision::Bf16)
+            .unwrap();
+    let mut bare16 = BareStep::new(state.clone(), 0);
+    bare16.engine = CpuEngine::with_precision(layout.clone(), Precision::Bf16).unwrap();
     // The step by hand, in parts.
     let mut bare2 = BareStep::new(state.clone(), 0);
     let mut adam2 = Adam::<f32>::new(AdamConfig::default(), &layout);
     let parts = std::cell::RefCell::new([vec![], vec![], vec![], vec![]]);
 
     let one_head = heads / 6.0;
-    let (mut k1, mut k2, mut k3, mut k4, mut k5, mut k6, mut k7, mut k8) =
-        (0usize, 0, 0, 0, 0, 0, 0, 0);
+    let (mut k1, mut k2, mut k3, mut k4, mut k5, mut k8) = (0usize, 0, 0, 0, 0, 0);
+    let (mut y4, mut dw4, mut dx4) = (vec![0f32; b * g], vec![0f32; g * h], vec![0f32; b * h]);
     let mut items = vec![
         item("GEMM y = h W^T  [B,H]x[H,G]", one_head, 4, || {
             linear_fwd(&mut y, &x, &w, shape(b, h, g), 0.0)
@@ -314,21 +364,17 @@ fn run(
             adam.update(&mut params, &pgrads)
         }),
         item(
-            "train step (CpuTrainer::train_step)",
-            heads + small + sparse_flops,
-            4,
+            "bf16: six head products (conversions included)",
+            heads,
+            1,
             || {
-                trainer.train_step(&mbs[k6 % nm], k6 as u64, 0.5).unwrap();
-                k6 += 1;
-            },
-        ),
-        item(
-            "  forward_backward alone",
-            heads + small + sparse_flops,
-            4,
-            || {
-                bare.run(&mbs[k7 % nm], k7 as u64);
-                k7 += 1;
+                hb.begin(&x, b, h, g, true);
+                for k in 0..2 {
+                    hb.forward(k, &mut y4, &w, true);
+                }
+                for k in 0..2 {
+                    hb.backward(k, &mut dw4, &mut dx4, &d, k == 1);
+                }
             },
         ),
         item("validation forward (CpuTrainer::eval_loss)", 0.0, 4, || {
@@ -359,6 +405,29 @@ fn run(
             }
         }),
     ];
+
+    let step_flops = heads + small + sparse_flops;
+    let steps = [
+        (
+            [
+                "train step (CpuTrainer::train_step)",
+                "  forward_backward alone",
+            ],
+            &mut trainer,
+            &mut bare,
+        ),
+        (
+            [
+                "bf16: train step (CpuTrainer::train_step)",
+                "bf16:   forward_backward alone",
+            ],
+            &mut trainer16,
+            &mut bare16,
+        ),
+    ];
+    for (names, tr, bs) in steps {
+        items.extend(step_items(names, step_flops, (tr, bs), mbs));
+    }
 
     // Warm up, then interleaved rounds.
     for it in items.iter_mut() {
@@ -424,19 +493,8 @@ fn run(
     };
     res.insert(4, ("GEMM six head products, cold caches", heads, cold));
     // Allocations in warmed-up steps.
-    let allocations = {
-        let mut k = 1000u64;
-        let mut one = |n: u64| {
-            for _ in 0..n {
-                bare.run(&mbs[k as usize % nm], k);
-                k += 1;
-            }
-        };
-        one(3);
-        let before = ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
-        one(10);
-        ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - before
-    };
+    let allocations = allocations_per_10_steps(&mut bare, mbs);
+    let allocations16 = allocations_per_10_steps(&mut bare16, mbs);
 
     // --- Report -------------------------------------------------------------------------------------
     println!("\n### {threads} thread(s)\n");
@@ -480,6 +538,23 @@ fn run(
         t_step.0 * 1e3,
         t_step.0 / floor,
         t_out / (b * g) as f64 * 1e9
+    );
+    // The bf16 floor: the same, with the six head products in bf16 (their conversions included).
+    let heads16 = get(&res, "bf16: six head products").0;
+    let floor16 = heads16 + t_small + elementwise;
+    let step16 = get(&res, "bf16: train step");
+    println!(
+        "bf16 ({}): floor = six head products {:.3} ms + small GEMM {:.3} + element-wise {:.3} = \
+         {:.3} ms per step; step {:.3} ms = {:.2}x the bf16 floor, {:.2}x faster than the f32 \
+         step; heap allocations in 10 warmed-up bf16 forward_backward steps: {allocations16}",
+        backend.describe(),
+        heads16 * 1e3,
+        t_small * 1e3,
+        elementwise * 1e3,
+        floor16 * 1e3,
+        step16.0 * 1e3,
+        step16.0 / floor16,
+        t_step.0 / step16.0
     );
     let steps = n_train.div_ceil(b) as f64;
     let evals = n_val.div_ceil(b) as f64;

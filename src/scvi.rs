@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::math::softmax::softmax_in_place;
 use crate::model::init::ModelState;
 use crate::model::io::{state_from_safetensors, state_to_safetensors, MODEL_DIR, WEIGHTS_FILE};
-use crate::model::{LatentDistribution, Layout, ModelConfig};
+use crate::model::{LatentDistribution, Layout, ModelConfig, Precision};
 use crate::rng::{Philox, Stream};
 use crate::train::{self, Covariates, EpochRecord, History, Split, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -278,13 +278,31 @@ impl Scvi {
         seed: u64,
         adam: train::AdamConfig,
     ) -> Result<Box<dyn Engine>> {
-        match device {
-            Device::Cpu => Ok(Box::new(CpuTrainer::<f32>::new(
+        self.engine_in(device, seed, adam, Precision::F32)
+    }
+
+    /// [`engine`](Self::engine) with the output heads' products in `precision`.
+    pub fn engine_in(
+        &self,
+        device: Device,
+        seed: u64,
+        adam: train::AdamConfig,
+        precision: Precision,
+    ) -> Result<Box<dyn Engine>> {
+        match (device, precision) {
+            (Device::Cpu, _) => Ok(Box::new(CpuTrainer::<f32>::with_precision(
                 self.state.clone(),
                 adam,
                 seed,
-            ))),
-            Device::Cuda(i) => crate::cuda::engine(&self.state, i, seed, adam),
+                precision,
+            )?)),
+            (Device::Cuda(i), Precision::F32) => crate::cuda::engine(&self.state, i, seed, adam),
+            (Device::Cuda(_), Precision::Bf16) => Err(Error::Config(
+                "--precision bf16 runs on the CPU engine only for now: the GPU's bf16 products \
+                 (cuBLAS bf16 GEMM with f32 compute) are not written yet; use --precision f32 \
+                 with --device cuda"
+                    .into(),
+            )),
         }
     }
 
@@ -313,7 +331,7 @@ impl Scvi {
                 data.n_cells()
             )));
         }
-        let mut engine = self.engine(device, cfg.seed, cfg.adam)?;
+        let mut engine = self.engine_in(device, cfg.seed, cfg.adam, cfg.precision)?;
         let cov = codes.covariates();
         let history = train::fit(
             engine.as_mut(),

@@ -6,9 +6,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scvi_rs::atomic::{check_output, AtomicDir, OutputKind};
+use scvi_rs::cpu::gemm_bf16::Backend;
 use scvi_rs::infer::h5ad_out::{H5adOut, Place};
 use scvi_rs::infer::output::write_matrix;
 use scvi_rs::model::io::MODEL_DIR;
+use scvi_rs::model::Precision;
 use scvi_rs::store::output::is_h5ad_name;
 use scvi_rs::store::{load_dataset, open_input};
 use scvi_rs::{Device, Scvi, Setup};
@@ -110,6 +112,9 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
                 Device::Cuda(i) => format!("cuda:{i}"),
             }
         );
+        if tcfg.precision == Precision::Bf16 && device == Device::Cpu {
+            eprintln!("precision bf16: {}", Backend::detect().describe());
+        }
         let pb = progress_bar(cmd.quiet);
         let t0 = Instant::now();
         model.train(&data, &tcfg, device, &mut |r, max| {

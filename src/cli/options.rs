@@ -2,7 +2,9 @@
 //! scvi-tools' defaults.
 
 use clap::{Args, ValueEnum};
-use scvi_rs::model::{Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement};
+use scvi_rs::model::{
+    Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement, Precision,
+};
 use scvi_rs::train::{AdamConfig, TrainConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -24,6 +26,12 @@ pub enum DispersionArg {
 pub enum LatentArg {
     Normal,
     Ln,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -138,6 +146,10 @@ pub struct TrainArgs {
     /// Stop after this many training steps in all, even mid-epoch (for benchmarks).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// The decoder output heads' products: f32, or bf16 operands with f32 accumulation (CPU;
+    /// AMX-BF16 where the CPU has it, else emulated at f32 speed, as the log says).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
 }
 
 impl TrainArgs {
@@ -157,6 +169,10 @@ impl TrainArgs {
             early_stopping_patience: self.early_stopping_patience,
             early_stopping_min_delta: self.early_stopping_min_delta,
             max_steps: self.max_steps,
+            precision: match self.precision {
+                PrecisionArg::F32 => Precision::F32,
+                PrecisionArg::Bf16 => Precision::Bf16,
+            },
             ..TrainConfig::default()
         }
     }

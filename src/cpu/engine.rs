@@ -16,10 +16,11 @@
 //! kernel file.
 
 use super::fc::{
-    fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats, DropoutKey,
-    FcCache, FcGrads, FcParams,
+    bias_backward, fc_post_backward, fc_post_forward, linear_backward, linear_forward, BnStats,
+    DropoutKey, FcCache, FcGrads, FcParams,
 };
 use super::gemm::linear_fwd;
+use super::gemm_bf16::{as_f32, as_f32_mut, Backend, HeadsBf16};
 use super::latent::{
     library_backward, library_forward, library_observed_forward, posterior_variance,
     reparam_kl_backward, reparam_kl_forward, LibraryPrior, Posterior, PosteriorGrads,
@@ -35,7 +36,7 @@ use crate::batch::Minibatch;
 use crate::engine::{validate_minibatch, LossParts, Mode};
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::model::config::{Dispersion, LatentDistribution};
+use crate::model::config::{Dispersion, LatentDistribution, Precision};
 use crate::model::init::ModelState;
 use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds, LinearShape};
 use crate::rng::{Philox, Stream};
@@ -164,6 +165,8 @@ pub struct CpuEngine<T> {
     kl_z: Vec<f64>,
     kl_l: Vec<f64>,
     capacity: usize,
+    /// The output heads' products in bf16 (`Precision::Bf16`), None in f32.
+    bf16: Option<HeadsBf16>,
 }
 
 /// Disjoint mutable views of several tensors of one flat buffer.
@@ -199,6 +202,31 @@ impl<T: Float> CpuEngine<T> {
             kl_z: Vec::new(),
             kl_l: Vec::new(),
             capacity: 0,
+            bf16: None,
+        }
+    }
+
+    /// An engine whose output heads' products run in `precision` (bf16: f32 engines only).
+    pub fn with_precision(layout: Layout, precision: Precision) -> Result<Self> {
+        let mut e = Self::new(layout);
+        if precision == Precision::Bf16 {
+            if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+                return Err(Error::Config(format!(
+                    "precision bf16 runs on the f32 engine only, not {}",
+                    T::NAME
+                )));
+            }
+            e.bf16 = Some(HeadsBf16::new(Backend::detect()));
+        }
+        Ok(e)
+    }
+
+    /// The precision of the heads' products and, for bf16, how they run ("bf16 head products on
+    /// AMX", or why they are emulated).
+    pub fn precision(&self) -> (Precision, Option<String>) {
+        match &self.bf16 {
+            None => (Precision::F32, None),
+            Some(h) => (Precision::Bf16, Some(h.backend().describe())),
         }
     }
 
@@ -264,6 +292,20 @@ impl<T: Float> CpuEngine<T> {
     pub fn z_and_scale(&self, b: usize) -> (&[T], &[T]) {
         let (l, g) = (self.layout.config.n_latent, self.layout.config.n_input);
         (&self.z[..b * l], &self.planes.scale[..b * g])
+    }
+
+    /// What the output heads saw in the last pass: their input `h_d` (`[B, H]`) and, after a
+    /// backward pass, the loss's gradients with respect to the scale and zero-inflation logits
+    /// (`[B, G]` each; the second is meaningless without zero inflation). The bf16 quality guard
+    /// (tests/bf16.rs) builds its error bounds from these.
+    pub fn head_io(&self, b: usize) -> (&[T], &[T], &[T]) {
+        let (h, g) = (self.layout.config.n_hidden, self.layout.config.n_input);
+        let hd = &self.dec_layers.last().expect("a decoder layer").out;
+        (
+            &hd[..b * h],
+            &self.planes.d_rho[..b * g],
+            &self.planes.pi[..b * g],
+        )
     }
 
     /// The z (`Which::Z`) or library (`Which::L`) encoder's forward pass, on the prepared input.
@@ -394,11 +436,16 @@ impl<T: Float> CpuEngine<T> {
         let hd = &self.dec_layers.last().unwrap().out;
         let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
         {
-            let mut head = |ids: &LinearIds, d: &[T], sums: Option<&[T]>, accumulate: bool| {
-                let dx = &mut self.d_hd;
-                head_backward(grads, &layout, ids, d, sums, hd, state, dx, accumulate, b)
-            };
+            let mut head =
+                |slot: usize, ids: &LinearIds, d: &[T], sums: Option<&[T]>, accumulate: bool| {
+                    let dx = &mut self.d_hd;
+                    let bf16 = self.bf16.as_mut().map(|hb| (hb, slot));
+                    head_backward(
+                        bf16, grads, &layout, ids, d, sums, hd, state, dx, accumulate, b,
+                    )
+                };
             head(
+                0,
                 &dec.scale,
                 &self.planes.d_rho,
                 Some(&self.planes.sum_d_rho),
@@ -406,6 +453,7 @@ impl<T: Float> CpuEngine<T> {
             );
             if cfg.gene_likelihood.has_pi() {
                 head(
+                    1,
                     &dec.dropout,
                     &self.planes.pi,
                     Some(&self.planes.sum_d_pi),
@@ -413,7 +461,7 @@ impl<T: Float> CpuEngine<T> {
                 );
             }
             if cell_theta {
-                head(&dec.r, &self.planes.r, None, true);
+                head(2, &dec.r, &self.planes.r, None, true);
             }
         }
         if cfg.gene_likelihood.has_theta() && !cell_theta {
@@ -510,14 +558,18 @@ impl<T: Float> CpuEngine<T> {
         let dec = &layout.decoder;
         // The heads' products only: their biases are added by the output kernel as it reads the
         // rows (one pass less over the [B, G] planes).
-        head_product(
-            &mut self.planes.scale,
-            hd,
-            state.param(dec.scale.weight),
+        let with_grads = matches!(pass, DecoderPass::Likelihood { grads: true, .. });
+        if let Some(hb) = self.bf16.as_mut() {
+            hb.begin(as_f32(&hd[..b * h]), b, h, g, with_grads);
+        }
+        let mut heads = HeadProducts {
+            bf16: self.bf16.as_mut(),
+            grads: with_grads,
             b,
             h,
             g,
-        );
+        };
+        heads.forward(0, &mut self.planes.scale, hd, state.param(dec.scale.weight));
         let DecoderPass::Likelihood { grads, grad_scale } = pass else {
             scale_softmax(&mut self.planes.scale[..b * g], state.param(dec.scale.bias));
             return;
@@ -528,20 +580,13 @@ impl<T: Float> CpuEngine<T> {
             r: None,
         };
         if cfg.gene_likelihood.has_pi() {
-            head_product(
-                &mut self.planes.pi,
-                hd,
-                state.param(dec.dropout.weight),
-                b,
-                h,
-                g,
-            );
+            heads.forward(1, &mut self.planes.pi, hd, state.param(dec.dropout.weight));
             biases.pi = Some(state.param(dec.dropout.bias));
         }
         let theta = if !cfg.gene_likelihood.has_theta() {
             ThetaSource::None
         } else if cfg.dispersion == Dispersion::GeneCell {
-            head_product(&mut self.planes.r, hd, state.param(dec.r.weight), b, h, g);
+            heads.forward(2, &mut self.planes.r, hd, state.param(dec.r.weight));
             biases.r = Some(state.param(dec.r.bias));
             ThetaSource::Cell
         } else {
@@ -655,15 +700,37 @@ fn scale_softmax<T: Float>(rho: &mut [T], bias: &[T]) {
     });
 }
 
-/// `y = x W^T` for a decoder head (`x` `[B, H]`, W `[G, H]`), without the bias.
-fn head_product<T: Float>(y: &mut [T], x: &[T], weight: &[T], b: usize, h: usize, g: usize) {
-    let s = LinearShape {
-        b,
-        n_in: h,
-        ldw: h,
-        n_out: g,
-    };
-    linear_fwd(y, x, weight, s, T::ZERO);
+/// The decoder heads' forward products `y = x W^T` (`x` `[B, H]`, W `[G, H]`, no bias) in f32,
+/// or in bf16 through the engine's [`HeadsBf16`] (head `slot`: 0 scale, 1 dropout, 2 r).
+struct HeadProducts<'a> {
+    bf16: Option<&'a mut HeadsBf16>,
+    grads: bool,
+    b: usize,
+    h: usize,
+    g: usize,
+}
+
+impl HeadProducts<'_> {
+    fn forward<T: Float>(&mut self, slot: usize, y: &mut [T], x: &[T], weight: &[T]) {
+        let (b, h, g) = (self.b, self.h, self.g);
+        match self.bf16.as_deref_mut() {
+            Some(hb) => hb.forward(
+                slot,
+                as_f32_mut(&mut y[..b * g]),
+                as_f32(weight),
+                self.grads,
+            ),
+            None => {
+                let s = LinearShape {
+                    b,
+                    n_in: h,
+                    ldw: h,
+                    n_out: g,
+                };
+                linear_fwd(y, x, weight, s, T::ZERO);
+            }
+        }
+    }
 }
 
 fn layer_params<'a, T: Float>(state: &'a ModelState<T>, ids: &FcLayerIds) -> FcParams<'a, T> {
@@ -819,9 +886,11 @@ fn encoder_forward<T: Float>(
 }
 
 /// Backward through a head `y = x W^T + b` with upstream `d` (`[B, n_out]`): weight gradients and
-/// `dx (+)= d W`.
+/// `dx (+)= d W`; with `bf16` (the engine's [`HeadsBf16`] and the head's slot, as in
+/// [`HeadProducts`]) the two products take bf16 operands, the bias gradient stays f32.
 #[allow(clippy::too_many_arguments)]
 fn head_backward<T: Float>(
+    bf16: Option<(&mut HeadsBf16, usize)>,
     grads: &mut [T],
     layout: &Layout,
     ids: &LinearIds,
@@ -840,21 +909,28 @@ fn head_backward<T: Float>(
             layout.params[ids.bias].range(),
         ],
     );
-    linear_backward(
-        Some(dx),
-        accumulate,
-        dw,
-        db,
-        bias_sums,
-        d,
-        x,
-        &[],
-        state.param(ids.weight),
-        b,
-        ids.n_in,
-        0,
-        ids.n_out,
-    );
+    let Some((hb, slot)) = bf16 else {
+        linear_backward(
+            Some(dx),
+            accumulate,
+            dw,
+            db,
+            bias_sums,
+            d,
+            x,
+            &[],
+            state.param(ids.weight),
+            b,
+            ids.n_in,
+            0,
+            ids.n_out,
+        );
+        return;
+    };
+    let n = ids.n_out;
+    bias_backward(db, d, bias_sums, b, n);
+    let d = as_f32(&d[..b * n]);
+    hb.backward(slot, as_f32_mut(dw), as_f32_mut(dx), d, accumulate);
 }
 
 /// Backward through (part of) an FCLayers stack. `d` holds the gradient of the stack's output (it
@@ -954,10 +1030,10 @@ fn encoder_backward<T: Float>(
     let layout = &state.layout;
     let h = &w.layers.last().unwrap().out;
     head_backward(
-        grads, layout, &ids.mean, &w.d_q_m, None, h, state, &mut w.d_h, false, b,
+        None, grads, layout, &ids.mean, &w.d_q_m, None, h, state, &mut w.d_h, false, b,
     );
     head_backward(
-        grads, layout, &ids.var, &w.d_u, None, h, state, &mut w.d_h, true, b,
+        None, grads, layout, &ids.var, &w.d_u, None, h, state, &mut w.d_h, true, b,
     );
     // The layers above the first are dense.
     let (l0, above) = w.layers.split_at_mut(1);

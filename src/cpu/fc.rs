@@ -381,15 +381,27 @@ pub fn linear_backward<T: Float>(
             }
         }
     }
+    bias_backward(dbias, d, bias_sums, b, n_out);
+    if let Some(dx) = dx {
+        let beta = if accumulate_dx { T::ONE } else { T::ZERO };
+        linear_dgrad(dx, d, weight, s, beta);
+    }
+}
+
+/// A linear layer's bias gradient: `db += column sums of d` (`d` `[b, n_out]`), or
+/// `db += bias_sums` when the caller has these sums already.
+pub fn bias_backward<T: Float>(
+    dbias: &mut [T],
+    d: &[T],
+    bias_sums: Option<&[T]>,
+    b: usize,
+    n_out: usize,
+) {
     match bias_sums {
         Some(sums) => dbias[..n_out]
             .iter_mut()
             .zip(&sums[..n_out])
             .for_each(|(o, &v)| *o += v),
         None => add_column_sums(dbias, d, b, n_out, n_out),
-    }
-    if let Some(dx) = dx {
-        let beta = if accumulate_dx { T::ONE } else { T::ZERO };
-        linear_dgrad(dx, d, weight, s, beta);
     }
 }

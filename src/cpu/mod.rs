@@ -13,9 +13,12 @@
 //! | [`output`]  | kernels/output.cu    | softmax, likelihood and their gradients, fused         |
 //! | [`adam`]    | kernels/adam.cu      | the optimiser step                                     |
 //! | [`gemm`]    | cuBLAS (`cuda::ops`) | the dense products                                     |
+//! | [`gemm_bf16`] | —                  | the output heads' products in bf16 (`--precision bf16`) |
 //!
 //! [`engine`] strings them into one step ([`CpuEngine`]); [`trainer`] puts it behind the `Engine`
-//! contract with Adam and the noise ([`CpuTrainer`]); [`simd`] holds the vectorised element loops.
+//! contract with Adam and the noise ([`CpuTrainer`]); [`simd`] holds the vectorised element loops;
+//! [`bf16`] the bf16 conversion and tile layouts and [`amx`] the AMX tile microkernel that
+//! [`gemm_bf16`] builds the bf16 products from.
 //!
 //! Where the time goes and how it is spent well (BENCHMARKS.md has the figures): the dense
 //! products go to faer in fixed single-threaded tiles (`gemm`); the decoder output is one fused pass
@@ -24,9 +27,12 @@
 //! Results do not depend on the thread count or the instruction set.
 
 pub mod adam;
+pub mod amx;
+pub mod bf16;
 pub mod engine;
 pub mod fc;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod latent;
 pub mod output;
 pub mod simd;

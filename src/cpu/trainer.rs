@@ -10,6 +10,7 @@ use crate::engine::{
 use crate::error::Result;
 use crate::float::Float;
 use crate::model::config::Dispersion;
+use crate::model::config::Precision;
 use crate::model::init::ModelState;
 use crate::rng::Philox;
 
@@ -39,6 +40,25 @@ impl<T: Float> CpuTrainer<T> {
             gen_library: Vec::new(),
             state,
         }
+    }
+
+    /// [`new`](Self::new) with the output heads' products in `precision` (bf16: f32 only).
+    pub fn with_precision(
+        state: ModelState<T>,
+        adam: AdamConfig,
+        seed: u64,
+        precision: Precision,
+    ) -> Result<Self> {
+        let engine = CpuEngine::with_precision(state.layout.clone(), precision)?;
+        Ok(CpuTrainer {
+            engine,
+            ..Self::new(state, adam, seed)
+        })
+    }
+
+    /// The gradients of the last backward pass (the parameters' layout).
+    pub fn grads(&self) -> &[T] {
+        &self.grads
     }
 }
 
@@ -163,10 +183,13 @@ impl<T: Float> Engine for CpuTrainer<T> {
     }
 
     fn name(&self) -> String {
+        let precision = match self.engine.precision() {
+            (_, Some(how)) => how,
+            (_, None) => T::NAME.to_lowercase(),
+        };
         format!(
-            "cpu ({} threads, {})",
-            rayon::current_num_threads(),
-            T::NAME.to_lowercase()
+            "cpu ({} threads, {precision})",
+            rayon::current_num_threads()
         )
     }
 }

@@ -35,6 +35,19 @@ pub enum LatentDistribution {
     Ln,
 }
 
+/// The arithmetic of the decoder output heads' products (`--precision`). `F32` everywhere is the
+/// default and the reference; `Bf16` gives the heads' three products (forward, weight and input
+/// gradients) bf16 operands with f32 accumulation and keeps everything else f32: master weights,
+/// optimiser state, the likelihood and its gradient (src/cpu/gemm_bf16.rs; BENCHMARKS.md has the
+/// speed and the quality guard).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
 /// Where a normalisation applies (`use_batch_norm` / `use_layer_norm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

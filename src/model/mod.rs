@@ -8,5 +8,7 @@ pub mod layout;
 pub mod pickle;
 pub mod torch_file;
 
-pub use config::{Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement};
+pub use config::{
+    Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement, Precision,
+};
 pub use layout::{Layout, Tensor};

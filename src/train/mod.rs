@@ -16,6 +16,7 @@ use crate::data::SparseRows;
 pub use crate::engine::AdamConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::model::Precision;
 use crate::rng::{Philox, Stream};
 pub use history::{EpochRecord, History, LossSums};
 pub use loader::{for_each_minibatch, Covariates};
@@ -43,6 +44,9 @@ pub struct TrainConfig {
     pub early_stopping_min_delta: f64,
     /// Stop after this many training steps in all (Lightning's `max_steps`), even mid-epoch.
     pub max_steps: Option<usize>,
+    /// The arithmetic of the decoder output heads' products (absent in older model.json: f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -60,6 +64,7 @@ impl Default for TrainConfig {
             early_stopping_patience: 45,
             early_stopping_min_delta: 0.0,
             max_steps: None,
+            precision: Precision::F32,
         }
     }
 }
