@@ -4,6 +4,8 @@
 //! ([`DevPtr`]), owned by [`DevBuf`]s; every kernel takes one `#[repr(C)]` argument struct
 //! ([`super::kernels`]). All work goes to one stream, in order.
 
+use super::cublas::Blas;
+pub use super::cublas::Sgemm;
 use super::kernels::{DevPtr, KERNEL_FILES};
 use super::libs::{self, Lib};
 use super::nvrtc::{self, Image};
@@ -144,9 +146,10 @@ impl Launch {
 }
 
 struct CudaDev {
+    // Dropped first: the handle goes before the stream it is bound to.
+    blas: Blas,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    blas: cudarc::cublas::CudaBlas,
     funcs: HashMap<&'static str, CudaFunction>,
     arch: String,
 }
@@ -260,8 +263,7 @@ impl Gpu {
             // SAFETY: nothing was allocated through cudarc's tracked slices in this context.
             unsafe { ctx.disable_event_tracking() };
             let stream = ctx.new_stream().map_err(|e| drv(e, "creating a stream"))?;
-            let blas = cudarc::cublas::CudaBlas::new(stream.clone())
-                .map_err(|e| Error::Cuda(format!("creating a cuBLAS handle: {e:?}")))?;
+            let blas = Blas::new(stream.cu_stream() as *mut std::ffi::c_void)?;
             let cc = info.compute_capability.0 * 10 + info.compute_capability.1;
             let arch = nvrtc::arch_for(cc)?;
             let mut funcs = HashMap::new();
@@ -563,32 +565,10 @@ impl Gpu {
             return Ok(());
         }
         match &self.backend {
-            Backend::Cuda(cd) => {
-                use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-                let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-                // SAFETY: the pointers address matrices of the stated shapes and leading
-                // dimensions inside live DevBufs (the engine sizes them from the layout); C does
-                // not alias A or B. The handle is bound to our stream.
-                unsafe {
-                    cudarc::cublas::result::sgemm(
-                        *cd.blas.handle(),
-                        op(g.trans_a),
-                        op(g.trans_b),
-                        g.m as i32,
-                        g.n as i32,
-                        g.k as i32,
-                        &g.alpha,
-                        g.a as *const f32,
-                        g.lda as i32,
-                        g.b as *const f32,
-                        g.ldb as i32,
-                        &g.beta,
-                        g.c as *mut f32,
-                        g.ldc as i32,
-                    )
-                }
-                .map_err(|e| Error::Cuda(format!("cuBLAS sgemm: {e:?}")))
-            }
+            // SAFETY: the pointers address matrices of the stated shapes and leading dimensions
+            // inside live DevBufs (the engine sizes them from the layout); C does not alias A or
+            // B. The handle is bound to our stream.
+            Backend::Cuda(cd) => unsafe { cd.blas.sgemm(g) },
             Backend::Emu(_) => {
                 // SAFETY: as above, on host memory.
                 unsafe { host_sgemm(g) };
@@ -596,25 +576,6 @@ impl Gpu {
             }
         }
     }
-}
-
-/// The arguments of a column-major `C = alpha op(A) op(B) + beta C`, as cuBLAS's sgemm takes them:
-/// `op(A)` m x k, `op(B)` k x n, C m x n, leading dimensions in elements.
-#[derive(Clone, Copy, Debug)]
-pub struct Sgemm {
-    pub trans_a: bool,
-    pub trans_b: bool,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub alpha: f32,
-    pub a: DevPtr,
-    pub lda: usize,
-    pub b: DevPtr,
-    pub ldb: usize,
-    pub beta: f32,
-    pub c: DevPtr,
-    pub ldc: usize,
 }
 
 /// Launch an emulated kernel with its argument struct.
