@@ -241,7 +241,7 @@ fn step_matches(target: Target, what: &str) {
             c.check(&format!("grad {}", t.name), &a, &w, tol);
         }
         // Running statistics (and num_batches_tracked) after the training-mode forward pass.
-        let gs = eng.state();
+        let gs = eng.state().expect("state");
         for t in &layout.buffers {
             c.check_f32(
                 &format!("buffer {}", t.name),
@@ -287,7 +287,10 @@ fn training_matches(target: Target, what: &str) {
             &losses.1,
             Tol::new(1e-4, 1e-6, 1e-4),
         );
-        let (gs, cs) = (gpu.state(), cpu.state());
+        let (gs, cs) = (
+            gpu.state().expect("gpu state"),
+            cpu.state().expect("cpu state"),
+        );
         // After 3 Adam steps of lr 1e-3 the parameters differ by rounding of the updates only.
         c.check_f32(
             "params after 3 Adam steps",

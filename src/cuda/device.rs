@@ -165,7 +165,61 @@ enum EmuLib {}
 enum Backend {
     Cuda(Box<CudaDev>),
     #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
-    Emu(EmuLib),
+    Emu(EmuLib, Faults),
+}
+
+/// Device faults planted in the emulation, so that the tests can check that a fault is an error
+/// wherever it surfaces. A fault behaves as CUDA's sticky errors do (an illegal address, say):
+/// launches keep being accepted, the next synchronisation (a `sync`, a download) reports it, and
+/// every later call fails too.
+struct Faults {
+    /// Synchronisations left before the fault surfaces (`u64::MAX`: none planted).
+    syncs_left: std::sync::atomic::AtomicU64,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+/// No fault planted.
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            syncs_left: std::sync::atomic::AtomicU64::new(u64::MAX),
+            tripped: Default::default(),
+        }
+    }
+}
+
+impl Faults {
+    fn error(what: &str) -> Error {
+        Error::Cuda(format!(
+            "{what}: CUDA_ERROR_ILLEGAL_ADDRESS (a device fault planted by the test)"
+        ))
+    }
+
+    /// A synchronisation: fails once the planted count is used up, and from then on.
+    fn at_sync(&self, what: &str) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.tripped.load(SeqCst) {
+            return Err(Self::error(what));
+        }
+        let left = self.syncs_left.load(SeqCst);
+        if left == u64::MAX {
+            return Ok(());
+        }
+        if left == 0 {
+            self.tripped.store(true, SeqCst);
+            return Err(Self::error(what));
+        }
+        self.syncs_left.store(left - 1, SeqCst);
+        Ok(())
+    }
+
+    /// Any other call: fails once the fault has surfaced.
+    fn after_fault(&self, what: &str) -> Result<()> {
+        if self.tripped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Self::error(what));
+        }
+        Ok(())
+    }
 }
 
 /// A device with its compiled kernels.
@@ -300,7 +354,7 @@ impl Gpu {
     #[cfg(feature = "test-support")]
     pub fn emulated() -> Result<Gpu> {
         Ok(Gpu {
-            backend: Backend::Emu(super::emu::library()?),
+            backend: Backend::Emu(super::emu::library()?, Faults::default()),
             info: DeviceInfo {
                 index: 0,
                 name: "host emulation of the CUDA kernels".into(),
@@ -311,15 +365,25 @@ impl Gpu {
         })
     }
 
+    /// Plant a device fault in the emulation: the `syncs`-th synchronisation from now (0: the
+    /// next) fails, as does every call after it (tests only).
+    #[cfg(feature = "test-support")]
+    pub fn plant_fault(&self, syncs: u64) {
+        if let Backend::Emu(_, f) = &self.backend {
+            f.syncs_left
+                .store(syncs, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     pub fn is_emulated(&self) -> bool {
-        matches!(self.backend, Backend::Emu(_))
+        matches!(self.backend, Backend::Emu(..))
     }
 
     /// The architecture the kernels were compiled for ("sm_90"), or "host".
     pub fn arch(&self) -> &str {
         match &self.backend {
             Backend::Cuda(c) => &c.arch,
-            Backend::Emu(_) => "host",
+            Backend::Emu(..) => "host",
         }
     }
 
@@ -337,7 +401,7 @@ impl Gpu {
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         match &self.backend {
             Backend::Cuda(c) => c.ctx.mem_get_info().map_err(|e| drv(e, "cuMemGetInfo")),
-            Backend::Emu(_) => Ok((usize::MAX, usize::MAX)),
+            Backend::Emu(..) => Ok((usize::MAX, usize::MAX)),
         }
     }
 
@@ -386,7 +450,8 @@ impl Gpu {
                     }
                 }
             }
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
+                f.after_fault("device allocation failed")?;
                 let mut v = vec![0u64; bytes.div_ceil(8)];
                 // Poison, as device memory is not zeroed: NaN in every f32 and f64 slot.
                 v.iter_mut().for_each(|w| *w = 0x7FF8_0000_7FC0_0000);
@@ -446,7 +511,8 @@ impl Gpu {
                 unsafe { dr::memcpy_htod_async(dst, src, c.stream.cu_stream()) }
                     .map_err(|e| drv(e, "copying to the device"))
             }
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
+                f.after_fault("copying to the device")?;
                 // SAFETY: as above, `dst` is a host allocation of at least `src.len()` bytes.
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
                 Ok(())
@@ -467,12 +533,12 @@ impl Gpu {
                     .map_err(|e| drv(e, "copying from the device"))?;
                 self.sync()
             }
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
                 // SAFETY: as above, on host memory.
                 unsafe {
                     std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len())
                 };
-                Ok(())
+                f.at_sync("a kernel or copy on the device failed")
             }
         }
     }
@@ -515,7 +581,8 @@ impl Gpu {
                 unsafe { dr::memset_d8_async(dst, 0, bytes, c.stream.cu_stream()) }
                     .map_err(|e| drv(e, "clearing device memory"))
             }
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
+                f.after_fault("clearing device memory")?;
                 // SAFETY: as above, on host memory.
                 unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
                 Ok(())
@@ -530,7 +597,7 @@ impl Gpu {
                 .stream
                 .synchronize()
                 .map_err(|e| drv(e, "a kernel or copy on the device failed")),
-            Backend::Emu(_) => Ok(()),
+            Backend::Emu(_, f) => f.at_sync("a kernel or copy on the device failed"),
         }
     }
 
@@ -555,7 +622,10 @@ impl Gpu {
                 unsafe { b.launch(cfg) }.map_err(|e| drv(e, &format!("launching {name}")))?;
                 Ok(())
             }
-            Backend::Emu(lib) => emulated_launch(lib, name, l, args),
+            Backend::Emu(lib, f) => {
+                f.after_fault(&format!("launching {name}"))?;
+                emulated_launch(lib, name, l, args)
+            }
         }
     }
 
@@ -569,7 +639,8 @@ impl Gpu {
             // inside live DevBufs (the engine sizes them from the layout); C does not alias A or
             // B. The handle is bound to our stream.
             Backend::Cuda(cd) => unsafe { cd.blas.sgemm(g) },
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
+                f.after_fault("cuBLAS sgemm")?;
                 // SAFETY: as above, on host memory.
                 unsafe { host_sgemm(g) };
                 Ok(())

@@ -925,22 +925,32 @@ impl Engine for CudaEngine {
         self.posterior()
     }
 
-    fn state(&self) -> ModelState<f32> {
+    /// Waits for every queued launch (the last Adam step is never synchronised by the training
+    /// loop), then reads the values back, each copy checked: a device fault is an error here,
+    /// never a model of zeros. Values that are not finite are refused too: a fault that
+    /// corrupted memory without an error code must not become a saved model either.
+    fn state(&self) -> Result<ModelState<f32>> {
+        self.gpu.bind()?;
+        self.gpu.sync()?;
         let mut s = ModelState::<f32>::zeros(self.layout.clone());
-        // The trait cannot fail here; a device error leaves zeros and is reported by the next call.
-        let ok = self.gpu.bind().is_ok()
-            && self
-                .gpu
-                .download_f32(&mut s.params, self.params.ptr())
-                .is_ok()
-            && self
-                .gpu
-                .download_f32(&mut s.buffers, self.buffers.ptr())
-                .is_ok();
-        if !ok {
-            eprintln!("warning: could not read the model back from the GPU");
+        self.gpu.download_f32(&mut s.params, self.params.ptr())?;
+        self.gpu.download_f32(&mut s.buffers, self.buffers.ptr())?;
+        for (tensors, values) in [
+            (&self.layout.params, &s.params),
+            (&self.layout.buffers, &s.buffers),
+        ] {
+            for t in tensors {
+                if let Some(i) = values[t.range()].iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Cuda(format!(
+                        "the model read back from {} is corrupt: {}[{i}] is {}",
+                        self.name(),
+                        t.name,
+                        values[t.range()][i]
+                    )));
+                }
+            }
         }
-        s
+        Ok(s)
     }
 
     fn name(&self) -> String {
