@@ -759,15 +759,13 @@ pub fn check_config(cfg: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
-impl Engine for CudaEngine {
-    /// As `CpuEngine::forward_backward`, as a sequence of launches (see the module documentation).
-    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts> {
+impl CudaEngine {
+    /// Queue one pass over the `b` cells of the minibatch at `self.bp` (uploaded, or gathered on
+    /// the device): forward, and with `pass.grads` the backward pass into the gradient buffer
+    /// (zeroed first). Nothing waits for the device; the per-cell losses are left in the work
+    /// buffer (`losses`: reconstruction `[cap]`, KL_z `[cap]`, KL_l `[cap]`, f64).
+    pub(super) fn launch_pass(&mut self, b: usize, pass: Pass) -> Result<()> {
         let (step, kl_weight, mode, grads) = (pass.step, pass.kl_weight, pass.mode, pass.grads);
-        self.gpu.bind()?;
-        validate_minibatch(batch, &self.layout, mode)?;
-        let b = batch.len();
-        self.reserve(b)?;
-        self.upload(batch)?;
         self.refresh_transposes()?;
         let train = mode == Mode::Train;
         let cfg = self.layout.config.clone();
@@ -863,7 +861,13 @@ impl Engine for CudaEngine {
             }
         }
 
-        // The per-cell losses: the step's one wait for the device.
+        Ok(())
+    }
+
+    /// Read the per-cell losses of the last pass over `b` cells back (waiting for the device),
+    /// keep them for `per_cell_losses`, and sum them.
+    fn read_losses(&mut self, b: usize, kl_weight: f64) -> Result<LossParts> {
+        let cfg = &self.layout.config;
         let cap = self.work.as_ref().expect("work").cap;
         let mut losses = vec![0f64; 3 * cap];
         let lp = self.work.as_ref().expect("work").losses.ptr();
@@ -882,6 +886,20 @@ impl Engine for CudaEngine {
         Ok(LossParts::from_sums(
             b, rec_sum, kl_z_sum, kl_l_sum, kl_weight,
         ))
+    }
+}
+
+impl Engine for CudaEngine {
+    /// As `CpuEngine::forward_backward`, as a sequence of launches (see the module documentation),
+    /// then the per-cell losses read back: the step's one wait for the device.
+    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts> {
+        self.gpu.bind()?;
+        validate_minibatch(batch, &self.layout, pass.mode)?;
+        let b = batch.len();
+        self.reserve(b)?;
+        self.upload(batch)?;
+        self.launch_pass(b, pass)?;
+        self.read_losses(b, pass.kl_weight)
     }
 
     fn adam_update(&mut self) -> Result<()> {
