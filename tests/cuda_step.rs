@@ -17,7 +17,7 @@ use common::{f64s, Rng};
 use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::{CpuEngine, CpuTrainer};
-use scvi_rs::cuda::CudaEngine;
+use scvi_rs::cuda::{Counts, CudaEngine};
 use scvi_rs::engine::{AdamConfig, Engine, Mode, Pass};
 use scvi_rs::model::config::{
     Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement,
@@ -322,7 +322,60 @@ fn training_matches(target: Target, what: &str) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// What one training step asks of the device, counted by `Gpu::counts` (the counts the step floor
+/// of docs/cuda.md is built on): the same launches and products every step, the dense products'
+/// arithmetic exactly `12 B H G` (the two `[B, G]` output heads, forward, weight and input
+/// gradients) `+ 18 B H L` (the q_m and q_v heads, the decoder layer on z) for scvi-tools' default
+/// model with one layer, 18 launches and 15 products, and one wait for the device per step: the
+/// per-cell losses read back.
+/// Issue 14's sync-free loop changes the last figure to one per N steps.
+fn step_counts(target: Target, what: &str) {
+    let Some((seed, mut rng)) = target.seeded(what) else {
+        return;
+    };
+    let g = 150 + rng.below(60);
+    let cfg = ModelConfig {
+        n_batch: 2,
+        ..small(g)
+    };
+    let (h, l) = (cfg.n_hidden as u64, cfg.n_latent as u64);
+    let state = random_state(&cfg, &mut rng);
+    let device = target.open(what).expect("device");
+    let mut gpu = CudaEngine::new(device, &state, rng.next(), AdamConfig::default()).expect("gpu");
+    let b = 24;
+    let batches: Vec<Minibatch> = (0..4).map(|_| random_batch(&cfg, b, &mut rng)).collect();
+    let mut per_step = Vec::new();
+    for (step, batch) in batches.iter().enumerate() {
+        let before = gpu.gpu().counts();
+        gpu.train_step(batch, step as u64, 0.5).expect("train step");
+        per_step.push(gpu.gpu().counts().since(&before));
+    }
+    println!("{what} (seed {seed}), B={b} G={g}: per step {per_step:?}");
+    // The first step sizes the work buffers; from the second on every step is alike, but for the
+    // upload, which is the minibatch's size.
+    let steady = per_step[1];
+    let alike = |c: &Counts| {
+        Counts { bytes_up: 0, ..*c }
+            == Counts {
+                bytes_up: 0,
+                ..steady
+            }
+    };
+    assert!(per_step[2..].iter().all(alike), "{per_step:?}");
+    let (b, g) = (b as u64, g as u64);
+    assert_eq!(
+        steady.gemm_flops,
+        12 * b * h * g + 18 * b * h * l,
+        "{steady:?}"
+    );
+    assert_eq!(steady.syncs, 1, "one wait per step: {steady:?}");
+    assert!(steady.bytes_down > 0 && steady.bytes_up > 0, "{steady:?}");
+    // docs/cuda.md's floor counts these: 18 launches and memsets, 15 products.
+    assert_eq!((steady.launches, steady.gemms), (18, 15), "{steady:?}");
+}
+
 device_tests! {
     step_matches_cpu_emulated, step_matches_cpu_on_gpu => step_matches;
     training_matches_cpu_emulated, training_matches_cpu_on_gpu => training_matches;
+    step_counts_emulated, step_counts_on_gpu => step_counts;
 }

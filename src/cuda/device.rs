@@ -226,6 +226,68 @@ impl Faults {
 pub struct Gpu {
     backend: Backend,
     pub info: DeviceInfo,
+    tally: Tally,
+}
+
+/// What a [`Gpu`] has been asked to do since it was opened (a snapshot of [`Gpu::counts`]):
+/// the figures the step floor of docs/cuda.md is counted from, and what the tests hold the step
+/// loop to (how many launches, products and synchronisations a step makes). Counted on the host
+/// as the calls are made, so the emulation counts exactly what a device would be sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Kernel launches and memsets (each a stream operation with its own launch cost).
+    pub launches: u64,
+    /// cuBLAS sgemm calls, and their arithmetic, `2 m n k` each.
+    pub gemms: u64,
+    pub gemm_flops: u64,
+    /// Host waits for the device: [`Gpu::sync`], and each download (which waits).
+    pub syncs: u64,
+    /// Bytes copied host to device and device to host.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl Counts {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            launches: self.launches - earlier.launches,
+            gemms: self.gemms - earlier.gemms,
+            gemm_flops: self.gemm_flops - earlier.gemm_flops,
+            syncs: self.syncs - earlier.syncs,
+            bytes_up: self.bytes_up - earlier.bytes_up,
+            bytes_down: self.bytes_down - earlier.bytes_down,
+        }
+    }
+}
+
+/// The running [`Counts`] (atomics, as a `Gpu` may be shared by reference across threads).
+#[derive(Default)]
+struct Tally([std::sync::atomic::AtomicU64; 6]);
+
+impl Tally {
+    const LAUNCHES: usize = 0;
+    const GEMMS: usize = 1;
+    const GEMM_FLOPS: usize = 2;
+    const SYNCS: usize = 3;
+    const UP: usize = 4;
+    const DOWN: usize = 5;
+
+    fn add(&self, what: usize, n: u64) {
+        self.0[what].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Counts {
+        let v = |i: usize| self.0[i].load(std::sync::atomic::Ordering::Relaxed);
+        Counts {
+            launches: v(Self::LAUNCHES),
+            gemms: v(Self::GEMMS),
+            gemm_flops: v(Self::GEMM_FLOPS),
+            syncs: v(Self::SYNCS),
+            bytes_up: v(Self::UP),
+            bytes_down: v(Self::DOWN),
+        }
+    }
 }
 
 /// An allocation on a [`Gpu`]; freed on drop.
@@ -346,6 +408,7 @@ impl Gpu {
                     arch,
                 })),
                 info: info.clone(),
+                tally: Tally::default(),
             })
         })
     }
@@ -362,6 +425,7 @@ impl Gpu {
                 compute_capability: (0, 0),
                 multiprocessors: 1,
             },
+            tally: Tally::default(),
         })
     }
 
@@ -373,6 +437,11 @@ impl Gpu {
             f.syncs_left
                 .store(syncs, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// What this device has been asked to do so far (see [`Counts`]).
+    pub fn counts(&self) -> Counts {
+        self.tally.snapshot()
     }
 
     pub fn is_emulated(&self) -> bool {
@@ -504,6 +573,7 @@ impl Gpu {
         if src.is_empty() {
             return Ok(());
         }
+        self.tally.add(Tally::UP, src.len() as u64);
         match &self.backend {
             Backend::Cuda(c) => {
                 // SAFETY: `dst` addresses at least `src.len()` bytes of a live DevBuf (callers size
@@ -525,6 +595,7 @@ impl Gpu {
         if dst.is_empty() {
             return Ok(());
         }
+        self.tally.add(Tally::DOWN, dst.len() as u64);
         match &self.backend {
             Backend::Cuda(c) => {
                 // SAFETY: `src` addresses at least `dst.len()` bytes of a live DevBuf; the stream
@@ -538,6 +609,7 @@ impl Gpu {
                 unsafe {
                     std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len())
                 };
+                self.tally.add(Tally::SYNCS, 1);
                 f.at_sync("a kernel or copy on the device failed")
             }
         }
@@ -575,6 +647,7 @@ impl Gpu {
         if bytes == 0 {
             return Ok(());
         }
+        self.tally.add(Tally::LAUNCHES, 1);
         match &self.backend {
             Backend::Cuda(c) => {
                 // SAFETY: `dst` addresses `bytes` bytes of a live DevBuf.
@@ -592,6 +665,7 @@ impl Gpu {
 
     /// Wait for all queued work; a kernel fault surfaces here.
     pub fn sync(&self) -> Result<()> {
+        self.tally.add(Tally::SYNCS, 1);
         match &self.backend {
             Backend::Cuda(c) => c
                 .stream
@@ -603,6 +677,7 @@ impl Gpu {
 
     /// Launch kernel `name` with its argument struct.
     pub fn launch<A: DeviceRepr>(&self, name: &'static str, l: Launch, args: &A) -> Result<()> {
+        self.tally.add(Tally::LAUNCHES, 1);
         match &self.backend {
             Backend::Cuda(c) => {
                 let f = c
@@ -634,6 +709,11 @@ impl Gpu {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
+        self.tally.add(Tally::GEMMS, 1);
+        self.tally.add(
+            Tally::GEMM_FLOPS,
+            2 * (g.m as u64) * (g.n as u64) * (g.k as u64),
+        );
         match &self.backend {
             // SAFETY: the pointers address matrices of the stated shapes and leading dimensions
             // inside live DevBufs (the engine sizes them from the layout); C does not alias A or

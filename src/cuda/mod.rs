@@ -31,7 +31,7 @@ pub mod libs;
 pub mod nvrtc;
 pub mod ops;
 
-pub use device::{DeviceInfo, Gpu};
+pub use device::{Counts, DeviceInfo, Gpu};
 pub use engine::CudaEngine;
 
 use crate::engine::{AdamConfig, Engine};
