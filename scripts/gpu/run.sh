@@ -52,6 +52,7 @@ mkdir -p "$OUT"
 work="$(mktemp -d "${TMPDIR:-/tmp}/scvi-rs-gpu-work.XXXXXX")"
 mkdir -p "$work/logs" "$work/home"
 exec > >(tee "$OUT/run.log") 2>&1
+tee_pid=$!
 
 # What the tests and the binary read instead of paths baked in at build time.
 export SCVI_RS_REQUIRE_GPU=1
@@ -249,7 +250,7 @@ host_only=(--skip argument_structs)
 
 run_step machine 20 2 check_none -- machine
 run_step nvidia-smi 20 3 check_smi -- smi
-run_step doctor 90 20 check_bin -- doctor
+run_step doctor 90 30 check_bin -- doctor
 run_step cuda_kernels 90 10 check_kernels -- "$(t cuda_kernels)" "${gpu_only[@]}" "${host_only[@]}"
 run_step cuda_step 120 15 check_step -- "$(t cuda_step)" "${gpu_only[@]}"
 run_step cuda_errors 60 10 check_errors -- "$(t cuda_errors)" --test-threads=1 --nocapture
@@ -281,6 +282,9 @@ cat "$OUT/timing.txt"
 
 total=$((SECONDS - start))
 fails=0
+for s in "${names[@]}"; do
+    case "${status[$s]}" in PASS | READY | "not asked") ;; *) fails=$((fails + 1)) ;; esac
+done
 {
     echo
     if [ "$rehearse" = 1 ]; then
@@ -292,9 +296,11 @@ fails=0
     printf '| %-20s | %-9s | %5s | %-7s | %s\n' --- --- --- --- ---
     for s in "${names[@]}"; do
         printf '| %-20s | %-9s | %5s | %-7s | %s\n' "$s" "${status[$s]}" "${secs[$s]}" "${budget[$s]}" "${detail[$s]}"
-        case "${status[$s]}" in PASS | READY | "not asked") ;; *) fails=$((fails + 1)) ;; esac
     done
     echo "$fails of ${#names[@]} steps did not pass; logs under $OUT"
 } | tee "$OUT/summary.txt"
 rm -rf "$work"
+# Let tee finish run.log before the device tool collects $OUT.
+exec 1>&- 2>&-
+wait "$tee_pid" 2>/dev/null
 [ "$fails" = 0 ]
