@@ -37,6 +37,8 @@ use crate::model::init::ModelState;
 use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
 use crate::rng::Stream;
 
+mod resident;
+
 /// What one FCLayers layer keeps for its backward pass.
 struct LayerBufs {
     lin: DevBuf,
@@ -116,6 +118,8 @@ pub struct CudaEngine {
     kl_z: Vec<f64>,
     kl_l: Vec<f64>,
     last_b: usize,
+    /// The data set held on the device, when the caller asked for it (`hold_data`).
+    data: Option<resident::DeviceData>,
 }
 
 /// Which encoder.
@@ -187,6 +191,7 @@ impl CudaEngine {
             kl_z: Vec::new(),
             kl_l: Vec::new(),
             last_b: 0,
+            data: None,
         })
     }
 
@@ -284,11 +289,8 @@ impl CudaEngine {
     }
 
     /// Copy the minibatch to the device in one transfer from pinned memory.
-    fn upload(&mut self, batch: &Minibatch) -> Result<()> {
-        let b = batch.len();
-        let nnz = batch.indices.len();
-        let words = (b + 1) + 2 * nnz + 3 * b;
-        let bytes = words * 4;
+    /// The minibatch's device buffer and its pinned staging twin, at least `bytes` each.
+    fn reserve_batch(&mut self, bytes: usize) -> Result<()> {
         if self.staging.as_ref().is_none_or(|s| s.len() < bytes) {
             let want = bytes.max(1024) * 5 / 4;
             self.batch_dev = None;
@@ -296,6 +298,15 @@ impl CudaEngine {
             self.batch_dev = Some(self.gpu.alloc(want, "the minibatch")?);
             self.staging = Some(self.gpu.alloc_pinned(want)?);
         }
+        Ok(())
+    }
+
+    fn upload(&mut self, batch: &Minibatch) -> Result<()> {
+        let b = batch.len();
+        let nnz = batch.indices.len();
+        let words = (b + 1) + 2 * nnz + 3 * b;
+        let bytes = words * 4;
+        self.reserve_batch(bytes)?;
         let st = self.staging.as_mut().expect("staging").as_mut_slice();
         let mut o = 0usize;
         let mut put = |v: &[u8]| {
