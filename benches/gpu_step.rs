@@ -2,8 +2,9 @@
 //! (or simulated counts of its shape; benches/common), with scvi-tools' default model, next to the
 //! floor counted for that step on an H200 (docs/cuda.md, "The floor of a step").
 //!
-//! Per batch size: the median seconds of a training step (`train_step`: forward, backward, Adam;
-//! the minibatch uploaded from the host, as the trainer does today), cells per second, the epoch
+//! Per batch size and data path: the seconds of a training step (forward, backward, Adam), with
+//! the minibatch uploaded from the host (`train_step`, as the trainer does today) or gathered on the
+//! device from the data set held there (`hold_data`, `train_step_cells`), cells per second, the epoch
 //! seconds this gives for 1M cells, the floor and the ratio to it, the device memory the engine
 //! holds, and what one step asked of the device (`Gpu::counts`: launches, products,
 //! synchronisations, bytes each way). The floor's arithmetic term uses the sgemm rate measured here
@@ -182,6 +183,8 @@ fn open(emulated: bool) -> scvi_rs::Result<Gpu> {
 
 /// One row of the table.
 struct Row {
+    /// Whether the data set was held on the device (`hold_data`, `train_step_cells`).
+    held: bool,
     b: usize,
     step_s: f64,
     floor: Floor,
@@ -200,7 +203,13 @@ fn n_trainable(layout: &Layout) -> usize {
         .sum()
 }
 
-fn run(bd: &common::BenchData, a: &Args, b: usize, ceil: &Ceilings) -> scvi_rs::Result<Row> {
+fn run(
+    bd: &common::BenchData,
+    a: &Args,
+    b: usize,
+    held: bool,
+    ceil: &Ceilings,
+) -> scvi_rs::Result<Row> {
     let cfg = bd.config();
     let layout = Layout::new(&cfg);
     let state = ModelState::<f32>::init(layout.clone(), 0);
@@ -209,9 +218,21 @@ fn run(bd: &common::BenchData, a: &Args, b: usize, ceil: &Ceilings) -> scvi_rs::
     let mut engine = CudaEngine::new(gpu, &state, 0, AdamConfig::default())?;
     let mbs: Vec<Minibatch> = bd.minibatches_of(8, b);
     let mut step = 0u64;
+    let ids: Vec<Vec<u32>> = mbs
+        .iter()
+        .map(|m| m.cells.iter().map(|&c| c as u32).collect())
+        .collect();
+    if held {
+        let labels = vec![0u32; bd.data.n_cells()];
+        engine.hold_data(bd.data.counts.as_ref(), &bd.batch_codes, &labels)?;
+    }
     let one = |engine: &mut CudaEngine, step: &mut u64| -> scvi_rs::Result<()> {
-        let mb = &mbs[*step as usize % mbs.len()];
-        engine.train_step(mb, *step, 1.0)?;
+        let i = *step as usize % mbs.len();
+        if held {
+            engine.train_step_cells(&ids[i], *step, 1.0)?;
+        } else {
+            engine.train_step(&mbs[i], *step, 1.0)?;
+        }
         *step += 1;
         Ok(())
     };
@@ -241,6 +262,7 @@ fn run(bd: &common::BenchData, a: &Args, b: usize, ceil: &Ceilings) -> scvi_rs::
         ceil,
     );
     Ok(Row {
+        held,
         b,
         step_s,
         floor,
@@ -282,11 +304,13 @@ fn main() {
     }
     let mut rows = Vec::new();
     for &b in &a.sizes {
-        match run(&bd, &a, b, &ceil) {
-            Ok(r) => rows.push(r),
-            Err(e) => {
-                eprintln!("gpu_step: batch {b}: {e}");
-                std::process::exit(1);
+        for held in [false, true] {
+            match run(&bd, &a, b, held, &ceil) {
+                Ok(r) => rows.push(r),
+                Err(e) => {
+                    eprintln!("gpu_step: batch {b} (held on the device: {held}): {e}");
+                    std::process::exit(1);
+                }
             }
         }
     }
@@ -304,7 +328,8 @@ fn main() {
         let f = &r.floor;
         let epoch = (1_000_000f64 / r.b as f64).ceil() * r.step_s;
         println!(
-            "| host upload | {} | {:.3} | {:.0} | {:.2} | {:.1} ({:.1} + {:.1} + {:.1} + {:.1}) | {:.1} | {:.0} | {} | {} | {} | {} / {} |",
+            "| {} | {} | {:.3} | {:.0} | {:.2} | {:.1} ({:.1} + {:.1} + {:.1} + {:.1}) | {:.1} | {:.0} | {} | {} | {} | {} / {} |",
+            if r.held { "held on the device" } else { "host upload" },
             r.b,
             r.step_s * 1e3,
             r.b as f64 / r.step_s,
