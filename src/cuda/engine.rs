@@ -93,6 +93,24 @@ struct BatchPtrs {
     log_library: DevPtr,
 }
 
+impl BatchPtrs {
+    /// The sections of a minibatch of `b` cells and `nnz` non-zeros, one after another from
+    /// `base` in this order (4 bytes an element): indptr `[b + 1]`, indices and values `[nnz]`,
+    /// batch codes, label codes and log library `[b]`; and the bytes they take.
+    fn laid_out(base: DevPtr, b: usize, nnz: usize) -> (BatchPtrs, usize) {
+        let at = |words: usize| base + 4 * words as u64;
+        let p = BatchPtrs {
+            indptr: at(0),
+            indices: at(b + 1),
+            values: at(b + 1 + nnz),
+            batch: at(b + 1 + 2 * nnz),
+            labels: at(2 * b + 1 + 2 * nnz),
+            log_library: at(3 * b + 1 + 2 * nnz),
+        };
+        (p, 4 * (4 * b + 1 + 2 * nnz))
+    }
+}
+
 /// The GPU engine for one model (see the module documentation).
 pub struct CudaEngine {
     gpu: Gpu,
@@ -304,38 +322,26 @@ impl CudaEngine {
     fn upload(&mut self, batch: &Minibatch) -> Result<()> {
         let b = batch.len();
         let nnz = batch.indices.len();
-        let words = (b + 1) + 2 * nnz + 3 * b;
-        let bytes = words * 4;
+        let (_, bytes) = BatchPtrs::laid_out(0, b, nnz);
         self.reserve_batch(bytes)?;
         let st = self.staging.as_mut().expect("staging").as_mut_slice();
         let mut o = 0usize;
         let mut put = |v: &[u8]| {
             st[o..o + v.len()].copy_from_slice(v);
-            let at = o;
             o += v.len();
-            at
         };
         let indptr: Vec<u32> = batch.indptr.iter().map(|&v| v as u32).collect();
-        let o_indptr = put(as_bytes(&indptr));
-        let o_indices = put(as_bytes(&batch.indices));
-        let o_values = put(as_bytes(&batch.values));
-        let o_batch = put(as_bytes(&batch.batch[..b]));
-        let o_labels = put(as_bytes(&batch.labels[..b]));
+        put(as_bytes(&indptr));
+        put(as_bytes(&batch.indices));
+        put(as_bytes(&batch.values));
+        put(as_bytes(&batch.batch[..b]));
+        put(as_bytes(&batch.labels[..b]));
         let loglib: Vec<f32> = batch.log_library[..b].iter().map(|&v| v as f32).collect();
-        let o_loglib = put(as_bytes(&loglib));
+        put(as_bytes(&loglib));
         debug_assert_eq!(o, bytes);
-        let dev = self.batch_dev.as_ref().expect("batch buffer");
-        let base = dev.ptr();
+        let base = self.batch_dev.as_ref().expect("batch buffer").ptr();
         self.gpu.upload(base, &st[..bytes])?;
-        let at = |off: usize| base + off as u64;
-        self.bp = BatchPtrs {
-            indptr: at(o_indptr),
-            indices: at(o_indices),
-            values: at(o_values),
-            batch: at(o_batch),
-            labels: at(o_labels),
-            log_library: at(o_loglib),
-        };
+        self.bp = BatchPtrs::laid_out(base, b, nnz).0;
         Ok(())
     }
 

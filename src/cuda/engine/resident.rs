@@ -120,26 +120,15 @@ impl CudaEngine {
             .sum();
         let nnz = nnz as usize;
         // The minibatch's sections as `upload` lays them out, then the cell ids.
-        let (o_indptr, o_indices) = (0, 4 * (b + 1));
-        let o_values = o_indices + 4 * nnz;
-        let o_batch = o_values + 4 * nnz;
-        let (o_labels, o_loglib) = (o_batch + 4 * b, o_batch + 8 * b);
-        let o_cells = o_batch + 12 * b;
+        let (_, o_cells) = BatchPtrs::laid_out(0, b, nnz);
         self.reserve(b)?;
         self.reserve_batch(o_cells + 4 * b)?;
         let st = self.staging.as_mut().expect("staging").as_mut_slice();
         st[..4 * b].copy_from_slice(as_bytes(cells));
         let base = self.batch_dev.as_ref().expect("batch buffer").ptr();
-        let at = |off: usize| base + off as u64;
-        self.gpu.upload(at(o_cells), &st[..4 * b])?;
-        self.bp = BatchPtrs {
-            indptr: at(o_indptr),
-            indices: at(o_indices),
-            values: at(o_values),
-            batch: at(o_batch),
-            labels: at(o_labels),
-            log_library: at(o_loglib),
-        };
+        let cells_dev = base + o_cells as u64;
+        self.gpu.upload(cells_dev, &st[..4 * b])?;
+        self.bp = BatchPtrs::laid_out(base, b, nnz).0;
         let d = self.data.as_ref().expect("held data");
         ops::gather(
             &self.gpu,
@@ -150,7 +139,7 @@ impl CudaEngine {
                 src_batch: d.batch.ptr(),
                 src_labels: d.labels.ptr(),
                 src_log_library: d.log_library.ptr(),
-                cells: at(o_cells),
+                cells: cells_dev,
                 indptr: self.bp.indptr,
                 indices: self.bp.indices,
                 values: self.bp.values,
