@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The test suite, as README.md gives it. Makes libnvrtc findable (the nvidia-cuda-nvrtc-cu12 wheel
-# in .venv-nvrtc) so the kernel-compilation test compiles every CUDA kernel even on a machine with
-# no GPU and no CUDA toolkit; if that cannot be set up, that test prints why it skips (unless
-# SCVI_RS_REQUIRE_NVRTC=1, as CI sets, which turns the skip into a failure). Ends with one line
-# summing up every test binary's results.
+# The test suite, as README.md gives it. Makes libnvrtc findable (the NVRTC wheels of CUDA 12 and
+# 13 in .venv-nvrtc) so the kernel-compilation tests compile every CUDA kernel with both, even on a
+# machine with no GPU and no CUDA toolkit; if that cannot be set up, those tests print why they skip
+# (unless SCVI_RS_REQUIRE_NVRTC=1, as CI sets, which turns the skip into a failure). Ends with one
+# line summing up every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if dir="$(bash scripts/ci/setup_nvrtc.sh)"; then
-  export SCVI_RS_CUDA_LIB_DIR="$dir"
+if dir="$(bash scripts/ci/setup_nvrtc.sh 12)"; then
+  export SCVI_RS_CUDA_LIB_DIR="$dir" SCVI_RS_NVRTC12_DIR="$dir"
 else
-  echo "note: NVRTC could not be set up; the kernel compile test will skip" >&2
+  echo "note: NVRTC 12 could not be set up; the kernel compile tests will skip" >&2
+fi
+if dir="$(bash scripts/ci/setup_nvrtc.sh 13)"; then
+  export SCVI_RS_NVRTC13_DIR="$dir"
+else
+  echo "note: NVRTC 13 could not be set up; its compile test will skip" >&2
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

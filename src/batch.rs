@@ -32,7 +32,8 @@ impl Minibatch {
         (&self.indices[a..b], &self.values[a..b])
     }
 
-    /// Refill from rows of `x` (the one copy of a minibatch), reusing the allocations.
+    /// Refill from rows of `x` (the one copy of a minibatch), reusing the allocations. Its device
+    /// twin, for data held on the GPU: kernels/gather.cu.
     pub fn gather(
         &mut self,
         x: &dyn SparseRows,

@@ -60,8 +60,10 @@ pub trait Engine {
             "the decoder on given latents",
         ))
     }
-    /// The model's current values, in f32.
-    fn state(&self) -> ModelState<f32>;
+    /// The model's current values, in f32, once every queued update has finished. An engine whose
+    /// device can fail (the GPU) waits for its work and checks every read-back here: an error, never
+    /// a model of zeros or garbage, when the device faulted.
+    fn state(&self) -> Result<ModelState<f32>>;
     /// A short name for messages ("cpu", "cuda:0").
     fn name(&self) -> String;
 }

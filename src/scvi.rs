@@ -347,7 +347,9 @@ impl Scvi {
                 "no training step ran; nothing to save (check --max-steps and --max-epochs)".into(),
             ));
         }
-        self.state = engine.state();
+        // Waits for the device and checks the read-back: a fault at the end of training is an
+        // error here, and the model keeps its old values (nothing trained is saved).
+        self.state = engine.state()?;
         self.meta.train = Some(cfg.clone());
         self.meta.n_cells_trained = split.train.len();
         self.meta.engine = Some(engine.name());

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::gpu::gpu_or_skip;
+use common::gpu::{gpu_or_skip, gpu_required, scvi_bin};
 use scvi_rs::cuda::{self, device, libs};
 use scvi_rs::data::simulate::SimConfig;
 use scvi_rs::model::ModelConfig;
@@ -34,6 +34,7 @@ fn asking_for_a_gpu_is_an_error_or_works_never_a_panic() {
         Ok(Ok(name)) => println!("a GPU is here: {name}"),
         Ok(Err(Error::Cuda(m))) => {
             println!("no GPU engine here: {m}");
+            assert!(!gpu_required(), "SCVI_RS_REQUIRE_GPU=1 but: {m}");
             assert!(!cuda::gpu_available());
             assert!(m.len() > 20, "says why: {m}");
         }
@@ -58,10 +59,14 @@ fn a_device_that_does_not_exist() {
 
 #[test]
 fn missing_libraries_are_reported_not_panicked() {
-    for (lib, ok, detail) in libs::report() {
-        println!("lib{}: {}", lib.stem(), if ok { "loads" } else { &detail });
-        if !ok {
-            assert!(detail.contains("could not be loaded"), "{detail}");
+    for (lib, loaded) in libs::report() {
+        match loaded {
+            Ok(l) => println!("lib{}: {}", lib.stem(), l.describe()),
+            Err(e) => {
+                let detail = e.to_string();
+                println!("lib{}: {detail}", lib.stem());
+                assert!(detail.contains("could not be loaded"), "{detail}");
+            }
         }
     }
 }
@@ -83,13 +88,11 @@ fn out_of_device_memory_says_how_much() {
     }
 }
 
+/// `demo --device cuda:0` exits 1 with a CUDA message where there is no GPU, and trains where
+/// there is one.
 #[test]
-fn cli_device_cuda_without_a_gpu_exits_non_zero() {
-    if cuda::gpu_available() {
-        println!("a GPU is here; nothing to check");
-        return;
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_scvi-rs"))
+fn cli_device_cuda_exits_non_zero_without_a_gpu_and_trains_with_one() {
+    let out = Command::new(scvi_bin())
         .args([
             "demo", "--device", "cuda:0", "--cells", "200", "--genes", "50",
         ])
@@ -97,15 +100,24 @@ fn cli_device_cuda_without_a_gpu_exits_non_zero() {
         .output()
         .expect("run scvi-rs");
     let err = String::from_utf8_lossy(&out.stderr);
-    println!("exit {:?}\n{err}", out.status.code());
-    assert!(!out.status.success(), "exit status");
-    assert!(err.contains("CUDA"), "says CUDA: {err}");
+    println!(
+        "exit {:?}\n{}\n{err}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!err.contains("panicked"), "no panic: {err}");
+    if cuda::gpu_available() {
+        assert!(out.status.success(), "demo on the GPU failed: {err}");
+    } else {
+        assert!(!gpu_required(), "SCVI_RS_REQUIRE_GPU=1 but no GPU: {err}");
+        assert!(!out.status.success(), "exit status");
+        assert!(err.contains("CUDA"), "says CUDA: {err}");
+    }
 }
 
 #[test]
 fn doctor_runs_everywhere() {
-    let out = Command::new(env!("CARGO_BIN_EXE_scvi-rs"))
+    let out = Command::new(scvi_bin())
         .arg("doctor")
         .output()
         .expect("run scvi-rs doctor");
@@ -123,5 +135,9 @@ fn doctor_runs_everywhere() {
         "Kernels",
     ] {
         assert!(text.contains(s), "doctor reports {s}");
+    }
+    if gpu_required() {
+        assert!(text.contains("cuda:0: "), "doctor lists the GPU: {text}");
+        assert!(!text.contains("missing"), "every library loads: {text}");
     }
 }

@@ -17,14 +17,16 @@ use common::{f64s, Rng};
 use scvi_rs::batch::Minibatch;
 use scvi_rs::cpu::engine::NoiseBuffers;
 use scvi_rs::cpu::{CpuEngine, CpuTrainer};
-use scvi_rs::cuda::CudaEngine;
+use scvi_rs::cuda::{Counts, CudaEngine};
+use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::engine::{AdamConfig, Engine, Mode, Pass};
 use scvi_rs::model::config::{
     Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement,
 };
 use scvi_rs::model::init::ModelState;
 use scvi_rs::model::layout::Layout;
-use scvi_rs::rng::Philox;
+use scvi_rs::rng::{Philox, Stream};
+use scvi_rs::Error;
 
 /// PyTorch's initialisation, then BatchNorm affine parameters and running statistics, px_r and
 /// the library prior moved off their defaults so that every term is exercised.
@@ -241,7 +243,7 @@ fn step_matches(target: Target, what: &str) {
             c.check(&format!("grad {}", t.name), &a, &w, tol);
         }
         // Running statistics (and num_batches_tracked) after the training-mode forward pass.
-        let gs = eng.state();
+        let gs = eng.state().expect("state");
         for t in &layout.buffers {
             c.check_f32(
                 &format!("buffer {}", t.name),
@@ -287,7 +289,10 @@ fn training_matches(target: Target, what: &str) {
             &losses.1,
             Tol::new(1e-4, 1e-6, 1e-4),
         );
-        let (gs, cs) = (gpu.state(), cpu.state());
+        let (gs, cs) = (
+            gpu.state().expect("gpu state"),
+            cpu.state().expect("cpu state"),
+        );
         // After 3 Adam steps of lr 1e-3 the parameters differ by rounding of the updates only.
         c.check_f32(
             "params after 3 Adam steps",
@@ -319,7 +324,134 @@ fn training_matches(target: Target, what: &str) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// What one training step asks of the device, counted by `Gpu::counts` (the counts the step floor
+/// of docs/cuda.md is built on): the same launches and products every step, the dense products'
+/// arithmetic exactly `12 B H G` (the two `[B, G]` output heads, forward, weight and input
+/// gradients) `+ 18 B H L` (the q_m and q_v heads, the decoder layer on z) for scvi-tools' default
+/// model with one layer, 18 launches and 15 products, and one wait for the device per step: the
+/// per-cell losses read back.
+/// Issue 14's sync-free loop changes the last figure to one per N steps.
+fn step_counts(target: Target, what: &str) {
+    let Some((seed, mut rng)) = target.seeded(what) else {
+        return;
+    };
+    let g = 150 + rng.below(60);
+    let cfg = ModelConfig {
+        n_batch: 2,
+        ..small(g)
+    };
+    let (h, l) = (cfg.n_hidden as u64, cfg.n_latent as u64);
+    let state = random_state(&cfg, &mut rng);
+    let device = target.open(what).expect("device");
+    let mut gpu = CudaEngine::new(device, &state, rng.next(), AdamConfig::default()).expect("gpu");
+    let b = 24;
+    let batches: Vec<Minibatch> = (0..4).map(|_| random_batch(&cfg, b, &mut rng)).collect();
+    let mut per_step = Vec::new();
+    for (step, batch) in batches.iter().enumerate() {
+        let before = gpu.gpu().counts();
+        gpu.train_step(batch, step as u64, 0.5).expect("train step");
+        per_step.push(gpu.gpu().counts().since(&before));
+    }
+    println!("{what} (seed {seed}), B={b} G={g}: per step {per_step:?}");
+    // The first step sizes the work buffers; from the second on every step is alike, but for the
+    // upload, which is the minibatch's size.
+    let steady = per_step[1];
+    let alike = |c: &Counts| {
+        Counts { bytes_up: 0, ..*c }
+            == Counts {
+                bytes_up: 0,
+                ..steady
+            }
+    };
+    assert!(per_step[2..].iter().all(alike), "{per_step:?}");
+    let (b, g) = (b as u64, g as u64);
+    assert_eq!(
+        steady.gemm_flops,
+        12 * b * h * g + 18 * b * h * l,
+        "{steady:?}"
+    );
+    assert_eq!(steady.syncs, 1, "one wait per step: {steady:?}");
+    assert!(steady.bytes_down > 0 && steady.bytes_up > 0, "{steady:?}");
+    // docs/cuda.md's floor counts these: 18 launches and memsets, 15 products.
+    assert_eq!((steady.launches, steady.gemms), (18, 15), "{steady:?}");
+}
+
+/// Training on the data set held on the device (`hold_data`, `train_step_cells`: the minibatch
+/// gathered there by kernels/gather.cu) computes exactly what training on uploaded minibatches
+/// (`Minibatch::gather` on the host) computes: the same losses and the same state, bit for bit,
+/// over steps of different sizes; a step sends only its cell ids; bad cell ids are errors.
+fn device_data(target: Target, what: &str) {
+    let Some((seed, mut rng)) = target.seeded(what) else {
+        return;
+    };
+    let data = simulate(&SimConfig {
+        n_cells: 400,
+        n_genes: 90 + rng.below(40),
+        n_batches: 3,
+        seed: rng.next(),
+        ..SimConfig::default()
+    });
+    let (codes, cats) = data
+        .obs_column("batch")
+        .and_then(|c| c.to_categorical("batch"))
+        .expect("batch codes");
+    let labels = vec![0u32; data.n_cells()];
+    let cfg = ModelConfig {
+        n_batch: cats.len(),
+        ..small(data.n_genes())
+    };
+    let state = random_state(&cfg, &mut rng);
+    let run_seed = rng.next();
+    let adam = AdamConfig::default();
+    let open = || {
+        let device = target.open(what).expect("device");
+        CudaEngine::new(device, &state, run_seed, adam).expect("gpu engine")
+    };
+    let (mut host, mut held) = (open(), open());
+    let bytes = held
+        .hold_data(data.counts.as_ref(), &codes, &labels)
+        .expect("hold the data");
+    assert!(bytes > 0);
+    let perm = Philox::new(seed).permutation(Stream::Shuffle, 0, data.n_cells());
+    let mut mb = Minibatch::default();
+    let mut at = 0;
+    // Sizes across the gather's scan chunk (256 threads), a small one and the smallest.
+    for (step, b) in [40usize, 7, 300, 2].into_iter().enumerate() {
+        let cells = &perm[at..at + b];
+        at += b;
+        mb.gather(data.counts.as_ref(), cells, &codes, &labels);
+        let ids: Vec<u32> = cells.iter().map(|&c| c as u32).collect();
+        let want = host
+            .train_step(&mb, step as u64, 0.5)
+            .expect("uploaded step");
+        let before = held.gpu().counts();
+        let got = held
+            .train_step_cells(&ids, step as u64, 0.5)
+            .expect("held step");
+        let sent = held.gpu().counts().since(&before).bytes_up;
+        println!(
+            "{what} (seed {seed}): step {step}, B={}: {want:?}",
+            ids.len()
+        );
+        assert_eq!(format!("{got:?}"), format!("{want:?}"), "step {step}");
+        assert_eq!(sent, 4 * ids.len() as u64, "only the cell ids go up");
+    }
+    let (hs, gs) = (host.state().expect("state"), held.state().expect("state"));
+    assert!(
+        hs.params == gs.params && hs.buffers == gs.buffers,
+        "states differ"
+    );
+    for bad in [vec![0u32, 400], vec![5u32]] {
+        match held.train_step_cells(&bad, 9, 0.5) {
+            Err(Error::Shape(m)) => println!("{m}"),
+            other => panic!("expected a shape error for {bad:?}, got {other:?}"),
+        }
+    }
+}
+
 device_tests! {
+    device_data_emulated, device_data_on_gpu => device_data;
     step_matches_cpu_emulated, step_matches_cpu_on_gpu => step_matches;
     training_matches_cpu_emulated, training_matches_cpu_on_gpu => training_matches;
+    step_counts_emulated, step_counts_on_gpu => step_counts;
 }

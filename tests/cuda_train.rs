@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::gpu::{gpu_or_skip, skip};
+use common::gpu::{gpu_or_skip, skip_gpu_test};
 use scvi_rs::model::ModelConfig;
 use scvi_rs::store::load_dataset;
 use scvi_rs::train::TrainConfig;
@@ -34,7 +34,7 @@ fn twenty_epochs_on_kang_match_the_cpu() {
         return;
     }
     let Some(path) = kang() else {
-        skip(
+        skip_gpu_test(
             test,
             "kang_ifnb_hvg2k.h5ad not found (set SCVI_RS_KANG_H5AD)",
         );

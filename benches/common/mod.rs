@@ -87,9 +87,14 @@ impl BenchData {
 
     /// `n` minibatches of `BATCH_SIZE` cells drawn as one shuffled epoch draws them.
     pub fn minibatches(&self, n: usize) -> Vec<Minibatch> {
+        self.minibatches_of(n, BATCH_SIZE)
+    }
+
+    /// `n` minibatches of `size` cells drawn as one shuffled epoch draws them.
+    pub fn minibatches_of(&self, n: usize, size: usize) -> Vec<Minibatch> {
         let perm = Philox::new(0).permutation(Stream::Shuffle, 0, self.data.n_cells());
         let labels = vec![0u32; self.data.n_cells()];
-        perm.chunks(BATCH_SIZE)
+        perm.chunks(size)
             .take(n)
             .map(|cells| {
                 let mut mb = Minibatch::default();

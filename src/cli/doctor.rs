@@ -72,16 +72,17 @@ pub fn run_doctor(cmd: &DoctorCmd) -> Result<()> {
     println!();
     println!("CUDA libraries (loaded at run time; none is needed to build or to train on the CPU)");
     let mut have = std::collections::HashMap::new();
-    for (lib, ok, detail) in libs::report() {
-        have.insert(lib.stem(), ok);
-        if ok {
-            println!("  {:<8} loads", format!("lib{}", lib.stem()));
-        } else {
-            println!("  {:<8} missing: {detail}", format!("lib{}", lib.stem()));
+    for (lib, loaded) in libs::report() {
+        have.insert(lib.stem(), loaded.is_ok());
+        let name = format!("lib{}", lib.stem());
+        match loaded {
+            Ok(l) => println!("  {name:<9} {}", l.describe()),
+            Err(e) => println!("  {name:<9} missing: {e}"),
         }
     }
-    if let Ok(dirs) = std::env::var(libs::LIB_DIR_ENV) {
-        println!("  {} = {dirs}", libs::LIB_DIR_ENV);
+    println!("  searched, in order:");
+    for d in libs::search_dirs() {
+        println!("    {} ({})", d.dir.display(), d.source.describe());
     }
     let nvrtc_ok = have.get("nvrtc").copied().unwrap_or(false);
     if nvrtc_ok {

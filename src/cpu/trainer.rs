@@ -178,8 +178,8 @@ impl<T: Float> Engine for CpuTrainer<T> {
         Ok(())
     }
 
-    fn state(&self) -> ModelState<f32> {
-        self.state.cast()
+    fn state(&self) -> Result<ModelState<f32>> {
+        Ok(self.state.cast())
     }
 
     fn name(&self) -> String {

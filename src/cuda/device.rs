@@ -4,6 +4,8 @@
 //! ([`DevPtr`]), owned by [`DevBuf`]s; every kernel takes one `#[repr(C)]` argument struct
 //! ([`super::kernels`]). All work goes to one stream, in order.
 
+use super::cublas::Blas;
+pub use super::cublas::Sgemm;
 use super::kernels::{DevPtr, KERNEL_FILES};
 use super::libs::{self, Lib};
 use super::nvrtc::{self, Image};
@@ -144,9 +146,10 @@ impl Launch {
 }
 
 struct CudaDev {
+    // Dropped first: the handle goes before the stream it is bound to.
+    blas: Blas,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    blas: cudarc::cublas::CudaBlas,
     funcs: HashMap<&'static str, CudaFunction>,
     arch: String,
 }
@@ -162,13 +165,129 @@ enum EmuLib {}
 enum Backend {
     Cuda(Box<CudaDev>),
     #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
-    Emu(EmuLib),
+    Emu(EmuLib, Faults),
+}
+
+/// Device faults planted in the emulation, so that the tests can check that a fault is an error
+/// wherever it surfaces. A fault behaves as CUDA's sticky errors do (an illegal address, say):
+/// launches keep being accepted, the next synchronisation (a `sync`, a download) reports it, and
+/// every later call fails too.
+struct Faults {
+    /// Synchronisations left before the fault surfaces (`u64::MAX`: none planted).
+    syncs_left: std::sync::atomic::AtomicU64,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+/// No fault planted.
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            syncs_left: std::sync::atomic::AtomicU64::new(u64::MAX),
+            tripped: Default::default(),
+        }
+    }
+}
+
+impl Faults {
+    fn error(what: &str) -> Error {
+        Error::Cuda(format!(
+            "{what}: CUDA_ERROR_ILLEGAL_ADDRESS (a device fault planted by the test)"
+        ))
+    }
+
+    /// A synchronisation: fails once the planted count is used up, and from then on.
+    fn at_sync(&self, what: &str) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.tripped.load(SeqCst) {
+            return Err(Self::error(what));
+        }
+        let left = self.syncs_left.load(SeqCst);
+        if left == u64::MAX {
+            return Ok(());
+        }
+        if left == 0 {
+            self.tripped.store(true, SeqCst);
+            return Err(Self::error(what));
+        }
+        self.syncs_left.store(left - 1, SeqCst);
+        Ok(())
+    }
+
+    /// Any other call: fails once the fault has surfaced.
+    fn after_fault(&self, what: &str) -> Result<()> {
+        if self.tripped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Self::error(what));
+        }
+        Ok(())
+    }
 }
 
 /// A device with its compiled kernels.
 pub struct Gpu {
     backend: Backend,
     pub info: DeviceInfo,
+    tally: Tally,
+}
+
+/// What a [`Gpu`] has been asked to do since it was opened (a snapshot of [`Gpu::counts`]):
+/// the figures the step floor of docs/cuda.md is counted from, and what the tests hold the step
+/// loop to (how many launches, products and synchronisations a step makes). Counted on the host
+/// as the calls are made, so the emulation counts exactly what a device would be sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Kernel launches and memsets (each a stream operation with its own launch cost).
+    pub launches: u64,
+    /// cuBLAS sgemm calls, and their arithmetic, `2 m n k` each.
+    pub gemms: u64,
+    pub gemm_flops: u64,
+    /// Host waits for the device: [`Gpu::sync`], and each download (which waits).
+    pub syncs: u64,
+    /// Bytes copied host to device and device to host.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl Counts {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            launches: self.launches - earlier.launches,
+            gemms: self.gemms - earlier.gemms,
+            gemm_flops: self.gemm_flops - earlier.gemm_flops,
+            syncs: self.syncs - earlier.syncs,
+            bytes_up: self.bytes_up - earlier.bytes_up,
+            bytes_down: self.bytes_down - earlier.bytes_down,
+        }
+    }
+}
+
+/// The running [`Counts`] (atomics, as a `Gpu` may be shared by reference across threads).
+#[derive(Default)]
+struct Tally([std::sync::atomic::AtomicU64; 6]);
+
+impl Tally {
+    const LAUNCHES: usize = 0;
+    const GEMMS: usize = 1;
+    const GEMM_FLOPS: usize = 2;
+    const SYNCS: usize = 3;
+    const UP: usize = 4;
+    const DOWN: usize = 5;
+
+    fn add(&self, what: usize, n: u64) {
+        self.0[what].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Counts {
+        let v = |i: usize| self.0[i].load(std::sync::atomic::Ordering::Relaxed);
+        Counts {
+            launches: v(Self::LAUNCHES),
+            gemms: v(Self::GEMMS),
+            gemm_flops: v(Self::GEMM_FLOPS),
+            syncs: v(Self::SYNCS),
+            bytes_up: v(Self::UP),
+            bytes_down: v(Self::DOWN),
+        }
+    }
 }
 
 /// An allocation on a [`Gpu`]; freed on drop.
@@ -260,8 +379,7 @@ impl Gpu {
             // SAFETY: nothing was allocated through cudarc's tracked slices in this context.
             unsafe { ctx.disable_event_tracking() };
             let stream = ctx.new_stream().map_err(|e| drv(e, "creating a stream"))?;
-            let blas = cudarc::cublas::CudaBlas::new(stream.clone())
-                .map_err(|e| Error::Cuda(format!("creating a cuBLAS handle: {e:?}")))?;
+            let blas = Blas::new(stream.cu_stream() as *mut std::ffi::c_void)?;
             let cc = info.compute_capability.0 * 10 + info.compute_capability.1;
             let arch = nvrtc::arch_for(cc)?;
             let mut funcs = HashMap::new();
@@ -290,6 +408,7 @@ impl Gpu {
                     arch,
                 })),
                 info: info.clone(),
+                tally: Tally::default(),
             })
         })
     }
@@ -298,7 +417,7 @@ impl Gpu {
     #[cfg(feature = "test-support")]
     pub fn emulated() -> Result<Gpu> {
         Ok(Gpu {
-            backend: Backend::Emu(super::emu::library()?),
+            backend: Backend::Emu(super::emu::library()?, Faults::default()),
             info: DeviceInfo {
                 index: 0,
                 name: "host emulation of the CUDA kernels".into(),
@@ -306,18 +425,34 @@ impl Gpu {
                 compute_capability: (0, 0),
                 multiprocessors: 1,
             },
+            tally: Tally::default(),
         })
     }
 
+    /// Plant a device fault in the emulation: the `syncs`-th synchronisation from now (0: the
+    /// next) fails, as does every call after it (tests only).
+    #[cfg(feature = "test-support")]
+    pub fn plant_fault(&self, syncs: u64) {
+        if let Backend::Emu(_, f) = &self.backend {
+            f.syncs_left
+                .store(syncs, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// What this device has been asked to do so far (see [`Counts`]).
+    pub fn counts(&self) -> Counts {
+        self.tally.snapshot()
+    }
+
     pub fn is_emulated(&self) -> bool {
-        matches!(self.backend, Backend::Emu(_))
+        matches!(self.backend, Backend::Emu(..))
     }
 
     /// The architecture the kernels were compiled for ("sm_90"), or "host".
     pub fn arch(&self) -> &str {
         match &self.backend {
             Backend::Cuda(c) => &c.arch,
-            Backend::Emu(_) => "host",
+            Backend::Emu(..) => "host",
         }
     }
 
@@ -335,7 +470,7 @@ impl Gpu {
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         match &self.backend {
             Backend::Cuda(c) => c.ctx.mem_get_info().map_err(|e| drv(e, "cuMemGetInfo")),
-            Backend::Emu(_) => Ok((usize::MAX, usize::MAX)),
+            Backend::Emu(..) => Ok((usize::MAX, usize::MAX)),
         }
     }
 
@@ -384,7 +519,8 @@ impl Gpu {
                     }
                 }
             }
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
+                f.after_fault("device allocation failed")?;
                 let mut v = vec![0u64; bytes.div_ceil(8)];
                 // Poison, as device memory is not zeroed: NaN in every f32 and f64 slot.
                 v.iter_mut().for_each(|w| *w = 0x7FF8_0000_7FC0_0000);
@@ -437,6 +573,7 @@ impl Gpu {
         if src.is_empty() {
             return Ok(());
         }
+        self.tally.add(Tally::UP, src.len() as u64);
         match &self.backend {
             Backend::Cuda(c) => {
                 // SAFETY: `dst` addresses at least `src.len()` bytes of a live DevBuf (callers size
@@ -444,7 +581,8 @@ impl Gpu {
                 unsafe { dr::memcpy_htod_async(dst, src, c.stream.cu_stream()) }
                     .map_err(|e| drv(e, "copying to the device"))
             }
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
+                f.after_fault("copying to the device")?;
                 // SAFETY: as above, `dst` is a host allocation of at least `src.len()` bytes.
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
                 Ok(())
@@ -457,6 +595,7 @@ impl Gpu {
         if dst.is_empty() {
             return Ok(());
         }
+        self.tally.add(Tally::DOWN, dst.len() as u64);
         match &self.backend {
             Backend::Cuda(c) => {
                 // SAFETY: `src` addresses at least `dst.len()` bytes of a live DevBuf; the stream
@@ -465,12 +604,13 @@ impl Gpu {
                     .map_err(|e| drv(e, "copying from the device"))?;
                 self.sync()
             }
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
                 // SAFETY: as above, on host memory.
                 unsafe {
                     std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len())
                 };
-                Ok(())
+                self.tally.add(Tally::SYNCS, 1);
+                f.at_sync("a kernel or copy on the device failed")
             }
         }
     }
@@ -507,13 +647,15 @@ impl Gpu {
         if bytes == 0 {
             return Ok(());
         }
+        self.tally.add(Tally::LAUNCHES, 1);
         match &self.backend {
             Backend::Cuda(c) => {
                 // SAFETY: `dst` addresses `bytes` bytes of a live DevBuf.
                 unsafe { dr::memset_d8_async(dst, 0, bytes, c.stream.cu_stream()) }
                     .map_err(|e| drv(e, "clearing device memory"))
             }
-            Backend::Emu(_) => {
+            Backend::Emu(_, f) => {
+                f.after_fault("clearing device memory")?;
                 // SAFETY: as above, on host memory.
                 unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
                 Ok(())
@@ -523,17 +665,19 @@ impl Gpu {
 
     /// Wait for all queued work; a kernel fault surfaces here.
     pub fn sync(&self) -> Result<()> {
+        self.tally.add(Tally::SYNCS, 1);
         match &self.backend {
             Backend::Cuda(c) => c
                 .stream
                 .synchronize()
                 .map_err(|e| drv(e, "a kernel or copy on the device failed")),
-            Backend::Emu(_) => Ok(()),
+            Backend::Emu(_, f) => f.at_sync("a kernel or copy on the device failed"),
         }
     }
 
     /// Launch kernel `name` with its argument struct.
     pub fn launch<A: DeviceRepr>(&self, name: &'static str, l: Launch, args: &A) -> Result<()> {
+        self.tally.add(Tally::LAUNCHES, 1);
         match &self.backend {
             Backend::Cuda(c) => {
                 let f = c
@@ -553,7 +697,10 @@ impl Gpu {
                 unsafe { b.launch(cfg) }.map_err(|e| drv(e, &format!("launching {name}")))?;
                 Ok(())
             }
-            Backend::Emu(lib) => emulated_launch(lib, name, l, args),
+            Backend::Emu(lib, f) => {
+                f.after_fault(&format!("launching {name}"))?;
+                emulated_launch(lib, name, l, args)
+            }
         }
     }
 
@@ -562,59 +709,24 @@ impl Gpu {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
+        self.tally.add(Tally::GEMMS, 1);
+        self.tally.add(
+            Tally::GEMM_FLOPS,
+            2 * (g.m as u64) * (g.n as u64) * (g.k as u64),
+        );
         match &self.backend {
-            Backend::Cuda(cd) => {
-                use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-                let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-                // SAFETY: the pointers address matrices of the stated shapes and leading
-                // dimensions inside live DevBufs (the engine sizes them from the layout); C does
-                // not alias A or B. The handle is bound to our stream.
-                unsafe {
-                    cudarc::cublas::result::sgemm(
-                        *cd.blas.handle(),
-                        op(g.trans_a),
-                        op(g.trans_b),
-                        g.m as i32,
-                        g.n as i32,
-                        g.k as i32,
-                        &g.alpha,
-                        g.a as *const f32,
-                        g.lda as i32,
-                        g.b as *const f32,
-                        g.ldb as i32,
-                        &g.beta,
-                        g.c as *mut f32,
-                        g.ldc as i32,
-                    )
-                }
-                .map_err(|e| Error::Cuda(format!("cuBLAS sgemm: {e:?}")))
-            }
-            Backend::Emu(_) => {
+            // SAFETY: the pointers address matrices of the stated shapes and leading dimensions
+            // inside live DevBufs (the engine sizes them from the layout); C does not alias A or
+            // B. The handle is bound to our stream.
+            Backend::Cuda(cd) => unsafe { cd.blas.sgemm(g) },
+            Backend::Emu(_, f) => {
+                f.after_fault("cuBLAS sgemm")?;
                 // SAFETY: as above, on host memory.
                 unsafe { host_sgemm(g) };
                 Ok(())
             }
         }
     }
-}
-
-/// The arguments of a column-major `C = alpha op(A) op(B) + beta C`, as cuBLAS's sgemm takes them:
-/// `op(A)` m x k, `op(B)` k x n, C m x n, leading dimensions in elements.
-#[derive(Clone, Copy, Debug)]
-pub struct Sgemm {
-    pub trans_a: bool,
-    pub trans_b: bool,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub alpha: f32,
-    pub a: DevPtr,
-    pub lda: usize,
-    pub b: DevPtr,
-    pub ldb: usize,
-    pub beta: f32,
-    pub c: DevPtr,
-    pub ldc: usize,
 }
 
 /// Launch an emulated kernel with its argument struct.

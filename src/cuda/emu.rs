@@ -13,19 +13,13 @@
 //! and the shared constants (the same `-D` defines NVRTC gets) under the system's temporary
 //! directory.
 
+use super::dl::{self, Name};
 use super::kernels::{define_options, fnv1a, struct_sizes, COMMON_CUH, KERNEL_FILES};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
-
-extern "C" {
-    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-    fn dlerror() -> *const c_char;
-}
-const RTLD_NOW: c_int = 2;
 
 /// An emulated kernel: takes a pointer to its argument struct.
 type EmuKernel = unsafe extern "C" fn(*const c_void);
@@ -49,18 +43,6 @@ unsafe impl Sync for EmuLib {}
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     static L: Mutex<()> = Mutex::new(());
     L.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn dl_error() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated string owned by libc.
-    unsafe {
-        let e = dlerror();
-        if e.is_null() {
-            "unknown error".into()
-        } else {
-            CStr::from_ptr(e).to_string_lossy().into_owned()
-        }
-    }
 }
 
 /// Build (once per process and source hash) and load the emulation library.
@@ -127,43 +109,27 @@ fn build(dir: &Path, so: &Path) -> Result<()> {
 }
 
 fn load(so: &Path) -> Result<EmuLib> {
-    let c = CString::new(so.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::Cuda("bad emulation library path".into()))?;
-    // SAFETY: a valid path; the handle is kept for the life of the process.
-    let h = unsafe { dlopen(c.as_ptr(), RTLD_NOW) };
-    if h.is_null() {
-        return Err(Error::Cuda(format!("kernel emulation: {}", dl_error())));
-    }
-    let sym = |name: &str| -> Result<*mut c_void> {
-        let n = CString::new(name).map_err(|_| Error::Cuda("bad symbol".into()))?;
-        // SAFETY: `h` is a live handle and `n` a NUL-terminated name.
-        let p = unsafe { dlsym(h, n.as_ptr()) };
-        if p.is_null() {
-            Err(Error::Cuda(format!(
-                "kernel emulation: symbol {name} missing: {}",
-                dl_error()
-            )))
-        } else {
-            Ok(p)
-        }
-    };
+    let err = |m: String| Error::Cuda(format!("kernel emulation: {m}"));
+    let h = dl::open(Name::Path(so), false).map_err(err)?;
     // SAFETY: the symbols have exactly these signatures in kernels/common.cuh (SCVI_KERNEL and
-    // scvi_emu_launch under SCVI_EMU).
-    let launch: EmuLaunch = unsafe { std::mem::transmute(sym("scvi_emu_launch")?) };
-    let size_of: unsafe extern "C" fn(*const c_char) -> u64 =
-        unsafe { std::mem::transmute(sym("scvi_emu_sizeof")?) };
-    let mut kernels = HashMap::new();
-    for f in KERNEL_FILES {
-        for &e in f.entries {
-            let k: EmuKernel = unsafe { std::mem::transmute(sym(e)?) };
-            kernels.insert(e, k);
+    // scvi_emu_launch under SCVI_EMU), and scvi_emu_sizeof in the generated emu_main.cpp.
+    unsafe {
+        let launch: EmuLaunch = dl::function(&h, "scvi_emu_launch").map_err(err)?;
+        let size_of: unsafe extern "C" fn(*const c_char) -> u64 =
+            dl::function(&h, "scvi_emu_sizeof").map_err(err)?;
+        let mut kernels = HashMap::new();
+        for f in KERNEL_FILES {
+            for &e in f.entries {
+                let k: EmuKernel = dl::function(&h, e).map_err(err)?;
+                kernels.insert(e, k);
+            }
         }
+        Ok(EmuLib {
+            launch,
+            size_of,
+            kernels,
+        })
     }
-    Ok(EmuLib {
-        launch,
-        size_of,
-        kernels,
-    })
 }
 
 impl EmuLib {

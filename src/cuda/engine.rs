@@ -37,6 +37,8 @@ use crate::model::init::ModelState;
 use crate::model::layout::{EncoderIds, FcLayerIds, Layout, LinearIds};
 use crate::rng::Stream;
 
+mod resident;
+
 /// What one FCLayers layer keeps for its backward pass.
 struct LayerBufs {
     lin: DevBuf,
@@ -91,6 +93,24 @@ struct BatchPtrs {
     log_library: DevPtr,
 }
 
+impl BatchPtrs {
+    /// The sections of a minibatch of `b` cells and `nnz` non-zeros, one after another from
+    /// `base` in this order (4 bytes an element): indptr `[b + 1]`, indices and values `[nnz]`,
+    /// batch codes, label codes and log library `[b]`; and the bytes they take.
+    fn laid_out(base: DevPtr, b: usize, nnz: usize) -> (BatchPtrs, usize) {
+        let at = |words: usize| base + 4 * words as u64;
+        let p = BatchPtrs {
+            indptr: at(0),
+            indices: at(b + 1),
+            values: at(b + 1 + nnz),
+            batch: at(b + 1 + 2 * nnz),
+            labels: at(2 * b + 1 + 2 * nnz),
+            log_library: at(3 * b + 1 + 2 * nnz),
+        };
+        (p, 4 * (4 * b + 1 + 2 * nnz))
+    }
+}
+
 /// The GPU engine for one model (see the module documentation).
 pub struct CudaEngine {
     gpu: Gpu,
@@ -116,6 +136,8 @@ pub struct CudaEngine {
     kl_z: Vec<f64>,
     kl_l: Vec<f64>,
     last_b: usize,
+    /// The data set held on the device, when the caller asked for it (`hold_data`).
+    data: Option<resident::DeviceData>,
 }
 
 /// Which encoder.
@@ -187,6 +209,7 @@ impl CudaEngine {
             kl_z: Vec::new(),
             kl_l: Vec::new(),
             last_b: 0,
+            data: None,
         })
     }
 
@@ -284,11 +307,8 @@ impl CudaEngine {
     }
 
     /// Copy the minibatch to the device in one transfer from pinned memory.
-    fn upload(&mut self, batch: &Minibatch) -> Result<()> {
-        let b = batch.len();
-        let nnz = batch.indices.len();
-        let words = (b + 1) + 2 * nnz + 3 * b;
-        let bytes = words * 4;
+    /// The minibatch's device buffer and its pinned staging twin, at least `bytes` each.
+    fn reserve_batch(&mut self, bytes: usize) -> Result<()> {
         if self.staging.as_ref().is_none_or(|s| s.len() < bytes) {
             let want = bytes.max(1024) * 5 / 4;
             self.batch_dev = None;
@@ -296,35 +316,32 @@ impl CudaEngine {
             self.batch_dev = Some(self.gpu.alloc(want, "the minibatch")?);
             self.staging = Some(self.gpu.alloc_pinned(want)?);
         }
+        Ok(())
+    }
+
+    fn upload(&mut self, batch: &Minibatch) -> Result<()> {
+        let b = batch.len();
+        let nnz = batch.indices.len();
+        let (_, bytes) = BatchPtrs::laid_out(0, b, nnz);
+        self.reserve_batch(bytes)?;
         let st = self.staging.as_mut().expect("staging").as_mut_slice();
         let mut o = 0usize;
         let mut put = |v: &[u8]| {
             st[o..o + v.len()].copy_from_slice(v);
-            let at = o;
             o += v.len();
-            at
         };
         let indptr: Vec<u32> = batch.indptr.iter().map(|&v| v as u32).collect();
-        let o_indptr = put(as_bytes(&indptr));
-        let o_indices = put(as_bytes(&batch.indices));
-        let o_values = put(as_bytes(&batch.values));
-        let o_batch = put(as_bytes(&batch.batch[..b]));
-        let o_labels = put(as_bytes(&batch.labels[..b]));
+        put(as_bytes(&indptr));
+        put(as_bytes(&batch.indices));
+        put(as_bytes(&batch.values));
+        put(as_bytes(&batch.batch[..b]));
+        put(as_bytes(&batch.labels[..b]));
         let loglib: Vec<f32> = batch.log_library[..b].iter().map(|&v| v as f32).collect();
-        let o_loglib = put(as_bytes(&loglib));
+        put(as_bytes(&loglib));
         debug_assert_eq!(o, bytes);
-        let dev = self.batch_dev.as_ref().expect("batch buffer");
-        let base = dev.ptr();
+        let base = self.batch_dev.as_ref().expect("batch buffer").ptr();
         self.gpu.upload(base, &st[..bytes])?;
-        let at = |off: usize| base + off as u64;
-        self.bp = BatchPtrs {
-            indptr: at(o_indptr),
-            indices: at(o_indices),
-            values: at(o_values),
-            batch: at(o_batch),
-            labels: at(o_labels),
-            log_library: at(o_loglib),
-        };
+        self.bp = BatchPtrs::laid_out(base, b, nnz).0;
         Ok(())
     }
 
@@ -759,15 +776,13 @@ pub fn check_config(cfg: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
-impl Engine for CudaEngine {
-    /// As `CpuEngine::forward_backward`, as a sequence of launches (see the module documentation).
-    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts> {
+impl CudaEngine {
+    /// Queue one pass over the `b` cells of the minibatch at `self.bp` (uploaded, or gathered on
+    /// the device): forward, and with `pass.grads` the backward pass into the gradient buffer
+    /// (zeroed first). Nothing waits for the device; the per-cell losses are left in the work
+    /// buffer (`losses`: reconstruction `[cap]`, KL_z `[cap]`, KL_l `[cap]`, f64).
+    pub(super) fn launch_pass(&mut self, b: usize, pass: Pass) -> Result<()> {
         let (step, kl_weight, mode, grads) = (pass.step, pass.kl_weight, pass.mode, pass.grads);
-        self.gpu.bind()?;
-        validate_minibatch(batch, &self.layout, mode)?;
-        let b = batch.len();
-        self.reserve(b)?;
-        self.upload(batch)?;
         self.refresh_transposes()?;
         let train = mode == Mode::Train;
         let cfg = self.layout.config.clone();
@@ -863,7 +878,13 @@ impl Engine for CudaEngine {
             }
         }
 
-        // The per-cell losses: the step's one wait for the device.
+        Ok(())
+    }
+
+    /// Read the per-cell losses of the last pass over `b` cells back (waiting for the device),
+    /// keep them for `per_cell_losses`, and sum them.
+    fn read_losses(&mut self, b: usize, kl_weight: f64) -> Result<LossParts> {
+        let cfg = &self.layout.config;
         let cap = self.work.as_ref().expect("work").cap;
         let mut losses = vec![0f64; 3 * cap];
         let lp = self.work.as_ref().expect("work").losses.ptr();
@@ -882,6 +903,20 @@ impl Engine for CudaEngine {
         Ok(LossParts::from_sums(
             b, rec_sum, kl_z_sum, kl_l_sum, kl_weight,
         ))
+    }
+}
+
+impl Engine for CudaEngine {
+    /// As `CpuEngine::forward_backward`, as a sequence of launches (see the module documentation),
+    /// then the per-cell losses read back: the step's one wait for the device.
+    fn forward_backward(&mut self, batch: &Minibatch, pass: Pass) -> Result<LossParts> {
+        self.gpu.bind()?;
+        validate_minibatch(batch, &self.layout, pass.mode)?;
+        let b = batch.len();
+        self.reserve(b)?;
+        self.upload(batch)?;
+        self.launch_pass(b, pass)?;
+        self.read_losses(b, pass.kl_weight)
     }
 
     fn adam_update(&mut self) -> Result<()> {
@@ -925,22 +960,32 @@ impl Engine for CudaEngine {
         self.posterior()
     }
 
-    fn state(&self) -> ModelState<f32> {
+    /// Waits for every queued launch (the last Adam step is never synchronised by the training
+    /// loop), then reads the values back, each copy checked: a device fault is an error here,
+    /// never a model of zeros. Values that are not finite are refused too: a fault that
+    /// corrupted memory without an error code must not become a saved model either.
+    fn state(&self) -> Result<ModelState<f32>> {
+        self.gpu.bind()?;
+        self.gpu.sync()?;
         let mut s = ModelState::<f32>::zeros(self.layout.clone());
-        // The trait cannot fail here; a device error leaves zeros and is reported by the next call.
-        let ok = self.gpu.bind().is_ok()
-            && self
-                .gpu
-                .download_f32(&mut s.params, self.params.ptr())
-                .is_ok()
-            && self
-                .gpu
-                .download_f32(&mut s.buffers, self.buffers.ptr())
-                .is_ok();
-        if !ok {
-            eprintln!("warning: could not read the model back from the GPU");
+        self.gpu.download_f32(&mut s.params, self.params.ptr())?;
+        self.gpu.download_f32(&mut s.buffers, self.buffers.ptr())?;
+        for (tensors, values) in [
+            (&self.layout.params, &s.params),
+            (&self.layout.buffers, &s.buffers),
+        ] {
+            for t in tensors {
+                if let Some(i) = values[t.range()].iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Cuda(format!(
+                        "the model read back from {} is corrupt: {}[{i}] is {}",
+                        self.name(),
+                        t.name,
+                        values[t.range()][i]
+                    )));
+                }
+            }
         }
-        s
+        Ok(s)
     }
 
     fn name(&self) -> String {

@@ -42,6 +42,8 @@ pub const DECODER_OUTPUT_FWD: &str = "decoder_output_fwd";
 pub const DECODER_OUTPUT_BWD: &str = "decoder_output_bwd";
 pub const COLUMN_SUM_BWD: &str = "column_sum_bwd";
 pub const ADAM_STEP: &str = "adam_step";
+pub const GATHER_OFFSETS_FWD: &str = "gather_offsets_fwd";
+pub const GATHER_ROWS_FWD: &str = "gather_rows_fwd";
 
 /// One kernel file, its entry points and the CPU module that is its twin.
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +90,12 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         entries: &[ADAM_STEP],
         cpu_twin: "src/cpu/adam.rs",
     },
+    KernelFile {
+        name: "gather.cu",
+        source: include_str!("../../kernels/gather.cu"),
+        entries: &[GATHER_OFFSETS_FWD, GATHER_ROWS_FWD],
+        cpu_twin: "src/batch.rs",
+    },
 ];
 
 // Flags and block shapes (passed to the kernels by `defines`).
@@ -120,6 +128,8 @@ pub const THETA_GENE: u32 = 1;
 pub const THETA_CATEGORY: u32 = 2;
 pub const THETA_CELL: u32 = 3;
 pub const OUT_THREADS: u32 = 256;
+/// gather.cu: threads of the one offsets block (its scan's width) and of each row block.
+pub const GATHER_THREADS: u32 = 256;
 
 /// The constants the kernels take from Rust, as `(name, C literal)`: passed as `-DNAME=VALUE` to
 /// NVRTC and to the emulation's C++ compiler. Floating-point values are written in the shortest
@@ -153,6 +163,7 @@ pub fn defines() -> Vec<(&'static str, String)> {
         ("THETA_CATEGORY", u(THETA_CATEGORY)),
         ("THETA_CELL", u(THETA_CELL)),
         ("OUT_THREADS", u(OUT_THREADS)),
+        ("GATHER_THREADS", u(GATHER_THREADS)),
     ]
 }
 
@@ -449,6 +460,28 @@ impl AdamArgs {
     }
 }
 
+/// gather.cu `GatherArgs`: the data set held on the device (`src_*`), the B cell ids, and where
+/// the minibatch goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GatherArgs {
+    pub src_indptr: DevPtr,
+    pub src_indices: DevPtr,
+    pub src_values: DevPtr,
+    pub src_batch: DevPtr,
+    pub src_labels: DevPtr,
+    pub src_log_library: DevPtr,
+    pub cells: DevPtr,
+    pub indptr: DevPtr,
+    pub indices: DevPtr,
+    pub values: DevPtr,
+    pub batch: DevPtr,
+    pub labels: DevPtr,
+    pub log_library: DevPtr,
+    pub rows: u32,
+    pub pad: u32,
+}
+
 // SAFETY: each is #[repr(C)], made of integers, floats and device addresses, and mirrors the
 // kernel-side struct of the same name field for field (tests/cuda_kernels.rs checks the sizes
 // against the C++ compiler's).
@@ -461,6 +494,7 @@ unsafe impl DeviceRepr for LatentArgs {}
 unsafe impl DeviceRepr for OutputArgs {}
 unsafe impl DeviceRepr for ColumnArgs {}
 unsafe impl DeviceRepr for AdamArgs {}
+unsafe impl DeviceRepr for GatherArgs {}
 
 /// The structs' names and sizes, for the layout check against the C++ compiler's.
 pub fn struct_sizes() -> Vec<(&'static str, usize)> {
@@ -476,6 +510,7 @@ pub fn struct_sizes() -> Vec<(&'static str, usize)> {
         ("OutputArgs", size_of::<OutputArgs>()),
         ("ColumnArgs", size_of::<ColumnArgs>()),
         ("AdamArgs", size_of::<AdamArgs>()),
+        ("GatherArgs", size_of::<GatherArgs>()),
     ]
 }
 

@@ -7,8 +7,11 @@
 //! - [`kernels`]: what Rust and the kernels share, each defined once: the embedded sources, the
 //!   entry-point names, the constants (passed as `-D` defines) and the `#[repr(C)]` argument
 //!   structs;
-//! - [`libs`]: finding libcuda / libnvrtc / libcublas at run time, never panicking when absent;
+//! - [`dl`]: the dynamic loader (open a library, look a symbol up, which file holds it);
+//! - [`libs`]: finding and loading libcuda / libnvrtc / libcublas of CUDA 12 or 13 at run time,
+//!   never panicking when absent, and saying which files were loaded from where;
 //! - [`nvrtc`]: compiling the kernels, cached per architecture and source hash;
+//! - [`cublas`]: the dense products through cuBLAS;
 //! - [`device`]: a device (context, stream, cuBLAS, loaded kernels), memory and launches;
 //! - `emu` (builds with the `test-support` feature only, as the test suite's): the host emulation
 //!   of the kernels, so that the tests run every kernel where there is no GPU;
@@ -17,7 +20,9 @@
 //!
 //! docs/cuda.md describes the design, what has been verified and how.
 
+pub mod cublas;
 pub mod device;
+pub mod dl;
 #[cfg(feature = "test-support")]
 pub mod emu;
 pub mod engine;
@@ -26,7 +31,7 @@ pub mod libs;
 pub mod nvrtc;
 pub mod ops;
 
-pub use device::{DeviceInfo, Gpu};
+pub use device::{Counts, DeviceInfo, Gpu};
 pub use engine::CudaEngine;
 
 use crate::engine::{AdamConfig, Engine};
@@ -49,7 +54,7 @@ pub fn engine(
 
 /// Why no CUDA device can run the GPU engine here, or `Ok(n)` with the number of devices.
 pub fn availability() -> Result<usize> {
-    for l in [libs::Lib::Driver, libs::Lib::Nvrtc, libs::Lib::Cublas] {
+    for l in libs::Lib::ALL {
         libs::require(l)?;
     }
     let n = device::device_count()?;

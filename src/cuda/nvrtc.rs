@@ -8,15 +8,52 @@
 //! without the driver's PTX JIT (which refuses PTX from an NVRTC newer than the driver); an
 //! architecture newer than this NVRTC knows gets PTX for the newest one it knows, for the driver to
 //! JIT.
+//!
+//! NVRTC is called through its own function table ([`Api`]), looked up in the library
+//! [`super::libs`] loaded (CUDA 12's `libnvrtc.so.12` or CUDA 13's `libnvrtc.so.13`: the functions
+//! used here have the same signatures in both). Result codes stay plain integers, named by
+//! `nvrtcGetErrorString`, so a code one version adds is reported, never misread.
 
+use super::dl::fn_table;
 use super::kernels::{define_options, fnv1a, KernelFile, COMMON_CUH};
 use super::libs::{self, Lib};
 use crate::error::{Error, Result};
-use cudarc::nvrtc::sys as nv;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+
+/// `nvrtcProgram`.
+type Program = *mut c_void;
+
+fn_table! {
+    /// The NVRTC functions scvi-rs calls, as `nvrtc.h` declares them (CUDA 12 and 13 alike).
+    struct Api {
+        version: "nvrtcVersion" => fn(*mut c_int, *mut c_int) -> c_int,
+        num_supported_archs: "nvrtcGetNumSupportedArchs" => fn(*mut c_int) -> c_int,
+        supported_archs: "nvrtcGetSupportedArchs" => fn(*mut c_int) -> c_int,
+        create_program: "nvrtcCreateProgram" => fn(
+            *mut Program, *const c_char, *const c_char, c_int, *const *const c_char,
+            *const *const c_char
+        ) -> c_int,
+        destroy_program: "nvrtcDestroyProgram" => fn(*mut Program) -> c_int,
+        compile_program: "nvrtcCompileProgram" => fn(Program, c_int, *const *const c_char) -> c_int,
+        cubin_size: "nvrtcGetCUBINSize" => fn(Program, *mut usize) -> c_int,
+        cubin: "nvrtcGetCUBIN" => fn(Program, *mut c_char) -> c_int,
+        ptx_size: "nvrtcGetPTXSize" => fn(Program, *mut usize) -> c_int,
+        ptx: "nvrtcGetPTX" => fn(Program, *mut c_char) -> c_int,
+        log_size: "nvrtcGetProgramLogSize" => fn(Program, *mut usize) -> c_int,
+        log: "nvrtcGetProgramLog" => fn(Program, *mut c_char) -> c_int,
+        error_string: "nvrtcGetErrorString" => fn(c_int) -> *const c_char,
+    }
+}
+
+/// The loaded NVRTC's functions.
+fn api() -> Result<&'static Api> {
+    static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
+    // SAFETY: the table's signatures are nvrtc.h's.
+    unsafe { libs::functions(Lib::Nvrtc, &API, Api::load) }
+}
 
 /// What NVRTC produced: a CUBIN for a real architecture or PTX for a virtual one.
 #[derive(Clone, Debug)]
@@ -39,38 +76,49 @@ impl Image {
 
 /// NVRTC's version, e.g. (12, 9).
 pub fn version() -> Result<(i32, i32)> {
-    libs::require(Lib::Nvrtc)?;
+    let nv = api()?;
     let (mut a, mut b): (c_int, c_int) = (0, 0);
-    // SAFETY: NVRTC is loaded (checked above); the out-pointers are valid.
-    let r = unsafe { nv::nvrtcVersion(&mut a, &mut b) };
-    check(r, "nvrtcVersion")?;
+    // SAFETY: the out-pointers are valid.
+    check(unsafe { (nv.version)(&mut a, &mut b) }, "nvrtcVersion")?;
     Ok((a, b))
 }
 
 /// The real architectures this NVRTC can compile for (e.g. [50, 52, ..., 90, 100, 120]).
 pub fn supported_archs() -> Result<Vec<i32>> {
-    libs::require(Lib::Nvrtc)?;
+    let nv = api()?;
     let mut n: c_int = 0;
-    // SAFETY: NVRTC is loaded; `n` is a valid out-pointer.
+    // SAFETY: `n` is a valid out-pointer.
     check(
-        unsafe { nv::nvrtcGetNumSupportedArchs(&mut n) },
+        unsafe { (nv.num_supported_archs)(&mut n) },
         "nvrtcGetNumSupportedArchs",
     )?;
     let mut v = vec![0 as c_int; n.max(0) as usize];
     // SAFETY: `v` has room for the `n` entries NVRTC writes.
     check(
-        unsafe { nv::nvrtcGetSupportedArchs(v.as_mut_ptr()) },
+        unsafe { (nv.supported_archs)(v.as_mut_ptr()) },
         "nvrtcGetSupportedArchs",
     )?;
     Ok(v)
 }
 
-fn check(r: nv::nvrtcResult, what: &str) -> Result<()> {
-    if r == nv::nvrtcResult::NVRTC_SUCCESS {
+/// `Ok` for NVRTC_SUCCESS (0), else the call and the code's name.
+fn check(r: c_int, what: &str) -> Result<()> {
+    if r == 0 {
         Ok(())
     } else {
-        Err(Error::Cuda(format!("{what} failed: {r:?}")))
+        Err(Error::Cuda(format!("{what} failed: {}", code_name(r))))
     }
+}
+
+/// `NVRTC_ERROR_COMPILATION (6)`.
+fn code_name(r: c_int) -> String {
+    let name = api().ok().and_then(|nv| {
+        // SAFETY: nvrtcGetErrorString returns a static NUL-terminated string for any code.
+        let p = unsafe { (nv.error_string)(r) };
+        // SAFETY: as above; copied at once.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    });
+    format!("{} ({r})", name.unwrap_or_else(|| "NVRTC error".into()))
 }
 
 /// The `--gpu-architecture` for a device of compute capability `cc` (e.g. 90): its own `sm_XX`
@@ -193,7 +241,7 @@ pub fn compile_cached(file: &KernelFile, arch: &str) -> Result<Arc<Image>> {
 /// Compile `file` for `arch` with NVRTC, no caching: a CUBIN for `sm_XX`, PTX for `compute_XX`.
 /// A compile error comes back as [`Error::Cuda`] with NVRTC's log.
 pub fn compile(file: &KernelFile, arch: &str) -> Result<Image> {
-    libs::require(Lib::Nvrtc)?;
+    let nv = api()?;
     let src = CString::new(file.source)
         .map_err(|_| Error::Cuda(format!("{}: source contains a NUL byte", file.name)))?;
     let name = CString::new(file.name).map_err(|_| Error::Cuda("bad kernel name".into()))?;
@@ -201,12 +249,12 @@ pub fn compile(file: &KernelFile, arch: &str) -> Result<Image> {
     let hdr_name = CString::new("common.cuh").map_err(|_| Error::Cuda("bad header".into()))?;
     let headers = [hdr.as_ptr()];
     let header_names = [hdr_name.as_ptr()];
-    let mut prog: nv::nvrtcProgram = std::ptr::null_mut();
+    let mut prog: Program = std::ptr::null_mut();
     // SAFETY: all strings are NUL-terminated and outlive the program (destroyed below); the header
     // arrays have the one entry announced.
     check(
         unsafe {
-            nv::nvrtcCreateProgram(
+            (nv.create_program)(
                 &mut prog,
                 src.as_ptr(),
                 name.as_ptr(),
@@ -217,27 +265,28 @@ pub fn compile(file: &KernelFile, arch: &str) -> Result<Image> {
         },
         "nvrtcCreateProgram",
     )?;
-    let result = compile_program(prog, file, arch);
+    let result = compile_program(nv, prog, file, arch);
     // SAFETY: `prog` was created above and is destroyed once.
     unsafe {
-        let _ = nv::nvrtcDestroyProgram(&mut prog);
+        let _ = (nv.destroy_program)(&mut prog);
     }
     result
 }
 
-fn compile_program(prog: nv::nvrtcProgram, file: &KernelFile, arch: &str) -> Result<Image> {
+fn compile_program(nv: &Api, prog: Program, file: &KernelFile, arch: &str) -> Result<Image> {
     let opts: Vec<CString> = options(arch)
         .into_iter()
         .map(|o| CString::new(o).unwrap_or_default())
         .collect();
     let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
     // SAFETY: `prog` is live; `ptrs` holds `ptrs.len()` NUL-terminated options that outlive the call.
-    let r = unsafe { nv::nvrtcCompileProgram(prog, ptrs.len() as c_int, ptrs.as_ptr()) };
-    if r != nv::nvrtcResult::NVRTC_SUCCESS {
-        let log = program_log(prog).unwrap_or_default();
+    let r = unsafe { (nv.compile_program)(prog, ptrs.len() as c_int, ptrs.as_ptr()) };
+    if r != 0 {
+        let log = program_log(nv, prog).unwrap_or_default();
         return Err(Error::Cuda(format!(
-            "kernel {} failed to compile for {arch} ({r:?}):\n{}",
+            "kernel {} failed to compile for {arch} ({}):\n{}",
             file.name,
+            code_name(r),
             log.trim_end()
         )));
     }
@@ -245,16 +294,16 @@ fn compile_program(prog: nv::nvrtcProgram, file: &KernelFile, arch: &str) -> Res
         // SAFETY: `prog` compiled; the out-pointers are valid and the buffer has the announced size.
         let bytes = program_output(
             ["nvrtcGetCUBINSize", "nvrtcGetCUBIN"],
-            |n| unsafe { nv::nvrtcGetCUBINSize(prog, n) },
-            |p| unsafe { nv::nvrtcGetCUBIN(prog, p) },
+            |n| unsafe { (nv.cubin_size)(prog, n) },
+            |p| unsafe { (nv.cubin)(prog, p) },
         )?;
         Ok(Image::Cubin(bytes))
     } else {
         // SAFETY: as above, for the PTX text (NUL-terminated, the size includes the NUL).
         let mut bytes = program_output(
             ["nvrtcGetPTXSize", "nvrtcGetPTX"],
-            |n| unsafe { nv::nvrtcGetPTXSize(prog, n) },
-            |p| unsafe { nv::nvrtcGetPTX(prog, p) },
+            |n| unsafe { (nv.ptx_size)(prog, n) },
+            |p| unsafe { (nv.ptx)(prog, p) },
         )?;
         while bytes.last() == Some(&0) {
             bytes.pop();
@@ -269,8 +318,8 @@ fn compile_program(prog: nv::nvrtcProgram, file: &KernelFile, arch: &str) -> Res
 /// `get` into a buffer of that size; `what` names the two calls for errors.
 fn program_output(
     what: [&str; 2],
-    size: impl FnOnce(&mut usize) -> nv::nvrtcResult,
-    get: impl FnOnce(*mut c_char) -> nv::nvrtcResult,
+    size: impl FnOnce(&mut usize) -> c_int,
+    get: impl FnOnce(*mut c_char) -> c_int,
 ) -> Result<Vec<u8>> {
     let mut n: usize = 0;
     check(size(&mut n), what[0])?;
@@ -280,12 +329,12 @@ fn program_output(
     Ok(buf)
 }
 
-fn program_log(prog: nv::nvrtcProgram) -> Option<String> {
+fn program_log(nv: &Api, prog: Program) -> Option<String> {
     // SAFETY: `prog` is live; the out-pointers are valid and the buffer has the announced size.
     let log = program_output(
         ["nvrtcGetProgramLogSize", "nvrtcGetProgramLog"],
-        |n| unsafe { nv::nvrtcGetProgramLogSize(prog, n) },
-        |p| unsafe { nv::nvrtcGetProgramLog(prog, p) },
+        |n| unsafe { (nv.log_size)(prog, n) },
+        |p| unsafe { (nv.log)(prog, p) },
     )
     .ok()?;
     Some(

@@ -81,6 +81,12 @@ pub fn adam(gpu: &Gpu, a: &AdamArgs) -> Result<()> {
     gpu.launch(ADAM_STEP, Launch::cover(a.n as usize, 256), a)
 }
 
+/// gather_offsets_fwd (one block: the scan), then gather_rows_fwd (one block per cell).
+pub fn gather(gpu: &Gpu, a: &GatherArgs) -> Result<()> {
+    gpu.launch(GATHER_OFFSETS_FWD, Launch::new(1, GATHER_THREADS), a)?;
+    gpu.launch(GATHER_ROWS_FWD, Launch::new(a.rows, GATHER_THREADS), a)
+}
+
 /// `y = x W[:, :n_in]^T` for row-major y `[B, n_out]`, x `[B, n_in]`.
 pub fn linear_fwd(gpu: &Gpu, y: DevPtr, x: DevPtr, w: DevPtr, s: LinearShape) -> Result<()> {
     if s.n_in == 0 {

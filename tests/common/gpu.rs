@@ -2,13 +2,42 @@
 //! comparing tensors with named tolerances, printing the first mismatches.
 //!
 //! A test that needs a GPU calls [`gpu_or_skip`]; on a machine without one it prints
-//! `skipped: no CUDA driver/GPU found (<reason>)` and returns. The same test bodies also run on the
-//! host emulation of the kernels ([`emulated_or_skip`], needs a C++ compiler), so every path the
-//! device tests take is compiled and exercised everywhere; only the real-device runs say anything
-//! about the GPU itself.
+//! `skipped: no CUDA driver/GPU found (<reason>)` and returns, unless `SCVI_RS_REQUIRE_GPU=1` (as
+//! the device kit's scripts/gpu/run.sh sets), which makes that a failure: on the GPU machine a
+//! skip would pass without testing anything. The same test bodies also run on the host emulation
+//! of the kernels ([`emulated_or_skip`], needs a C++ compiler), so every path the device tests take
+//! is compiled and exercised everywhere; only the real-device runs say anything about the GPU
+//! itself.
+//!
+//! Nothing here depends on where the tests were built: the binary is `SCVI_RS_BIN` when set
+//! ([`scvi_bin`]), and data come through environment variables, so the kit can carry the test
+//! executables to another machine.
 
 use scvi_rs::cuda::libs::{self, Lib};
 use scvi_rs::cuda::{availability, Gpu};
+use std::path::PathBuf;
+
+/// Whether `SCVI_RS_REQUIRE_GPU=1`: a GPU test that cannot run fails instead of skipping.
+pub fn gpu_required() -> bool {
+    std::env::var("SCVI_RS_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// Skip `test` for want of something a GPU test needs (the device, its data), or fail when
+/// [`gpu_required`].
+pub fn skip_gpu_test(test: &str, why: &str) {
+    if gpu_required() {
+        panic!("{test}: SCVI_RS_REQUIRE_GPU=1 but it cannot run: {why}");
+    }
+    skip(test, why);
+}
+
+/// The scvi-rs binary: `SCVI_RS_BIN` when set (the device kit carries it elsewhere than where it
+/// was built), else the one cargo built for these tests.
+pub fn scvi_bin() -> PathBuf {
+    std::env::var_os("SCVI_RS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scvi-rs")))
+}
 
 /// Print why `test` skipped. Written straight to the process's stderr, past the test harness's
 /// output capture, so the reason shows in a plain `cargo test` run too.
@@ -17,12 +46,12 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
 }
 
-/// Device 0, or `None` after printing why the test skips.
+/// Device 0, or `None` after printing why the test skips (a failure when [`gpu_required`]).
 pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     match availability().and_then(|_| Gpu::cuda(0)) {
         Ok(g) => Some(g),
         Err(e) => {
-            skip(test, &format!("no CUDA driver/GPU found ({e})"));
+            skip_gpu_test(test, &format!("no CUDA driver/GPU found ({e})"));
             None
         }
     }
