@@ -55,7 +55,12 @@ fn main() {
     if let Err(e) = result {
         let code = match e.downcast_ref::<scvi_rs::Error>() {
             Some(lib @ scvi_rs::Error::Interrupted { .. }) => {
-                eprintln!("stopped: interrupted; no output was written");
+                // A command that saved its progress (train's checkpoint) says so as context.
+                if e.chain().count() > 1 {
+                    eprintln!("stopped: {e}");
+                } else {
+                    eprintln!("stopped: interrupted; no output was written");
+                }
                 lib.exit_code()
             }
             _ => {

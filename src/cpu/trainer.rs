@@ -4,7 +4,7 @@
 use super::adam::Adam;
 use super::engine::{CpuEngine, NoiseBuffers};
 use crate::batch::Minibatch;
-use crate::engine::{AdamConfig, Engine, LossParts, Pass};
+use crate::engine::{AdamConfig, Engine, LossParts, OptimizerState, Pass};
 use crate::error::Result;
 use crate::float::Float;
 use crate::model::init::ModelState;
@@ -70,6 +70,20 @@ impl<T: Float> Engine for CpuTrainer<T> {
 
     fn state(&self) -> ModelState<f32> {
         self.state.cast()
+    }
+
+    fn read_state(&self) -> Result<ModelState<f32>> {
+        Ok(self.state.cast())
+    }
+
+    fn optimizer_state(&self) -> Result<OptimizerState> {
+        Ok(self.adam.export())
+    }
+
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        state.check(&self.state.layout)?;
+        self.adam.restore(state);
+        Ok(())
     }
 
     fn name(&self) -> String {
