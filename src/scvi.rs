@@ -16,7 +16,7 @@ use crate::model::io::{
 };
 use crate::model::{LatentDistribution, Layout, ModelConfig};
 use crate::rng::{Philox, Stream};
-use crate::train::checkpoint::CheckpointSink;
+use crate::train::checkpoint::{CheckpointSink, RunView};
 use crate::train::{self, Covariates, EpochRecord, History, Progress, Split, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -392,15 +392,24 @@ impl Scvi {
             &mut progress,
             &mut |rec, max_epochs, engine, progress| {
                 on_epoch(rec, max_epochs);
+                let run = RunView {
+                    engine,
+                    progress,
+                    split: &split,
+                };
                 match sink.as_deref_mut() {
-                    Some(s) => s.epoch_end(engine, progress, &split, max_epochs),
+                    Some(s) => s.epoch_end(run, max_epochs),
                     None => Ok(()),
                 }
             },
         );
         if let Err(e) = result {
             if let (Error::Interrupted { .. }, Some(s)) = (&e, sink) {
-                s.interrupted(engine.as_ref(), &progress, &split)?;
+                s.interrupted(RunView {
+                    engine: engine.as_ref(),
+                    progress: &progress,
+                    split: &split,
+                })?;
             }
             return Err(e);
         }

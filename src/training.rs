@@ -10,15 +10,14 @@
 //! data's identity (checked before resuming), the device and how often to checkpoint.
 
 use crate::data::Dataset;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::io::{CHECKPOINT_FILE, META_FILE};
 use crate::model::Layout;
 use crate::scvi::{Device, ModelMeta, RunStart, Scvi};
 use crate::store::Hasher64;
-use crate::train::checkpoint::{checkpoint_bytes, Checkpoint, CheckpointSink};
+use crate::train::checkpoint::{checkpoint_bytes, Checkpoint, CheckpointSink, RunView};
 use crate::train::run_dir::RunDir;
-use crate::train::{EpochRecord, History, Progress, Split, TrainConfig};
+use crate::train::{EpochRecord, History, Progress, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -284,20 +283,15 @@ impl Training {
         self.dir.finish(model.files()?)
     }
 
-    fn write(
-        &mut self,
-        engine: &dyn Engine,
-        progress: &Progress,
-        split: &Split,
-        interrupted: bool,
-    ) -> Result<()> {
+    fn write(&mut self, run: RunView, interrupted: bool) -> Result<()> {
         let t0 = Instant::now();
-        let bytes = checkpoint_bytes(&self.record, progress, engine, split)?;
+        let bytes = checkpoint_bytes(&self.record, run)?;
         self.dir.write_checkpoint(&bytes)?;
+        let p = run.progress;
         self.last = Some(Written {
-            epoch: progress.epoch,
-            batches_done: progress.batches_done,
-            step: progress.step,
+            epoch: p.epoch,
+            batches_done: p.batches_done,
+            step: p.step,
             bytes: bytes.len(),
             seconds: t0.elapsed().as_secs_f64(),
             interrupted,
@@ -307,30 +301,20 @@ impl Training {
 }
 
 impl CheckpointSink for Training {
-    fn epoch_end(
-        &mut self,
-        engine: &dyn Engine,
-        progress: &Progress,
-        split: &Split,
-        max_epochs: usize,
-    ) -> Result<()> {
+    fn epoch_end(&mut self, run: RunView, max_epochs: usize) -> Result<()> {
+        let p = run.progress;
         let due = self
             .record
             .checkpoint_every
-            .is_some_and(|n| progress.epoch % n == 0);
+            .is_some_and(|n| p.epoch.is_multiple_of(n));
         // The last epoch needs none: the model is written next.
-        if due && !progress.finished && progress.epoch < max_epochs {
-            self.write(engine, progress, split, false)?;
+        if due && !p.finished && p.epoch < max_epochs {
+            self.write(run, false)?;
         }
         Ok(())
     }
 
-    fn interrupted(
-        &mut self,
-        engine: &dyn Engine,
-        progress: &Progress,
-        split: &Split,
-    ) -> Result<()> {
-        self.write(engine, progress, split, true)
+    fn interrupted(&mut self, run: RunView) -> Result<()> {
+        self.write(run, true)
     }
 }

@@ -109,40 +109,28 @@ fn u32_tensor(name: &str, v: &[usize]) -> Result<NamedTensor> {
     })
 }
 
+/// A running training's state as a sink sees it: the engine (the model's values, the optimiser)
+/// and the loop's position and split.
+#[derive(Clone, Copy)]
+pub struct RunView<'a> {
+    pub engine: &'a dyn Engine,
+    pub progress: &'a Progress,
+    pub split: &'a Split,
+}
+
 /// What a run does with its state as it goes (`Scvi::run` calls it): write checkpoints.
 pub trait CheckpointSink {
     /// After every epoch, with the progress after it: write a checkpoint if one is due.
-    fn epoch_end(
-        &mut self,
-        engine: &dyn Engine,
-        progress: &Progress,
-        split: &Split,
-        max_epochs: usize,
-    ) -> Result<()>;
+    fn epoch_end(&mut self, run: RunView, max_epochs: usize) -> Result<()>;
     /// The run was interrupted between two steps: write a checkpoint.
-    fn interrupted(
-        &mut self,
-        engine: &dyn Engine,
-        progress: &Progress,
-        split: &Split,
-    ) -> Result<()>;
+    fn interrupted(&mut self, run: RunView) -> Result<()>;
 }
 
-/// The bytes of a checkpoint of the run `run` standing at `progress`, with the engine's model
-/// and optimiser state.
-pub fn checkpoint_bytes<M: Serialize>(
-    run: &M,
-    progress: &Progress,
-    engine: &dyn Engine,
-    split: &Split,
-) -> Result<Vec<u8>> {
-    to_bytes(
-        run,
-        progress,
-        &engine.read_state()?,
-        &engine.optimizer_state()?,
-        split,
-    )
+/// The bytes of a checkpoint of `run` (the engine's model and optimiser state, the loop's
+/// position and split), with `record` as its run record.
+pub fn checkpoint_bytes<M: Serialize>(record: &M, run: RunView) -> Result<Vec<u8>> {
+    let (state, optimizer) = (run.engine.read_state()?, run.engine.optimizer_state()?);
+    to_bytes(record, run.progress, &state, &optimizer, run.split)
 }
 
 fn to_bytes<M: Serialize>(
@@ -156,16 +144,12 @@ fn to_bytes<M: Serialize>(
     optimizer.check(layout)?;
     let mut tensors = state_tensors(state);
     for t in layout.params.iter().filter(|t| t.trainable) {
-        tensors.push(NamedTensor::f32(
-            exp_avg(&t.name),
-            t.shape.clone(),
-            &optimizer.m[t.range()],
-        ));
-        tensors.push(NamedTensor::f32(
-            exp_avg_sq(&t.name),
-            t.shape.clone(),
-            &optimizer.v[t.range()],
-        ));
+        for (name, moment) in [
+            (exp_avg(&t.name), &optimizer.m),
+            (exp_avg_sq(&t.name), &optimizer.v),
+        ] {
+            tensors.push(NamedTensor::f32(name, t.shape.clone(), &moment[t.range()]));
+        }
     }
     tensors.push(NamedTensor {
         name: "optimizer.step".into(),
@@ -242,21 +226,11 @@ impl<M: Serialize + DeserializeOwned> Checkpoint<M> {
         let state = read_state(&st, layout, path)?;
         let layout = &state.layout;
         let mut optimizer = OptimizerState::zeros(layout);
+        let OptimizerState { m, v, .. } = &mut optimizer;
         for t in layout.params.iter().filter(|t| t.trainable) {
-            read_f32(
-                &st,
-                path,
-                &exp_avg(&t.name),
-                &t.shape,
-                &mut optimizer.m[t.range()],
-            )?;
-            read_f32(
-                &st,
-                path,
-                &exp_avg_sq(&t.name),
-                &t.shape,
-                &mut optimizer.v[t.range()],
-            )?;
+            for (name, moment) in [(exp_avg(&t.name), &mut *m), (exp_avg_sq(&t.name), &mut *v)] {
+                read_f32(&st, path, &name, &t.shape, &mut moment[t.range()])?;
+            }
         }
         // The step is an i64; read it exactly rather than through f32.
         let v = st

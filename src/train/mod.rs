@@ -136,6 +136,11 @@ pub fn evaluate(
     Ok(sums)
 }
 
+/// What [`fit`] calls after each epoch: the epoch's record, the number of epochs, the engine and
+/// the progress after the epoch.
+pub type BetweenEpochs<'a> =
+    dyn FnMut(&EpochRecord, usize, &dyn Engine, &Progress) -> Result<()> + 'a;
+
 /// Train `engine` on the `split.train` cells of `x` from where `progress` stands (a new run:
 /// `Progress::default()`) until the run is over, validating on `split.validation` after every
 /// epoch. `progress` moves with every step, so whenever this returns an error, in particular
@@ -150,7 +155,7 @@ pub fn fit(
     split: &Split,
     cfg: &TrainConfig,
     progress: &mut Progress,
-    between_epochs: &mut dyn FnMut(&EpochRecord, usize, &dyn Engine, &Progress) -> Result<()>,
+    between_epochs: &mut BetweenEpochs,
 ) -> Result<()> {
     cfg.validate()?;
     let max_epochs = cfg.epochs_for(x.n_rows());
