@@ -21,6 +21,8 @@ use crate::train::{self, Covariates, EpochRecord, History, Progress, Split, Trai
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+pub mod interop;
+
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Which engine runs the model.
