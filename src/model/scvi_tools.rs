@@ -66,22 +66,34 @@ pub struct HistoryColumn {
     pub values: Vec<f64>,
 }
 
+/// A categorical covariate of `SCVI.setup_anndata`: its obs column and categories, in code
+/// order (no column: scvi-rs' single category "0").
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Covariate {
+    pub key: Option<String>,
+    pub categories: Vec<String>,
+}
+
+/// `SCVI.setup_anndata`'s choices: the AnnData layer of the counts (None: X), the batch and
+/// the labels.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnnDataSetup {
+    pub layer: Option<String>,
+    pub batch: Covariate,
+    pub labels: Covariate,
+}
+
 /// A SCVI model in scvi-tools' terms: what its directory holds.
 #[derive(Clone, Debug)]
 pub struct ScviToolsModel {
     pub config: ModelConfig,
     pub state: ModelState<f32>,
+    /// The train and validation cells (`train_indices_`, `validation_indices_`), when saved.
+    pub split: Option<(Vec<usize>, Vec<usize>)>,
     pub genes: Vec<String>,
-    pub batch_key: Option<String>,
-    pub labels_key: Option<String>,
-    /// `setup_anndata(layer=...)`: where the counts live in the AnnData (None: X).
-    pub layer: Option<String>,
-    pub batch_categories: Vec<String>,
-    pub label_categories: Vec<String>,
+    pub setup: AnnDataSetup,
     /// The cells the model was set up on.
     pub n_cells: usize,
-    pub train_indices: Option<Vec<usize>>,
-    pub validation_indices: Option<Vec<usize>>,
     /// Written on export; not read on import (scvi-tools pickles its frames as pandas internals).
     pub history: Vec<HistoryColumn>,
     /// The scvi-tools version that wrote the model (read) or whose format is written.
@@ -131,9 +143,10 @@ fn norm_name(n: NormPlacement) -> &'static str {
 
 /// A categorical field's registry: the categories under the key, or scvi-tools' single code 0
 /// (an int array, as scvi-tools makes it) when there is no key.
-fn categorical(key: &Option<String>, internal: &str, cats: &[String], stat: &str) -> Pickle {
+fn categorical(c: &Covariate, internal: &str, stat: &str) -> Pickle {
+    let key = &c.key;
     let (mapping, n) = match key {
-        Some(_) => (numpy_strings(cats), cats.len()),
+        Some(_) => (numpy_strings(&c.categories), c.categories.len()),
         None => (numpy_i64(&[0]), 1),
     };
     Pickle::dict([
@@ -259,9 +272,9 @@ pub fn write(m: &ScviToolsModel, dir: &Path, force: bool, flag: &str) -> Result<
         ("use_layer_norm", s(norm_name(c.use_layer_norm))),
     ]);
     let setup_args = Pickle::dict([
-        ("layer", opt_str(&m.layer)),
-        ("batch_key", opt_str(&m.batch_key)),
-        ("labels_key", opt_str(&m.labels_key)),
+        ("layer", opt_str(&m.setup.layer)),
+        ("batch_key", opt_str(&m.setup.batch.key)),
+        ("labels_key", opt_str(&m.setup.labels.key)),
         ("size_factor_key", Pickle::None),
         ("categorical_covariate_keys", Pickle::None),
         ("continuous_covariate_keys", Pickle::None),
@@ -272,9 +285,13 @@ pub fn write(m: &ScviToolsModel, dir: &Path, force: bool, flag: &str) -> Result<
             Pickle::dict([
                 (
                     "attr_name",
-                    s(if m.layer.is_some() { "layers" } else { "X" }),
+                    s(if m.setup.layer.is_some() {
+                        "layers"
+                    } else {
+                        "X"
+                    }),
                 ),
-                ("attr_key", opt_str(&m.layer)),
+                ("attr_key", opt_str(&m.setup.layer)),
             ]),
         ),
         (
@@ -303,16 +320,11 @@ pub fn write(m: &ScviToolsModel, dir: &Path, force: bool, flag: &str) -> Result<
                 ("X", x_field),
                 (
                     "batch",
-                    categorical(&m.batch_key, "_scvi_batch", &m.batch_categories, "n_batch"),
+                    categorical(&m.setup.batch, "_scvi_batch", "n_batch"),
                 ),
                 (
                     "labels",
-                    categorical(
-                        &m.labels_key,
-                        "_scvi_labels",
-                        &m.label_categories,
-                        "n_labels",
-                    ),
+                    categorical(&m.setup.labels, "_scvi_labels", "n_labels"),
                 ),
                 ("size_factor", empty_field(None)),
                 (
@@ -344,7 +356,7 @@ pub fn write(m: &ScviToolsModel, dir: &Path, force: bool, flag: &str) -> Result<
             s("get_normalized_expression"),
         ),
     ];
-    if let (Some(t), Some(v)) = (&m.train_indices, &m.validation_indices) {
+    if let Some((t, v)) = &m.split {
         attr.push(("train_indices_", idx(t)));
         attr.push(("validation_indices_", idx(v)));
     }
@@ -662,26 +674,29 @@ pub fn read(dir: &Path) -> Result<ScviToolsModel> {
     config.validate()?;
 
     let state = read_state(&r, &file, root, Layout::new(&config))?;
+    let train = r.indices(attr.get("train_indices_"), "train_indices_")?;
+    let validation = r.indices(attr.get("validation_indices_"), "validation_indices_")?;
+    let or_single = |key: &Option<String>, mapping| match key {
+        Some(_) => mapping,
+        None => vec!["0".to_string()],
+    };
     Ok(ScviToolsModel {
         config,
         state,
         genes,
-        batch_categories: if batch_key.is_some() {
-            batch_mapping
-        } else {
-            vec!["0".into()]
+        setup: AnnDataSetup {
+            layer,
+            batch: Covariate {
+                categories: or_single(&batch_key, batch_mapping),
+                key: batch_key,
+            },
+            labels: Covariate {
+                categories: or_single(&labels_key, label_mapping),
+                key: labels_key,
+            },
         },
-        label_categories: if labels_key.is_some() {
-            label_mapping
-        } else {
-            vec!["0".into()]
-        },
-        batch_key,
-        labels_key,
-        layer,
         n_cells,
-        train_indices: r.indices(attr.get("train_indices_"), "train_indices_")?,
-        validation_indices: r.indices(attr.get("validation_indices_"), "validation_indices_")?,
+        split: train.zip(validation),
         history: Vec::new(),
         scvi_version,
     })

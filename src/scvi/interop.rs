@@ -12,7 +12,9 @@
 use super::{ModelMeta, Scvi, Setup, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::model::io::MODEL_DIR;
-use crate::model::scvi_tools::{self, HistoryColumn, ScviToolsModel, SCVI_TOOLS_VERSION};
+use crate::model::scvi_tools::{
+    self, AnnDataSetup, Covariate, HistoryColumn, ScviToolsModel, SCVI_TOOLS_VERSION,
+};
 use crate::train::{History, Split};
 use std::path::Path;
 
@@ -42,14 +44,22 @@ impl Scvi {
             config: m.model.clone(),
             state: self.state.clone(),
             genes: m.genes.clone(),
-            batch_key: m.setup.batch_key.clone(),
-            labels_key: m.setup.labels_key.clone(),
-            layer,
-            batch_categories: m.batch_categories.clone(),
-            label_categories: m.label_categories.clone(),
+            setup: AnnDataSetup {
+                layer,
+                batch: Covariate {
+                    key: m.setup.batch_key.clone(),
+                    categories: m.batch_categories.clone(),
+                },
+                labels: Covariate {
+                    key: m.setup.labels_key.clone(),
+                    categories: m.label_categories.clone(),
+                },
+            },
             n_cells: m.n_cells_trained,
-            train_indices: self.split.as_ref().map(|s| s.train.clone()),
-            validation_indices: self.split.as_ref().map(|s| s.validation.clone()),
+            split: self
+                .split
+                .as_ref()
+                .map(|s| (s.train.clone(), s.validation.clone())),
             history,
             scvi_version: SCVI_TOOLS_VERSION.to_string(),
         }
@@ -58,22 +68,22 @@ impl Scvi {
     /// A scvi-rs model from a scvi-tools one (its training history is not carried: see the
     /// module documentation).
     pub fn from_scvi_tools(m: ScviToolsModel) -> Scvi {
-        let split = match (m.train_indices, m.validation_indices) {
-            (Some(train), Some(validation)) => Some(Split { train, validation }),
-            _ => None,
-        };
+        let split = m
+            .split
+            .map(|(train, validation)| Split { train, validation });
+        let setup = m.setup;
         Scvi {
             meta: ModelMeta {
                 scvi_rs_version: env!("CARGO_PKG_VERSION").to_string(),
                 format_version: FORMAT_VERSION,
                 model: m.config,
                 setup: Setup {
-                    batch_key: m.batch_key,
-                    labels_key: m.labels_key,
+                    batch_key: setup.batch.key,
+                    labels_key: setup.labels.key,
                 },
                 genes: m.genes,
-                batch_categories: m.batch_categories,
-                label_categories: m.label_categories,
+                batch_categories: setup.batch.categories,
+                label_categories: setup.labels.categories,
                 train: None,
                 n_cells_trained: m.n_cells,
                 engine: Some(format!("scvi-tools {}", m.scvi_version)),
@@ -144,16 +154,16 @@ pub fn read_history(dir: &Path) -> Result<Vec<HistoryColumn>> {
 pub fn export(model_dir: &Path, out: &Path, layer: Option<String>, force: bool) -> Result<()> {
     let model = Scvi::load(model_dir)?;
     let history = read_history(model_dir)?;
-    scvi_tools::write(&model.to_scvi_tools(history, layer), out, force, "--force")
+    scvi_tools::write(&model.to_scvi_tools(history, layer), out, force, "")
 }
 
 /// `scvi-rs import`: the scvi-tools SCVI model directory (or `model.pt`) `src` as a scvi-rs
 /// model directory at `out` (refused if it exists, unless `force` and it is a scvi-rs model
 /// directory).
 pub fn import(src: &Path, out: &Path, force: bool) -> Result<Imported> {
-    crate::atomic::check_output(out, &MODEL_DIR, force, "--force")?;
+    crate::atomic::check_output(out, &MODEL_DIR, force, "")?;
     let m = scvi_tools::read(src)?;
-    let (layer, scvi_version) = (m.layer.clone(), m.scvi_version.clone());
+    let (layer, scvi_version) = (m.setup.layer.clone(), m.scvi_version.clone());
     let model = Scvi::from_scvi_tools(m);
     model.save(out, force)?;
     Ok(Imported {
