@@ -266,13 +266,22 @@ fn killed_at_random_moments_ends_with_the_same_model() {
     ok(&run(&train_args(&data, &want, epochs, &[])));
     let got = d.join("got");
     let (mut kills, mut from_checkpoint) = (0, 0);
+    // Resume from the checkpoint when there is one, else start over.
+    let (g, dt) = (&got, &data);
+    let next = move || -> (bool, Vec<&str>) {
+        match g.join("checkpoint.safetensors").exists() {
+            true => (
+                true,
+                vec!["train", "--resume", s(g), "--threads", "2", "--quiet"],
+            ),
+            false => (
+                false,
+                train_args(dt, g, epochs, &["--checkpoint-every", "1"]),
+            ),
+        }
+    };
     for _ in 0..40 {
-        let resume = got.join("checkpoint.safetensors").exists();
-        let args: Vec<&str> = if resume {
-            vec!["train", "--resume", s(&got), "--threads", "2", "--quiet"]
-        } else {
-            train_args(&data, &got, epochs, &["--checkpoint-every", "1"])
-        };
+        let (resume, args) = next();
         if got.join("model.json").exists() {
             break;
         }
@@ -290,6 +299,11 @@ fn killed_at_random_moments_ends_with_the_same_model() {
         child.wait().unwrap();
     }
     println!("{kills} kills, {from_checkpoint} of them of resumed runs");
+    // On a loaded machine a run may not get past its start-up within the kill windows: the
+    // last run goes on to the end, from whatever the kills left.
+    if !got.join("model.json").exists() {
+        ok(&run(&next().1));
+    }
     assert!(got.join("model.json").exists(), "the run never finished");
     assert!(kills > 0, "no run was killed: make the runs longer");
     assert_same_run(&got, &want);
