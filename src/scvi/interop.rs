@@ -144,7 +144,8 @@ pub fn read_history(dir: &Path) -> Result<Vec<HistoryColumn>> {
             c.values.push(v);
         }
     }
-    columns.retain(|c| !NOT_EXPORTED.contains(&c.name.as_str()));
+    // An imported model's history is empty: no frames rather than empty ones.
+    columns.retain(|c| !NOT_EXPORTED.contains(&c.name.as_str()) && !c.values.is_empty());
     Ok(columns)
 }
 
