@@ -64,6 +64,11 @@ pub trait Engine {
     /// device can fail (the GPU) waits for its work and checks every read-back here: an error, never
     /// a model of zeros or garbage, when the device faulted.
     fn state(&self) -> Result<ModelState<f32>>;
+    /// Adam's state (its update count and moments), for a checkpoint.
+    fn optimizer_state(&self) -> Result<OptimizerState>;
+    /// Restore Adam's state from a checkpoint, so that the next update is the one the saved run
+    /// would have made. The model's values come with the engine's construction.
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()>;
     /// A short name for messages ("cpu", "cuda:0").
     fn name(&self) -> String;
 }
@@ -110,6 +115,40 @@ pub struct Generative {
     pub theta: Vec<f32>,
     /// Zero-inflation logits `pi` per row and gene (`Parameters`, ZINB only).
     pub zi_logits: Vec<f32>,
+}
+
+/// Adam's state between two updates: the number of updates made (`t`, which sets the bias
+/// corrections of the next one) and the moments `m`, `v` in the parameters' flat layout, f32 as
+/// the engines keep them. Tensors without a gradient in the configuration keep zero moments.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OptimizerState {
+    pub step: u64,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl OptimizerState {
+    /// A fresh optimiser for `layout`: no update yet, zero moments.
+    pub fn zeros(layout: &Layout) -> Self {
+        OptimizerState {
+            step: 0,
+            m: vec![0.0; layout.n_param_elems],
+            v: vec![0.0; layout.n_param_elems],
+        }
+    }
+
+    /// Refuse moments that do not fit `layout` (an engine copies them without looking).
+    pub fn check(&self, layout: &Layout) -> Result<()> {
+        let n = layout.n_param_elems;
+        if self.m.len() != n || self.v.len() != n {
+            return Err(Error::Shape(format!(
+                "optimizer moments of {} and {} elements for a model of {n} parameters",
+                self.m.len(),
+                self.v.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The parts of a minibatch's loss, summed over its cells.

@@ -19,5 +19,6 @@ pub use error::{Error, Result};
 pub mod engine;
 pub mod scvi;
 pub mod train;
+pub mod training;
 
 pub use scvi::{Device, Scvi, Setup};

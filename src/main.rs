@@ -41,6 +41,10 @@ enum Cmd {
     Info(cli::data_cmds::InfoArgs),
     /// Write a simulated data set (a store, or .h5ad when the name ends in .h5ad).
     Simulate(cli::data_cmds::SimulateArgs),
+    /// Write a model directory as one scvi-tools reads (`scvi.model.SCVI.load(dir, adata)`).
+    Export(cli::interop_cmds::ExportCmd),
+    /// Read a scvi-tools SCVI model directory (`SCVI.save`) into a scvi-rs model directory.
+    Import(cli::interop_cmds::ImportCmd),
     /// Report the CPU, the CUDA libraries and GPUs, and compile every kernel
     Doctor(cli::doctor::DoctorCmd),
 }
@@ -62,12 +66,19 @@ fn main() {
         Cmd::Convert(c) => cli::data_cmds::run_convert(c),
         Cmd::Info(c) => cli::data_cmds::run_info(c),
         Cmd::Simulate(c) => cli::data_cmds::run_simulate(c),
+        Cmd::Export(c) => cli::interop_cmds::run_export(c),
+        Cmd::Import(c) => cli::interop_cmds::run_import(c),
         Cmd::Doctor(c) => cli::doctor::run_doctor(c),
     };
     if let Err(e) = result {
         let code = match e.downcast_ref::<scvi_rs::Error>() {
             Some(lib @ scvi_rs::Error::Interrupted { .. }) => {
-                eprintln!("stopped: interrupted; no output was written");
+                // A command that saved its progress (train's checkpoint) says so as context.
+                if e.chain().count() > 1 {
+                    eprintln!("stopped: {e}");
+                } else {
+                    eprintln!("stopped: interrupted; no output was written");
+                }
                 lib.exit_code()
             }
             _ => {

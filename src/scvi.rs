@@ -6,18 +6,24 @@ use crate::batch::Minibatch;
 use crate::cpu::CpuTrainer;
 use crate::data::{Dataset, SparseRows};
 use crate::engine::Engine;
+use crate::engine::OptimizerState;
 use crate::error::{Error, Result};
 use crate::math::softmax::softmax_in_place;
 use crate::model::init::ModelState;
-use crate::model::io::{state_from_safetensors, state_to_safetensors, MODEL_DIR, WEIGHTS_FILE};
+use crate::model::io::{
+    state_from_safetensors, state_to_safetensors, CHECKPOINT_FILE, META_FILE, MODEL_DIR,
+    WEIGHTS_FILE,
+};
 use crate::model::{LatentDistribution, Layout, ModelConfig, Precision};
 use crate::rng::{Philox, Stream};
-use crate::train::{self, Covariates, EpochRecord, History, Split, TrainConfig};
+use crate::train::checkpoint::{CheckpointSink, RunView};
+use crate::train::{self, Covariates, EpochRecord, History, Progress, Split, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 mod after_training;
 pub use after_training::{DeGroups, Evaluation};
+pub mod interop;
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -43,6 +49,16 @@ impl std::str::FromStr for Device {
                         "unknown device '{s}': expected auto, cpu, cuda or cuda:N"
                     ))
                 }),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    /// As `--device` takes it: `cpu`, `cuda:N`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
         }
     }
 }
@@ -74,6 +90,15 @@ pub struct ModelMeta {
 struct SplitFile {
     train_indices: Vec<usize>,
     validation_indices: Vec<usize>,
+}
+
+/// Where a training run starts: its split, how far it got (nothing, for a new run) and the
+/// optimiser's state (none: a fresh Adam). The model's values are the `Scvi`'s own.
+#[derive(Clone, Debug)]
+pub struct RunStart {
+    pub split: Split,
+    pub progress: Progress,
+    pub optimizer: Option<OptimizerState>,
 }
 
 /// A trained (or initialised) scVI model.
@@ -306,7 +331,8 @@ impl Scvi {
         }
     }
 
-    /// Train on `data` (scvi-tools' `model.train()`), calling `on_epoch` after each epoch.
+    /// Train on `data` (scvi-tools' `model.train()`), calling `on_epoch` after each epoch. (Runs
+    /// that write checkpoints and resume from them: `crate::training`.)
     pub fn train(
         &mut self,
         data: &Dataset,
@@ -314,16 +340,47 @@ impl Scvi {
         device: Device,
         on_epoch: &mut dyn FnMut(&EpochRecord, usize),
     ) -> Result<()> {
+        let start = self.new_run(data, cfg)?;
+        self.run(data, cfg, device, start, None, on_epoch)
+    }
+
+    /// The start of a new run on `data`: the train / validation split, nothing trained yet.
+    pub fn new_run(&self, data: &Dataset, cfg: &TrainConfig) -> Result<RunStart> {
         cfg.validate()?;
-        let codes = self.codes_for(data)?;
-        let all: Vec<usize> = (0..data.n_cells()).collect();
-        self.check_library(data, &all)?;
         let split = train::train_validation_split(
             data.n_cells(),
             cfg.train_size,
             cfg.batch_size,
             cfg.seed,
         )?;
+        Ok(RunStart {
+            split,
+            progress: Progress::default(),
+            optimizer: None,
+        })
+    }
+
+    /// Train on `data` from `start` (a new run, or a checkpoint's state with this model's values)
+    /// until the run is over. `sink` sees the run's state after every epoch and when it is
+    /// interrupted, to write checkpoints; the interruption is then returned as the error.
+    pub fn run(
+        &mut self,
+        data: &Dataset,
+        cfg: &TrainConfig,
+        device: Device,
+        start: RunStart,
+        mut sink: Option<&mut dyn CheckpointSink>,
+        on_epoch: &mut dyn FnMut(&EpochRecord, usize),
+    ) -> Result<()> {
+        cfg.validate()?;
+        let codes = self.codes_for(data)?;
+        let all: Vec<usize> = (0..data.n_cells()).collect();
+        self.check_library(data, &all)?;
+        let RunStart {
+            split,
+            mut progress,
+            optimizer,
+        } = start;
         if split.train.len() < 2 {
             return Err(Error::Data(format!(
                 "{}: too few cells to train on ({})",
@@ -331,17 +388,54 @@ impl Scvi {
                 data.n_cells()
             )));
         }
+        if let Some(&c) = split
+            .train
+            .iter()
+            .chain(&split.validation)
+            .find(|&&c| c >= data.n_cells())
+        {
+            return Err(Error::Data(format!(
+                "{}: the run's split names cell {c}, beyond its {} cells",
+                data.source,
+                data.n_cells()
+            )));
+        }
         let mut engine = self.engine_in(device, cfg.seed, cfg.adam, cfg.precision)?;
+        if let Some(o) = &optimizer {
+            engine.set_optimizer_state(o)?;
+        }
         let cov = codes.covariates();
-        let history = train::fit(
+        let result = train::fit(
             engine.as_mut(),
             data.counts.as_ref(),
             &cov,
             &split,
             cfg,
-            on_epoch,
-        )?;
-        if history.epochs.is_empty() {
+            &mut progress,
+            &mut |rec, max_epochs, engine, progress| {
+                on_epoch(rec, max_epochs);
+                let run = RunView {
+                    engine,
+                    progress,
+                    split: &split,
+                };
+                match sink.as_deref_mut() {
+                    Some(s) => s.epoch_end(run, max_epochs),
+                    None => Ok(()),
+                }
+            },
+        );
+        if let Err(e) = result {
+            if let (Error::Interrupted { .. }, Some(s)) = (&e, sink) {
+                s.interrupted(RunView {
+                    engine: engine.as_ref(),
+                    progress: &progress,
+                    split: &split,
+                })?;
+            }
+            return Err(e);
+        }
+        if progress.history.epochs.is_empty() {
             // Nothing was learned: never hand back (and so never save) untrained weights.
             return Err(Error::Config(
                 "no training step ran; nothing to save (check --max-steps and --max-epochs)".into(),
@@ -353,8 +447,8 @@ impl Scvi {
         self.meta.train = Some(cfg.clone());
         self.meta.n_cells_trained = split.train.len();
         self.meta.engine = Some(engine.name());
-        self.meta.stopped_early = history.stopped_early;
-        self.history = history;
+        self.meta.stopped_early = progress.history.stopped_early;
+        self.history = progress.history;
         self.split = Some(split);
         Ok(())
     }
@@ -451,29 +545,35 @@ impl Scvi {
         staged.commit()
     }
 
-    /// Write the model's files into a model directory being staged; the caller commits it. (The
-    /// command line stages `--out` before training, so an output that cannot be written fails
-    /// before the work, not after it.)
+    /// Write the model's files into a model directory being staged; the caller commits it.
     pub fn write_into(&self, staged: &AtomicDir) -> Result<()> {
-        staged.write(WEIGHTS_FILE, &state_to_safetensors(&self.state)?)?;
-        let json =
-            serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::Config(e.to_string()))?;
-        staged.write("model.json", &json)?;
-        staged.write(
-            "history.csv",
-            self.history.to_csv(self.meta.n_cells_trained).as_bytes(),
-        )?;
+        for (name, bytes) in self.files()? {
+            staged.write(name, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The files of the model directory (name, bytes), `model.json` last.
+    pub fn files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let mut files = vec![
+            (WEIGHTS_FILE, state_to_safetensors(&self.state)?),
+            (
+                "history.csv",
+                self.history.to_csv(self.meta.n_cells_trained).into_bytes(),
+            ),
+        ];
         if let Some(s) = &self.split {
             let f = SplitFile {
                 train_indices: s.train.clone(),
                 validation_indices: s.validation.clone(),
             };
-            staged.write(
-                "split.json",
-                &serde_json::to_vec(&f).map_err(|e| Error::Config(e.to_string()))?,
-            )?;
+            let bytes = serde_json::to_vec(&f).map_err(|e| Error::Config(e.to_string()))?;
+            files.push(("split.json", bytes));
         }
-        Ok(())
+        let meta =
+            serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::Config(e.to_string()))?;
+        files.push((META_FILE, meta));
+        Ok(files)
     }
 
     /// Read a model directory written by `save`.
@@ -481,7 +581,17 @@ impl Scvi {
         if !dir.is_dir() {
             return Err(Error::format(dir, "not a model directory (expected a directory with model.json and model.safetensors)"));
         }
-        let meta_path = dir.join("model.json");
+        let meta_path = dir.join(META_FILE);
+        if !meta_path.exists() && dir.join(CHECKPOINT_FILE).exists() {
+            return Err(Error::format(
+                dir,
+                format!(
+                    "training did not finish (the directory holds a checkpoint, no {META_FILE}); \
+                     resume it with `scvi-rs train --resume {}`",
+                    dir.display()
+                ),
+            ));
+        }
         let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
         let meta: ModelMeta = serde_json::from_str(&text)
             .map_err(|e| Error::format(&meta_path, format!("invalid model.json: {e}")))?;

@@ -52,9 +52,9 @@ fn fit(eng: &mut CudaEngine, data: &Dataset, epochs: usize) -> scvi_rs::Result<(
         &cov,
         &split,
         &cfg,
-        &mut |_, _| {},
+        &mut train::Progress::default(),
+        &mut |_, _, _, _| Ok(()),
     )
-    .map(|_| ())
 }
 
 fn engine(gpu: Gpu, state: &ModelState<f32>) -> CudaEngine {

@@ -5,17 +5,18 @@ use super::with_threads;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use scvi_rs::atomic::{check_output, AtomicDir, OutputKind};
+use scvi_rs::atomic::{check_output, OutputKind};
 use scvi_rs::cpu::gemm_bf16::Backend;
+use scvi_rs::data::Dataset;
 use scvi_rs::infer::h5ad_out::{H5adOut, Place};
 use scvi_rs::infer::output::write_matrix;
-use scvi_rs::model::io::MODEL_DIR;
 use scvi_rs::model::Precision;
 use scvi_rs::store::output::is_h5ad_name;
 use scvi_rs::store::{load_dataset, open_input};
+use scvi_rs::train::run_dir::RunDir;
+use scvi_rs::training::{DataSource, Training};
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Where to run.
 #[derive(Args, Clone, Debug)]
@@ -43,11 +44,13 @@ impl RunArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainCmd {
-    /// Input: .h5ad, a scvi-rs store, a 10x .h5 file or a 10x MTX folder.
-    pub data: PathBuf,
-    /// The model directory to write.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Input: .h5ad, a scvi-rs store, a 10x .h5 file or a 10x MTX folder. With --resume: the
+    /// run's data where it lives now (checked against the checkpoint); default: where it was.
+    #[arg(required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// The model directory to write (checkpoints go there too).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
     /// obs column with the batch of each cell.
     #[arg(long)]
     pub batch_key: Option<String>,
@@ -63,6 +66,19 @@ pub struct TrainCmd {
     pub train: TrainArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    /// Write a checkpoint into --out every N epochs (one is always written when Ctrl-C or
+    /// SIGTERM stops the run).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    /// Continue the run whose checkpoint is in DIR (its --out), with the data, flags and seed it
+    /// records; it ends with the model an uninterrupted run gives. --device auto (the default)
+    /// means the run's device.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["out", "force", "batch_key", "labels_key", "layer", "ModelArgs", "TrainArgs"]
+    )]
+    pub resume: Option<PathBuf>,
     /// Overwrite --out if it exists.
     #[arg(long)]
     pub force: bool,
@@ -88,18 +104,37 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 pub fn run_train(cmd: &TrainCmd) -> Result<()> {
+    if let Some(dir) = &cmd.resume {
+        return run_resume(cmd, dir);
+    }
+    let (Some(data_path), Some(out)) = (&cmd.data, &cmd.out) else {
+        bail!("train needs DATA and --out (or --resume DIR)");
+    };
     let tcfg = cmd.train.config();
     tcfg.validate()?;
-    // Stage the output first: one that cannot be written fails now, not after training.
-    let staged = AtomicDir::create(&cmd.out, &MODEL_DIR, cmd.force, "--out")?;
+    // Check the output first: one that cannot be written fails now, not after training.
+    let dir = RunDir::prepare(out, cmd.force, "--out")?;
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
-        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
+        let data = load_dataset(data_path, cmd.layer.as_deref())?;
         let setup = Setup {
             batch_key: cmd.batch_key.clone(),
             labels_key: cmd.labels_key.clone(),
         };
         let mut model = Scvi::new(&data, setup, cmd.model.config(), cmd.train.seed)?;
+        let source = DataSource {
+            path: std::path::absolute(data_path).unwrap_or_else(|_| data_path.clone()),
+            layer: cmd.layer.clone(),
+        };
+        let mut training = Training::new(
+            &model,
+            &data,
+            &tcfg,
+            source,
+            device,
+            cmd.checkpoint_every,
+            dir,
+        )?;
         eprintln!(
             "{}: {} cells x {} genes, {} batches; {} epochs on {}",
             data.source,
@@ -107,44 +142,152 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
             data.n_genes(),
             model.meta.batch_categories.len(),
             tcfg.epochs_for(data.n_cells()),
-            match device {
-                Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-                Device::Cuda(i) => format!("cuda:{i}"),
-            }
+            device_label(device)
         );
         if tcfg.precision == Precision::Bf16 && device == Device::Cpu {
             eprintln!("precision bf16: {}", Backend::detect().describe());
         }
-        let pb = progress_bar(cmd.quiet);
-        let t0 = Instant::now();
-        model.train(&data, &tcfg, device, &mut |r, max| {
-            pb.set_length(max as u64);
-            pb.set_position(r.epoch as u64 + 1);
-            let val = r
-                .elbo_validation
-                .map(|v| format!(" elbo_validation {v:.2}"))
-                .unwrap_or_default();
-            pb.set_message(format!(
-                "loss {:.2} elbo_train {:.2}{val}",
-                r.train_loss, r.elbo_train
-            ));
-        })?;
-        pb.finish();
-        let secs = t0.elapsed().as_secs_f64();
+        train_to_the_end(cmd, &mut model, &data, device, &mut training)?;
         let epochs = model.history.epochs.len();
-        model.write_into(&staged)?;
-        staged.commit()?;
-        let last = model.history.epochs.last().context("no epoch ran")?;
-        eprintln!(
-            "trained {epochs} epochs in {secs:.1} s ({:.2} s/epoch){}; elbo_train {:.3}{}; saved {}",
-            secs / epochs as f64,
-            if model.history.stopped_early { ", stopped early" } else { "" },
-            last.elbo_train,
-            last.elbo_validation.map(|v| format!(", elbo_validation {v:.3}")).unwrap_or_default(),
-            cmd.out.display()
-        );
+        training.finish(&model)?;
+        report_trained(&model, epochs, out);
         Ok(())
     })
+}
+
+fn device_label(device: Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Cuda(i) => format!("cuda:{i}"),
+    }
+}
+
+/// `train --resume DIR`: the run's data, flags and seed from its checkpoint.
+fn run_resume(cmd: &TrainCmd, dir: &Path) -> Result<()> {
+    let (mut model, mut training) = Training::open(dir)?;
+    let recorded = training.record().source.clone();
+    let source = match &cmd.data {
+        Some(p) => DataSource {
+            path: std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+            layer: recorded.layer.clone(),
+        },
+        None => recorded,
+    };
+    let device = if cmd.run.device == "auto" {
+        training.device()?
+    } else {
+        cmd.run.device()?
+    };
+    if cmd.checkpoint_every.is_some() {
+        training.set_checkpoint_every(cmd.checkpoint_every)?;
+    }
+    let was = training.record().device.clone();
+    if device.to_string() != was {
+        eprintln!(
+            "warning: the run trained on {was} and resumes on {device}: the result will differ in \
+             the last bits from an uninterrupted run"
+        );
+    }
+    with_threads(cmd.run.threads, || {
+        let data = load_dataset(&source.path, source.layer.as_deref())
+            .with_context(|| format!("the data of the run in {}", dir.display()))?;
+        training.check_data(&model, &data, source.clone())?;
+        let p = training.progress().context("no progress")?;
+        let max_epochs = model
+            .meta
+            .train
+            .as_ref()
+            .map_or(0, |c| c.epochs_for(data.n_cells()));
+        eprintln!(
+            "resuming {}: epoch {} of {max_epochs}, {} minibatches into it (step {}); {} on {}",
+            dir.display(),
+            p.epoch + 1,
+            p.batches_done,
+            p.step,
+            data.source,
+            device_label(device)
+        );
+        train_to_the_end(cmd, &mut model, &data, device, &mut training)?;
+        let epochs = model.history.epochs.len();
+        training.finish(&model)?;
+        report_trained(&model, epochs, dir);
+        Ok(())
+    })
+}
+
+/// Run the training with a progress bar; when Ctrl-C stops it, say where the checkpoint is and
+/// how to resume.
+fn train_to_the_end(
+    cmd: &TrainCmd,
+    model: &mut Scvi,
+    data: &Dataset,
+    device: Device,
+    training: &mut Training,
+) -> Result<()> {
+    let pb = progress_bar(cmd.quiet);
+    let result = training.run(model, data, device, &mut |r, max| {
+        pb.set_length(max as u64);
+        pb.set_position(r.epoch as u64 + 1);
+        let val = r
+            .elbo_validation
+            .map(|v| format!(" elbo_validation {v:.2}"))
+            .unwrap_or_default();
+        pb.set_message(format!(
+            "loss {:.2} elbo_train {:.2}{val}",
+            r.train_loss, r.elbo_train
+        ));
+    });
+    pb.finish();
+    let last = training.last;
+    match result {
+        Ok(()) => {
+            if let Some(w) = last.filter(|_| !cmd.quiet) {
+                eprintln!(
+                    "last checkpoint: after epoch {}, {:.1} MB written in {:.0} ms",
+                    w.epoch,
+                    w.bytes as f64 / 1e6,
+                    w.seconds * 1e3
+                );
+            }
+            Ok(())
+        }
+        Err(e @ scvi_rs::Error::Interrupted { .. }) => match last.filter(|w| w.interrupted) {
+            Some(w) => {
+                let dir = training.dir().display();
+                Err(anyhow::Error::from(e).context(format!(
+                    "interrupted in epoch {} ({} minibatches into it, step {}); checkpoint \
+                     written to {dir} ({:.1} MB); resume with: scvi-rs train --resume {dir}",
+                    w.epoch + 1,
+                    w.batches_done,
+                    w.step,
+                    w.bytes as f64 / 1e6,
+                )))
+            }
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn report_trained(model: &Scvi, epochs: usize, out: &Path) {
+    let Some(last) = model.history.epochs.last() else {
+        return;
+    };
+    let secs: f64 = model.history.epochs.iter().map(|e| e.seconds).sum();
+    eprintln!(
+        "trained {epochs} epochs in {secs:.1} s ({:.2} s/epoch){}; elbo_train {:.3}{}; saved {}",
+        secs / epochs.max(1) as f64,
+        if model.history.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        },
+        last.elbo_train,
+        last.elbo_validation
+            .map(|v| format!(", elbo_validation {v:.3}"))
+            .unwrap_or_default(),
+        out.display()
+    );
 }
 
 #[derive(Args, Debug)]

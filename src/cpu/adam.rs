@@ -9,7 +9,7 @@
 //! Tensors without a gradient in this configuration are skipped entirely, as torch skips parameters
 //! whose `.grad` is None (no weight decay either).
 
-use crate::engine::AdamConfig;
+use crate::engine::{AdamConfig, OptimizerState};
 use crate::float::Float;
 use crate::model::layout::Layout;
 use rayon::prelude::*;
@@ -39,6 +39,28 @@ impl<T: Float> Adam<T> {
             v: vec![T::ZERO; layout.n_param_elems],
             ranges,
         }
+    }
+
+    /// The update count and the moments, in f32 (exact for the f32 engine; the f64 test engine's
+    /// moments are rounded).
+    pub fn export(&self) -> OptimizerState {
+        let f32s = |x: &[T]| x.iter().map(|v| v.to_f64() as f32).collect();
+        OptimizerState {
+            step: self.step,
+            m: f32s(&self.m),
+            v: f32s(&self.v),
+        }
+    }
+
+    /// Continue from a saved state (lengths checked by the caller against the layout).
+    pub fn restore(&mut self, s: &OptimizerState) {
+        self.step = s.step;
+        let put = |dst: &mut Vec<T>, src: &[f32]| {
+            dst.clear();
+            dst.extend(src.iter().map(|&v| T::from_f64(v as f64)));
+        };
+        put(&mut self.m, &s.m);
+        put(&mut self.v, &s.v);
     }
 
     /// One update of `params` with `grads` (same layout).

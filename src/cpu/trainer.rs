@@ -5,7 +5,7 @@ use super::adam::Adam;
 use super::engine::{CpuEngine, NoiseBuffers};
 use crate::batch::Minibatch;
 use crate::engine::{
-    AdamConfig, Engine, Generative, GenerativeOutputs, LossParts, Pass, Posteriors,
+    AdamConfig, Engine, Generative, GenerativeOutputs, LossParts, OptimizerState, Pass, Posteriors,
 };
 use crate::error::Result;
 use crate::float::Float;
@@ -180,6 +180,16 @@ impl<T: Float> Engine for CpuTrainer<T> {
 
     fn state(&self) -> Result<ModelState<f32>> {
         Ok(self.state.cast())
+    }
+
+    fn optimizer_state(&self) -> Result<OptimizerState> {
+        Ok(self.adam.export())
+    }
+
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        state.check(&self.state.layout)?;
+        self.adam.restore(state);
+        Ok(())
     }
 
     fn name(&self) -> String {

@@ -30,7 +30,9 @@ use super::device::{as_bytes, DevBuf, Gpu, PinnedBuf};
 use super::kernels::*;
 use super::ops;
 use crate::batch::Minibatch;
-use crate::engine::{validate_minibatch, AdamConfig, Engine, LossParts, Mode, Pass};
+use crate::engine::{
+    validate_minibatch, AdamConfig, Engine, LossParts, Mode, OptimizerState, Pass,
+};
 use crate::error::{Error, Result};
 use crate::model::config::{Dispersion, LatentDistribution, ModelConfig};
 use crate::model::init::ModelState;
@@ -986,6 +988,26 @@ impl Engine for CudaEngine {
             }
         }
         Ok(s)
+    }
+
+    fn optimizer_state(&self) -> Result<OptimizerState> {
+        let mut s = OptimizerState::zeros(&self.layout);
+        self.gpu.bind()?;
+        self.gpu.download_f32(&mut s.m, self.adam_m.ptr())?;
+        self.gpu.download_f32(&mut s.v, self.adam_v.ptr())?;
+        s.step = self.adam_step;
+        Ok(s)
+    }
+
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        state.check(&self.layout)?;
+        self.gpu.bind()?;
+        self.gpu.upload_f32(self.adam_m.ptr(), &state.m)?;
+        self.gpu.upload_f32(self.adam_v.ptr(), &state.v)?;
+        // The copies read the caller's memory: wait for them before it can go.
+        self.gpu.sync()?;
+        self.adam_step = state.step;
+        Ok(())
     }
 
     fn name(&self) -> String {

@@ -6,6 +6,7 @@ pub mod init;
 pub mod io;
 pub mod layout;
 pub mod pickle;
+pub mod scvi_tools;
 pub mod torch_file;
 
 pub use config::{

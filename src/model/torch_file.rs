@@ -126,6 +126,8 @@ pub struct TorchFile {
     pub path: PathBuf,
     /// The unpickled object.
     pub root: Value,
+    /// The zip archive's comment (torch writes none; scvi-rs' exports sign theirs).
+    pub comment: Vec<u8>,
     storages: HashMap<String, Vec<u8>>,
 }
 
@@ -205,6 +207,7 @@ impl TorchFile {
         Ok(TorchFile {
             path: path.to_path_buf(),
             root,
+            comment: zip.comment().to_vec(),
             storages,
         })
     }
@@ -572,6 +575,8 @@ pub fn numpy_i64(v: &[i64]) -> Pickle {
 #[derive(Default)]
 pub struct TorchWriter {
     storages: Vec<Vec<u8>>,
+    /// The archive's comment (torch.load ignores it).
+    pub comment: String,
 }
 
 impl TorchWriter {
@@ -620,10 +625,11 @@ impl TorchWriter {
         let tmp = out.path().to_path_buf();
         let file = out.file().try_clone().map_err(|e| Error::io(&tmp, e))?;
         let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+        let zerr = |e: zip::result::ZipError| Error::io(&tmp, std::io::Error::other(e));
+        zip.set_comment(self.comment.as_str()).map_err(zerr)?;
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
             .with_alignment(64);
-        let zerr = |e: zip::result::ZipError| Error::io(&tmp, std::io::Error::other(e));
         let mut put = |name: String, bytes: &[u8]| -> Result<()> {
             zip.start_file(name, opts).map_err(zerr)?;
             zip.write_all(bytes).map_err(|e| Error::io(&tmp, e))

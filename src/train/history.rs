@@ -1,16 +1,23 @@
-//! The training history: one record per epoch with scvi-tools' column names, written as CSV.
+//! The training history: one record per epoch with scvi-tools' column names, written as CSV. The
+//! records and the loss sums they come from are kept in checkpoints exactly (`super::exact`).
 
+use super::exact;
 use crate::engine::LossParts;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// Loss parts summed over minibatches.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossSums {
     pub n_cells: usize,
     /// Sum over minibatches of `loss * n_cells` (the objective, KL warm-up weight included).
+    #[serde(with = "exact")]
     pub weighted_loss: f64,
+    #[serde(with = "exact")]
     pub reconstruction: f64,
+    #[serde(with = "exact")]
     pub kl_z: f64,
+    #[serde(with = "exact")]
     pub kl_l: f64,
 }
 
@@ -40,18 +47,29 @@ impl LossSums {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
+    #[serde(with = "exact")]
     pub kl_weight: f64,
+    #[serde(with = "exact")]
     pub train_loss: f64,
+    #[serde(with = "exact")]
     pub elbo_train: f64,
+    #[serde(with = "exact")]
     pub reconstruction_loss_train: f64,
+    #[serde(with = "exact")]
     pub kl_local_train: f64,
+    #[serde(with = "exact::option")]
     pub validation_loss: Option<f64>,
+    #[serde(with = "exact::option")]
     pub elbo_validation: Option<f64>,
+    #[serde(with = "exact::option")]
     pub reconstruction_loss_validation: Option<f64>,
+    #[serde(with = "exact::option")]
     pub kl_local_validation: Option<f64>,
+    /// Wall-clock time of the epoch (an interrupted one: the time before and after the stop).
+    #[serde(with = "exact")]
     pub seconds: f64,
 }
 
@@ -79,7 +97,7 @@ impl EpochRecord {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     pub epochs: Vec<EpochRecord>,
     pub stopped_early: bool,

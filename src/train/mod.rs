@@ -7,8 +7,12 @@
 //! numbers, lower is better), the KL unweighted; `train_loss` / `validation_loss` average the
 //! minibatch objective, whose KL_z carries the warm-up weight.
 
+pub mod checkpoint;
+pub mod exact;
 pub mod history;
 pub mod loader;
+pub mod progress;
+pub mod run_dir;
 pub mod split;
 
 use crate::data::SparseRows;
@@ -20,6 +24,7 @@ use crate::model::Precision;
 use crate::rng::{Philox, Stream};
 pub use history::{EpochRecord, History, LossSums};
 pub use loader::{for_each_minibatch, Covariates};
+pub use progress::Progress;
 use serde::{Deserialize, Serialize};
 pub use split::{train_validation_split, Split};
 use std::time::Instant;
@@ -136,91 +141,105 @@ pub fn evaluate(
     Ok(sums)
 }
 
-/// Train `engine` on the `split.train` cells of `x`, validating on `split.validation` after every
-/// epoch. `on_epoch` sees each finished epoch (for progress bars and checkpoints).
+/// What [`fit`] calls after each epoch: the epoch's record, the number of epochs, the engine and
+/// the progress after the epoch.
+pub type BetweenEpochs<'a> =
+    dyn FnMut(&EpochRecord, usize, &dyn Engine, &Progress) -> Result<()> + 'a;
+
+/// Train `engine` on the `split.train` cells of `x` from where `progress` stands (a new run:
+/// `Progress::default()`) until the run is over, validating on `split.validation` after every
+/// epoch. `progress` moves with every step, so whenever this returns an error, in particular
+/// [`Error::Interrupted`] (checked before each step: the step under way always finishes), the
+/// engine and `progress` together describe a point from which [`fit`] continues to the same end,
+/// bit for bit: a checkpoint. `between_epochs` sees each finished epoch's record with the engine
+/// and the progress after it (progress bars, periodic checkpoints); an error from it stops the run.
 pub fn fit(
     engine: &mut dyn Engine,
     x: &dyn SparseRows,
     cov: &Covariates,
     split: &Split,
     cfg: &TrainConfig,
-    on_epoch: &mut dyn FnMut(&EpochRecord, usize),
-) -> Result<History> {
+    progress: &mut Progress,
+    between_epochs: &mut BetweenEpochs,
+) -> Result<()> {
     cfg.validate()?;
     let max_epochs = cfg.epochs_for(x.n_rows());
     x.expect_random_access();
     let rng = Philox::new(cfg.seed);
-    let mut history = History::default();
-    let mut step = 0u64;
-    let mut best = f64::INFINITY;
-    let mut since_best = 0usize;
-    for epoch in 0..max_epochs {
+    let bs = cfg.batch_size;
+    while !progress.finished && progress.epoch < max_epochs {
+        let epoch = progress.epoch;
         let t0 = Instant::now();
         let kl_weight = cfg.kl_weight(epoch);
+        // The epoch's order, less the minibatches already trained on (all of them full ones: only
+        // the last can be short).
         let perm = rng.permutation(Stream::Shuffle, epoch as u64, split.train.len());
-        let mut order: Vec<usize> = perm.iter().map(|&i| split.train[i]).collect();
+        let done = (progress.batches_done * bs).min(perm.len());
+        let mut order: Vec<usize> = perm[done..].iter().map(|&i| split.train[i]).collect();
         if let Some(max) = cfg.max_steps {
-            let left = max.saturating_sub(step as usize);
-            if left == 0 {
+            let left = max.saturating_sub(progress.step as usize);
+            // Out of steps at an epoch's start: the run is over. Mid-epoch (a resumed run that
+            // stopped after its last step), the epoch's validation and record are still to come.
+            if left == 0 && progress.batches_done == 0 {
                 break;
             }
-            order.truncate(left * cfg.batch_size);
+            order.truncate(left * bs);
         }
-        let mut train = LossSums::default();
-        for_each_minibatch(x, cov, &order, cfg.batch_size, |mb| {
+        let trained = for_each_minibatch(x, cov, &order, bs, |mb| {
             if mb.len() < 2 {
-                return Ok(()); // scvi-tools' split never leaves one; a BatchNorm cannot take it.
+                // scvi-tools' split never leaves one; a BatchNorm cannot take it.
+                progress.batches_done += 1;
+                return Ok(());
             }
             crate::interrupt::check()?;
-            let p = engine.train_step(mb, step, kl_weight)?;
-            step += 1;
+            let p = engine.train_step(mb, progress.step, kl_weight)?;
             if !p.loss.is_finite() {
                 return Err(Error::Data(format!(
-                    "the training loss became {} at epoch {epoch}, step {step}; check the input for \
+                    "the training loss became {} at epoch {epoch}, step {}; check the input for \
                      extreme values or lower the learning rate",
-                    p.loss
+                    p.loss,
+                    progress.step + 1
                 )));
             }
-            train.add(&p);
+            progress.step += 1;
+            progress.batches_done += 1;
+            progress.epoch_sums.add(&p);
             Ok(())
-        })?;
-        let validation = if split.validation.is_empty() {
-            None
-        } else {
-            Some(evaluate(
+        });
+        let validation = trained.and_then(|()| {
+            if split.validation.is_empty() {
+                return Ok(None);
+            }
+            evaluate(
                 engine,
                 x,
                 cov,
                 &split.validation,
-                cfg.batch_size,
+                bs,
                 kl_weight,
                 EVAL_STEP_BASE + ((epoch as u64) << 20),
-            )?)
+            )
+            .map(Some)
+        });
+        let seconds = progress.epoch_seconds + t0.elapsed().as_secs_f64();
+        let validation = match validation {
+            Ok(v) => v,
+            Err(e) => {
+                // Stopped inside the epoch: keep its time for the record the resumed run makes.
+                progress.epoch_seconds = seconds;
+                return Err(e);
+            }
         };
         let rec = EpochRecord::new(
             epoch,
             kl_weight,
-            &train,
+            &progress.epoch_sums,
             validation.as_ref(),
-            t0.elapsed().as_secs_f64(),
+            seconds,
         );
-        on_epoch(&rec, max_epochs);
-        let monitored = rec.elbo_validation;
-        history.epochs.push(rec);
-        if cfg.early_stopping {
-            if let Some(v) = monitored {
-                if v < best - cfg.early_stopping_min_delta {
-                    best = v;
-                    since_best = 0;
-                } else {
-                    since_best += 1;
-                    if since_best >= cfg.early_stopping_patience {
-                        history.stopped_early = true;
-                        break;
-                    }
-                }
-            }
-        }
+        progress.end_epoch(rec.clone(), cfg);
+        between_epochs(&rec, max_epochs, engine, progress)?;
     }
-    Ok(history)
+    progress.finished = true;
+    Ok(())
 }
