@@ -162,12 +162,6 @@ pub fn write_converted(
         var: meta.var.iter().map(|(k, v)| (k.clone(), pick(v))).collect(),
         notes: genes.notes.clone(),
     })?;
-    if let Some(n) = written.n_non_integer.filter(|&n| n > 0) {
-        eprintln!(
-            "warning: {}: {n} values are not whole numbers; scVI expects raw counts",
-            meta.source
-        );
-    }
     Ok(written)
 }
 

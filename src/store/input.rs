@@ -289,7 +289,8 @@ impl Input {
     }
 
     /// Stream the counts as CSR chunks of at most `chunk_rows` rows, in order. The values are not
-    /// checked here (the writers and [`Input::into_dataset`] check them).
+    /// checked here (the writers and [`Input::into_dataset`] check them), but a store's rows are
+    /// ([`SparseRows::check_row`]: a corrupt store is an error naming the file and the row).
     pub fn for_each_chunk(
         &self,
         chunk_rows: usize,
@@ -345,12 +346,13 @@ impl Input {
 }
 
 fn warn_non_integer(summary: &CountSummary, meta: &InputMeta) {
-    if let Some(w) = summary.warning(&meta.source, &meta.field) {
+    for w in summary.warnings(&meta.source, &meta.field) {
         eprintln!("warning: {w}");
     }
 }
 
-/// Chunks of an in-memory or mapped matrix; `done(r0, r1)` after each chunk is handed on.
+/// Chunks of an in-memory or mapped matrix, every row checked first; `done(r0, r1)` after each
+/// chunk is handed on.
 fn rows_of(
     m: &dyn SparseRows,
     chunk_rows: usize,
@@ -361,6 +363,7 @@ fn rows_of(
     let mut r0 = 0;
     while r0 < n {
         let r1 = (r0 + chunk_rows).min(n);
+        (r0..r1).try_for_each(|i| m.check_row(i))?;
         f(r0, CsrMatrix::from_rows(m, r0, r1))?;
         done(r0, r1);
         r0 = r1;

@@ -33,7 +33,7 @@ pub struct Written {
     pub n_cells: u64,
     /// Stored values (a store drops explicit zeros; an `.h5ad` keeps what it was given).
     pub nnz: u64,
-    /// Values that are not whole numbers, for a store (an `.h5ad` writer warns about them itself).
+    /// Values that are not whole numbers, for a store (both writers warn about them themselves).
     pub n_non_integer: Option<u64>,
 }
 

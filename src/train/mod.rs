@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::rng::{Philox, Stream};
 pub use adam::AdamConfig;
 pub use history::{EpochRecord, History, LossSums};
-pub use loader::{for_each_minibatch, Covariates};
+pub use loader::{check_cell, for_each_minibatch, Covariates};
 use serde::{Deserialize, Serialize};
 pub use split::{train_validation_split, Split};
 use std::time::Instant;

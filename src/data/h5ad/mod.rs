@@ -65,7 +65,7 @@ pub struct H5adSummary {
 /// on stderr as a warning, as scvi-tools does. Use [`read_h5ad_with_summary`] to get them instead.
 pub fn read_h5ad(path: &Path, opts: &H5adOptions) -> Result<Dataset> {
     let (ds, summary) = read_h5ad_with_summary(path, opts)?;
-    if let Some(w) = summary.warning(&ds.source, &matrix_field(opts)) {
+    for w in summary.warnings(&ds.source, &matrix_field(opts)) {
         eprintln!("warning: {w}");
     }
     Ok(ds)
