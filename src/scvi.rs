@@ -8,8 +8,12 @@ use crate::data::validate::is_count;
 use crate::data::{Dataset, SparseRows};
 use crate::engine::{CpuTrainer, Engine};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::model::init::ModelState;
-use crate::model::io::{state_from_safetensors, state_to_safetensors, MODEL_DIR, WEIGHTS_FILE};
+use crate::model::io::{
+    check_model_sizes, state_from_safetensors, state_to_safetensors, MAX_META_BYTES, MODEL_DIR,
+    WEIGHTS_FILE,
+};
 use crate::model::{LatentDistribution, Layout, ModelConfig};
 use crate::rng::{Philox, Stream};
 use crate::train::{self, Covariates, EpochRecord, History, Split, TrainConfig};
@@ -118,6 +122,14 @@ impl Scvi {
         config.n_labels = label_categories.len();
         config.validate()?;
         let layout = Layout::new(&config);
+        // Parameters, gradients and Adam's two moments, at least, in f32.
+        let n = (layout.n_param_elems + layout.n_buffer_elems) as u64;
+        limits::ensure_memory(n.saturating_mul(16), || {
+            format!(
+                "a model of {} genes, {} hidden units and {} latent dimensions ({n} values)",
+                config.n_input, config.n_hidden, config.n_latent
+            )
+        })?;
         let mut state = ModelState::<f32>::init(layout, seed);
         if !config.use_observed_lib_size {
             set_library_prior(
@@ -362,6 +374,15 @@ impl Scvi {
             labels: &codes.labels,
         };
         let ln = self.meta.model.latent_distribution == LatentDistribution::Ln;
+        if ln {
+            // The draws of one cell are held at once.
+            let bytes = (l as u64)
+                .saturating_mul(mc_samples as u64)
+                .saturating_mul(8);
+            limits::ensure_memory(bytes, || {
+                format!("{mc_samples} Monte Carlo samples of {l} latent dimensions")
+            })?;
+        }
         let rng = Philox::new(0);
         // Scratch for the logistic-normal Monte Carlo mean, reused across cells.
         let (mut eps, mut z, mut acc) = (Vec::new(), vec![0f64; l], vec![0f64; l]);
@@ -472,8 +493,8 @@ impl Scvi {
             return Err(Error::format(dir, "not a model directory (expected a directory with model.json and model.safetensors)"));
         }
         let meta_path = dir.join("model.json");
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-        let meta: ModelMeta = serde_json::from_str(&text)
+        let text = limits::read_regular(&meta_path, MAX_META_BYTES, "a model.json")?;
+        let meta: ModelMeta = serde_json::from_slice(&text)
             .map_err(|e| Error::format(&meta_path, format!("invalid model.json: {e}")))?;
         if meta.format_version > FORMAT_VERSION {
             return Err(Error::format(
@@ -484,17 +505,20 @@ impl Scvi {
                 ),
             ));
         }
-        meta.model.validate()?;
         let wpath = dir.join(WEIGHTS_FILE);
-        let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
-        let state = state_from_safetensors(Layout::new(&meta.model), &bytes, &wpath)?;
-        let split = std::fs::read(dir.join("split.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<SplitFile>(&b).ok())
-            .map(|f| Split {
-                train: f.train_indices,
-                validation: f.validation_indices,
-            });
+        let wlen = limits::open_regular(&wpath)?
+            .metadata()
+            .map_err(|e| Error::io(&wpath, e))?
+            .len();
+        let lists = [
+            ("genes", meta.genes.len()),
+            ("batch categories", meta.batch_categories.len()),
+            ("label categories", meta.label_categories.len()),
+        ];
+        let layout = check_model_sizes(&meta.model, lists, &meta_path, &wpath, wlen)?;
+        let bytes = limits::read_regular(&wpath, wlen, "the weights")?;
+        let state = state_from_safetensors(layout, &bytes, &wpath)?;
+        let split = read_split(&dir.join("split.json"))?;
         Ok(Scvi {
             meta,
             state,
@@ -502,6 +526,25 @@ impl Scvi {
             split,
         })
     }
+}
+
+/// A model directory's `split.json`: None when there is none, an error naming the file when it is
+/// there but not a split.
+fn read_split(path: &Path) -> Result<Option<Split>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = limits::read_regular(path, MAX_META_BYTES, "a split.json")?;
+    let f: SplitFile = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::format(
+            path,
+            format!("invalid split.json (expected train_indices and validation_indices): {e}"),
+        )
+    })?;
+    Ok(Some(Split {
+        train: f.train_indices,
+        validation: f.validation_indices,
+    }))
 }
 
 /// scvi-tools' `_init_library_size`: per batch, the mean and (population) variance of the log

@@ -109,3 +109,277 @@ fn corrupt_store_rows_fail_every_command_cleanly() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Run and expect a flag refused before any work (exit status 1) with its name and the allowed
+/// range.
+fn refused(args: &[&str], needles: &[&str]) {
+    let o = run(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "exit status for {args:?}:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "message for {args:?} lacks '{n}':\n{err}");
+    }
+}
+
+/// Files of a few kilobytes whose chunked datasets claim hundreds of millions of entries (made by
+/// scripts/fixtures/make_hostile_fixtures.py) are refused before anything is allocated, in
+/// milliseconds, naming the field; flags with absurd values are refused before any work with the
+/// allowed range; thread counts far beyond the CPUs are capped with a warning.
+#[test]
+fn lying_sizes_and_absurd_flags_are_refused_up_front() {
+    let d = tmpdir("sizes");
+    let out = d.join("out");
+    let o = s(&out);
+    let hostile = |name: &str| fixture("hostile", name);
+    for (file, field) in [
+        ("lying_names.h5ad", "obs/_index"),
+        ("many_categories.h5ad", "obs/cell_type/categories"),
+        ("lying_10x.h5", "matrix/barcodes"),
+    ] {
+        let f = hostile(file);
+        let needles = [file, field, "can hold"];
+        fails_with(&["info", s(&f)], &needles);
+        fails_with(&["train", s(&f), "--out", o, "--quiet"], &needles);
+        fails_with(&["convert", s(&f), o], &needles);
+    }
+    let f = hostile("huge_row.h5ad");
+    let needles = ["huge_row.h5ad", "X/indices", "1000000000 entries"];
+    fails_with(&["train", s(&f), "--out", o, "--quiet"], &needles);
+    fails_with(&["convert", s(&f), o], &needles);
+    assert!(!out.exists());
+
+    let small = fixture("cli", "small.h5ad");
+    let sm = s(&small);
+    for (flag, value, range) in [
+        ("--n-latent", "1000000000000", "1 to 16384"),
+        ("--n-hidden", "0", "1 to 16384"),
+        ("--n-layers", "100", "1 to 64"),
+        ("--batch-size", "1000000000", "2 to 65536"),
+        ("--lr", "-1", "positive"),
+        ("--lr", "nan", "positive"),
+        ("--lr", "inf", "positive"),
+        ("--weight-decay", "-1e-3", "0 or more"),
+        ("--train-size", "0", "(0, 1]"),
+        ("--dropout-rate", "1", "[0, 1)"),
+        ("--max-steps", "0", "1 or more"),
+        ("--max-epochs", "-3", "1 or more"),
+    ] {
+        refused(&["train", sm, "--out", o, flag, value], &[flag, range]);
+    }
+    refused(
+        &["embed", o, sm, "--out", "z.npy", "--mc-samples", "0"],
+        &["--mc-samples", "1 to 1000000"],
+    );
+    refused(
+        &[
+            "embed",
+            o,
+            sm,
+            "--out",
+            "z.npy",
+            "--mc-samples",
+            "1000000000000",
+        ],
+        &["--mc-samples", "1 to 1000000"],
+    );
+    refused(&["simulate", "--genes", "0", "--out", o], &["--genes"]);
+    refused(
+        &["convert", sm, o, "--n-top-genes", "0"],
+        &["--n-top-genes"],
+    );
+    fails_with(
+        &["simulate", "--cells", "1000000000000", "--out", o],
+        &["1000000000000 cells", "memory", "available"],
+    );
+    fails_with(
+        &[
+            "simulate", "--cells", "10000000", "--genes", "200000", "--out", o,
+        ],
+        &["disk space", "free"],
+    );
+    fails_with(
+        &["demo", "--cells", "100000000", "--genes", "100000"],
+        &["memory"],
+    );
+    assert!(!out.exists());
+
+    let warned = ok(&[
+        "train",
+        sm,
+        "--out",
+        o,
+        "--quiet",
+        "--max-epochs",
+        "1",
+        "--threads",
+        "100000",
+    ]);
+    assert!(
+        warned.contains("--threads 100000") && warned.contains("using"),
+        "{warned}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A named pipe, a socket or a device given as an input (or as a file inside a store, an MTX
+/// folder, a model directory, or as --genes) is refused at once: reading it would block forever.
+#[test]
+fn special_files_are_refused_without_blocking() {
+    let d = tmpdir("special");
+    let fifo = d.join("pipe.h5ad");
+    let mk = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    mk(&fifo);
+    let out = d.join("out");
+    let o = s(&out);
+    let small = fixture("cli", "small.h5ad");
+    let sm = s(&small);
+    let t0 = std::time::Instant::now();
+    fails_with(&["info", s(&fifo)], &["pipe.h5ad", "named pipe"]);
+    fails_with(&["train", s(&fifo), "--out", o], &["named pipe"]);
+    fails_with(&["info", "/dev/zero"], &["/dev/zero", "character device"]);
+    fails_with(&["train", "/dev/stdin", "--out", o], &["/dev/stdin"]);
+    let genes = d.join("genes.txt");
+    mk(&genes);
+    fails_with(
+        &["convert", sm, o, "--genes", s(&genes)],
+        &["genes.txt", "named pipe"],
+    );
+    // Inside a store and a model directory.
+    let store = d.join("s.store");
+    ok(&["convert", sm, s(&store)]);
+    std::fs::remove_file(store.join("data.f32")).unwrap();
+    mk(&store.join("data.f32"));
+    fails_with(&["info", s(&store)], &["data.f32", "named pipe"]);
+    let model = d.join("model");
+    ok(&[
+        "train",
+        sm,
+        "--out",
+        s(&model),
+        "--quiet",
+        "--max-epochs",
+        "1",
+    ]);
+    std::fs::remove_file(model.join("model.json")).unwrap();
+    mk(&model.join("model.json"));
+    fails_with(
+        &["embed", s(&model), sm, "--out", s(&d.join("z.npy"))],
+        &["model.json", "named pipe"],
+    );
+    assert!(t0.elapsed().as_secs() < 60, "a special file blocked");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// An edit of a model.json.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
+/// `model.json` edited to lie (sizes far beyond the weights, ranges broken, lists of the wrong
+/// length), weights holding NaN, a damaged `split.json`: each is an error naming the file and the
+/// field, before anything is allocated for the lie.
+#[test]
+fn model_files_that_lie_are_refused_naming_the_file() {
+    let d = tmpdir("model");
+    let small = fixture("cli", "small.h5ad");
+    let sm = s(&small);
+    let good = d.join("good");
+    ok(&[
+        "train",
+        sm,
+        "--out",
+        s(&good),
+        "--quiet",
+        "--max-epochs",
+        "1",
+    ]);
+    let z = d.join("z.npy");
+    let copy = |name: &str| {
+        let m = d.join(name);
+        std::fs::create_dir_all(&m).unwrap();
+        for f in [
+            "model.json",
+            "model.safetensors",
+            "split.json",
+            "history.csv",
+        ] {
+            std::fs::copy(good.join(f), m.join(f)).unwrap();
+        }
+        m
+    };
+    let edit_json = |m: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let p = m.join("model.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    let cases: Vec<(&str, Edit, &[&str])> = vec![
+        (
+            "n_latent",
+            Box::new(|v| v["model"]["n_latent"] = 1_000_000_000_000u64.into()),
+            &["model.json", "n_latent", "at most"],
+        ),
+        (
+            "n_hidden",
+            Box::new(|v| v["model"]["n_hidden"] = 0.into()),
+            &["model.json", "n_hidden"],
+        ),
+        (
+            "dropout",
+            Box::new(|v| v["model"]["dropout_rate"] = 2.0.into()),
+            &["model.json", "dropout_rate"],
+        ),
+        (
+            "genes",
+            Box::new(|v| v["model"]["n_input"] = 7.into()),
+            &["model.json", "genes", "says 7"],
+        ),
+        (
+            "consistent lie",
+            Box::new(|v| {
+                v["model"]["n_hidden"] = 16384.into();
+                v["model"]["n_latent"] = 16384.into();
+            }),
+            &["model.safetensors", "do not belong together"],
+        ),
+        (
+            "not json",
+            Box::new(|v| *v = serde_json::Value::String("x".into())),
+            &["model.json", "invalid"],
+        ),
+    ];
+    for (name, edit, needles) in cases {
+        let m = copy(name);
+        edit_json(&m, &*edit);
+        fails_with(&["embed", s(&m), sm, "--out", s(&z)], needles);
+    }
+    // A NaN in the weights: the first value of the first tensor in the file's data section.
+    let m = copy("nan");
+    let p = m.join("model.safetensors");
+    let mut b = std::fs::read(&p).unwrap();
+    let header = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&b[8..8 + header]).unwrap();
+    let (name, start) = h
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| t["dtype"] == "F32")
+        .map(|(k, t)| (k.clone(), t["data_offsets"][0].as_u64().unwrap() as usize))
+        .min_by_key(|(_, o)| *o)
+        .unwrap();
+    b[8 + header + start..8 + header + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&p, b).unwrap();
+    fails_with(
+        &["embed", s(&m), sm, "--out", s(&z)],
+        &["model.safetensors", &name, "NaN"],
+    );
+    // A damaged split.json is named as such, not taken for a missing one.
+    let m = copy("split");
+    std::fs::write(m.join("split.json"), "{\"train_indices\": [1, 2").unwrap();
+    fails_with(&["elbo", s(&m), sm], &["split.json", "invalid"]);
+    assert!(!z.exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}

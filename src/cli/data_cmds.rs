@@ -5,10 +5,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::options::{positive_count, positive_real, whole};
 use anyhow::Result;
 use clap::Args;
 use scvi_rs::atomic::check_output;
 use scvi_rs::data::simulate::SimConfig;
+use scvi_rs::model::config::MAX_CATEGORIES;
 use scvi_rs::store::convert::{select_genes, write_converted, ConvertOptions};
 use scvi_rs::store::{info_json, open_input, output_kind, write_simulated};
 
@@ -28,7 +30,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub layer: Option<String>,
     /// Keep only the N most highly variable genes (scanpy's seurat_v3 flavour on raw counts).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive_count, allow_negative_numbers = true)]
     pub n_top_genes: Option<usize>,
     /// obs column whose categories are the batches for --n-top-genes.
     #[arg(long, value_name = "KEY", requires = "n_top_genes")]
@@ -39,7 +41,7 @@ pub struct ConvertArgs {
     /// Rows read, checked and written at a time (bounds the memory of the conversion). Default:
     /// 2048, or for a CSC .h5ad (read in one pass over the file per chunk) enough rows for about
     /// 2^26 stored values a chunk.
-    #[arg(long, value_name = "ROWS")]
+    #[arg(long, value_name = "ROWS", value_parser = positive_count, allow_negative_numbers = true)]
     pub chunk_rows: Option<usize>,
 }
 
@@ -59,23 +61,23 @@ pub struct InfoArgs {
 /// `scvi-rs simulate --out sim.store`: a realistic simulated data set of any size.
 #[derive(Args, Debug, Clone)]
 pub struct SimulateArgs {
-    /// Number of cells.
-    #[arg(long, default_value_t = 10_000)]
+    /// Number of cells (checked against the free disk space).
+    #[arg(long, default_value_t = 10_000, value_parser = positive_count, allow_negative_numbers = true)]
     pub cells: usize,
-    /// Number of genes.
-    #[arg(long, default_value_t = 2_000)]
+    /// Number of genes (1 to 2^32 - 1).
+    #[arg(long, default_value_t = 2_000, value_parser = sim_genes, allow_negative_numbers = true)]
     pub genes: usize,
-    /// Number of batches (obs column `batch`).
-    #[arg(long, default_value_t = 2)]
+    /// Number of batches (obs column `batch`; 1 to 2^20).
+    #[arg(long, default_value_t = 2, value_parser = categories, allow_negative_numbers = true)]
     pub batches: usize,
-    /// Number of cell types (obs column `cell_type`).
-    #[arg(long, default_value_t = 5)]
+    /// Number of cell types (obs column `cell_type`; 1 to 2^20).
+    #[arg(long, default_value_t = 5, value_parser = categories, allow_negative_numbers = true)]
     pub cell_types: usize,
     /// Random seed: the same seed gives the same data, whatever the number of threads.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Median library size (UMIs per cell); default 1.5 x genes.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_real, allow_hyphen_values = true)]
     pub library_median: Option<f64>,
     /// Where to write: an .h5ad file when the name ends in .h5ad, else a store (directory).
     #[arg(long)]
@@ -83,6 +85,13 @@ pub struct SimulateArgs {
     /// Replace --out if it exists (only a store or file that scvi-rs can replace).
     #[arg(long)]
     pub force: bool,
+}
+
+fn sim_genes(s: &str) -> std::result::Result<usize, String> {
+    whole(s, 1, u32::MAX as usize)
+}
+fn categories(s: &str) -> std::result::Result<usize, String> {
+    whole(s, 1, MAX_CATEGORIES)
 }
 
 pub fn run_convert(args: &ConvertArgs) -> Result<()> {

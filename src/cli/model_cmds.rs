@@ -20,7 +20,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// CPU threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub threads: usize,
 }
 
@@ -151,8 +151,8 @@ pub struct EmbedCmd {
     pub out: PathBuf,
     #[arg(long)]
     pub layer: Option<String>,
-    /// Monte Carlo samples for the logistic-normal latent mean.
-    #[arg(long, default_value_t = 5000)]
+    /// Monte Carlo samples for the logistic-normal latent mean (1 to 1,000,000).
+    #[arg(long, default_value_t = 5000, value_parser = mc_samples, allow_negative_numbers = true)]
     pub mc_samples: usize,
     #[command(flatten)]
     pub run: RunArgs,
@@ -187,6 +187,11 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
     })
 }
 
+/// `--mc-samples`: scvi-tools' default is 5,000; a million draws per cell is already hours.
+fn mc_samples(s: &str) -> std::result::Result<usize, String> {
+    super::options::whole(s, 1, 1_000_000)
+}
+
 fn check_output_ext(p: &Path) -> Result<()> {
     match p.extension().and_then(|e| e.to_str()) {
         Some("npy") | Some("csv") => Ok(()),
@@ -203,7 +208,7 @@ pub struct ElboCmd {
     pub subset: String,
     #[arg(long)]
     pub layer: Option<String>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     #[command(flatten)]
     pub run: RunArgs,

@@ -146,6 +146,19 @@ pub fn write_converted(
     let keep = &genes.keep;
     let map = ColumnMap::keep(input.n_genes, keep);
     let pick = |v: &[String]| -> Vec<String> { keep.iter().map(|&g| v[g].clone()).collect() };
+    if let Some(nnz) = input.nnz {
+        // 8 bytes a stored value (index and value) in the genes kept, 8 a row, ~40 of names.
+        let kept = nnz as f64 * keep.len() as f64 / input.n_genes.max(1) as f64;
+        let bytes = (kept * 8.0 + input.n_cells as f64 * 48.0) as u64;
+        crate::limits::ensure_disk(output, bytes, || {
+            format!(
+                "OUTPUT {} ({} cells x {} genes)",
+                output.display(),
+                input.n_cells,
+                keep.len()
+            )
+        })?;
+    }
     let mut w = MatrixWriter::create(output, keep.len(), &meta.source, opts.force)?;
     w.set_field(&meta.field);
     input.for_each_chunk(chunk_rows(input, opts), |_, c| {

@@ -49,6 +49,8 @@ pub fn detect_format(path: &Path) -> Result<InputFormat> {
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     }
+    // A named pipe or a device would block the first read, or never end.
+    crate::limits::refuse_special(path, "")?;
     if path.is_dir() {
         if is_store(path) {
             return Ok(InputFormat::Store);

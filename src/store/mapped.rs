@@ -1,7 +1,6 @@
 //! An opened store: the header checked, the matrix memory-mapped ([`MappedCsr`]), the metadata
 //! decoded ([`Store`]); and how to recognise a store on disk ([`is_store`], [`STORE_DIR`]).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -58,7 +57,7 @@ struct Mapped {
 
 impl Mapped {
     fn open(path: &Path, expected_bytes: u64) -> Result<Mapped> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::limits::open_regular(path)?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len != expected_bytes {
             return Err(Error::format(
@@ -300,16 +299,8 @@ impl Store {
             });
         }
         let hpath = path.join(format::HEADER_FILE);
-        let hlen = std::fs::metadata(&hpath)
-            .map_err(|e| Error::io(&hpath, e))?
-            .len();
-        if hlen > format::MAX_HEADER_BYTES {
-            return Err(Error::format(
-                &hpath,
-                format!("header is {hlen} bytes: not a store header"),
-            ));
-        }
-        let hbytes = std::fs::read(&hpath).map_err(|e| Error::io(&hpath, e))?;
+        let hbytes =
+            crate::limits::read_regular(&hpath, format::MAX_HEADER_BYTES, "a store header")?;
         let header = Header::from_bytes(&hpath, &hbytes)?;
 
         let (n_cells, n_genes, nnz) = (header.n_cells, header.n_genes, header.nnz);

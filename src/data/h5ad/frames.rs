@@ -105,7 +105,7 @@ impl H5ad {
             Some(other) => return Ok(Err(format!("encoding '{other}'"))),
         }
         if hdf5::is_string_type(ds.dtype()) {
-            let v = ds.read_strings().map_err(self.h5err(field))?;
+            let v = hdf5::read_strings(&self.path, field, ds)?;
             return Ok(Ok(ObsColumn::Strings(v)));
         }
         if NumKind::of(ds.dtype()).is_some() {
@@ -125,7 +125,7 @@ impl H5ad {
             }));
         }
         if hdf5::is_bool_type(ds.dtype()) {
-            let raw = ds.read_raw_bytes().map_err(self.h5err(field))?;
+            let raw = hdf5::read_bytes(&self.path, field, ds)?;
             return Ok(Ok(ObsColumn::Bools(raw.iter().map(|&b| b != 0).collect())));
         }
         Ok(Err(format!(

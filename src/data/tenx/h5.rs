@@ -11,14 +11,14 @@ use hdf5_reader::{Dataset as H5Dataset, Hdf5File};
 
 use super::{gex_filter, keep_genes, TenxGenes};
 use crate::data::csr::ColumnMap;
-use crate::data::hdf5::{NumField, StoredCsr};
+use crate::data::hdf5::{self, NumField, StoredCsr};
 use crate::data::{CsrMatrix, Dataset};
 use crate::error::{Error, Result};
 
 /// Is `path` an HDF5 file laid out as a Cell Ranger matrix (a `matrix` group, or a Cell Ranger 2
 /// genome group with `barcodes` and `indptr`)?
 pub fn is_10x_h5(path: &Path) -> bool {
-    let Ok(f) = Hdf5File::open(path) else {
+    let Ok(f) = hdf5::open_file(path) else {
         return false;
     };
     let Ok(root) = f.root_group() else {
@@ -63,10 +63,8 @@ pub struct TenxH5 {
 
 impl TenxH5 {
     pub fn open(path: &Path) -> Result<TenxH5> {
-        std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let ferr = |m: String| Error::format(path, m);
-        let file =
-            Hdf5File::open(path).map_err(|e| ferr(format!("cannot be read as HDF5: {e}")))?;
+        let file = hdf5::open_file(path)?;
         let root = file.root_group().map_err(|e| ferr(format!("/: {e}")))?;
         let (group, v3) = find_matrix_group(&root).ok_or_else(|| {
             ferr("not a 10x Cell Ranger matrix (no 'matrix' group nor a genome group)".into())
@@ -79,9 +77,7 @@ impl TenxH5 {
                 .map_err(|e| ferr(format!("{group}/{name}: {e}")))
         };
         let strings = |name: &str| -> Result<Vec<String>> {
-            ds(name)?
-                .read_strings()
-                .map_err(|e| ferr(format!("{group}/{name}: {e}")))
+            hdf5::read_strings(path, &format!("{group}/{name}"), &ds(name)?)
         };
         let (shape_ds, shape_field) = (ds("shape")?, format!("{group}/shape"));
         let shape: Vec<i128> = NumField::new(path, &shape_field, &shape_ds)?.all()?;
@@ -97,9 +93,11 @@ impl TenxH5 {
                 .group("features")
                 .map_err(|e| ferr(format!("{group}/features: {e}")))?;
             let fstr = |name: &str| -> Result<Vec<String>> {
-                fg.dataset(name)
-                    .and_then(|d| d.read_strings())
-                    .map_err(|e| ferr(format!("{group}/features/{name}: {e}")))
+                let field = format!("{group}/features/{name}");
+                let d = fg
+                    .dataset(name)
+                    .map_err(|e| ferr(format!("{field}: {e}")))?;
+                hdf5::read_strings(path, &field, &d)
             };
             let (_, members) = fg
                 .member_names()
