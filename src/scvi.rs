@@ -313,12 +313,9 @@ impl Scvi {
         let codes = self.codes_for(data)?;
         let all: Vec<usize> = (0..data.n_cells()).collect();
         self.check_library(data, &all)?;
-        let split = train::train_validation_split(
-            data.n_cells(),
-            cfg.train_size,
-            cfg.batch_size,
-            cfg.seed,
-        )?;
+        let split =
+            train::train_validation_split(data.n_cells(), cfg.train_size, cfg.batch_size, cfg.seed)
+                .map_err(|e| Error::Data(format!("{}: {e}", data.source)))?;
         if split.train.len() < 2 {
             return Err(Error::Data(format!(
                 "{}: too few cells to train on ({})",

@@ -96,25 +96,41 @@ pub fn select_genes(input: &Input, opts: &ConvertOptions) -> Result<GeneSelectio
     let batch = match &opts.hvg_batch_key {
         Some(key) => {
             let col = find_obs(&meta.obs, key, &meta.source, " for --hvg-batch-key")?;
-            let (codes, cats) = col.to_categorical(key)?;
+            let (codes, cats) = col
+                .to_categorical(key)
+                .map_err(|e| Error::Data(format!("{}: {e}", meta.source)))?;
             Some((codes, cats.len()))
         }
         None => None,
     };
     let map = ColumnMap::keep(input.n_genes, &keep);
     let n_sub = keep.len();
-    let mut hvg = SeuratV3::new(n_sub, batch)?;
+    // Six f64 statistics per gene and batch.
+    let n_batches = batch.as_ref().map_or(1, |b| b.1.max(1));
+    crate::limits::ensure_memory((n_batches as u64 * n_sub as u64).saturating_mul(48), || {
+        format!(
+            "{}: highly variable genes over {n_sub} genes in {n_batches} batches{}",
+            meta.source,
+            opts.hvg_batch_key
+                .as_ref()
+                .map(|k| format!(" (--hvg-batch-key {k})"))
+                .unwrap_or_default()
+        )
+    })?;
+    // The statistics' own errors (a one-cell batch, ...) name neither the file nor the step.
+    let named = |e: Error| Error::Data(format!("{}: --n-top-genes: {e}", meta.source));
+    let mut hvg = SeuratV3::new(n_sub, batch).map_err(named)?;
     let rows = chunk_rows(input, opts);
     input.for_each_chunk(rows, |first, c| {
         hvg.add_stats(first, &c.select_columns(&map));
         Ok(())
     })?;
-    hvg.fit()?;
+    hvg.fit().map_err(named)?;
     input.for_each_chunk(rows, |first, c| {
         hvg.add_clipped(first, &c.select_columns(&map));
         Ok(())
     })?;
-    let res = hvg.select(n_top)?;
+    let res = hvg.select(n_top).map_err(named)?;
     let chosen: Vec<usize> = (0..n_sub)
         .filter(|&g| res.highly_variable[g])
         .map(|g| keep[g])
