@@ -383,3 +383,83 @@ fn model_files_that_lie_are_refused_naming_the_file() {
     assert!(!z.exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A Cell Ranger 2 file holding two genomes is refused without `--genome`, the error listing
+/// them, as scanpy's read_10x_h5 refuses it; with `--genome` its genes are that genome's. A Cell
+/// Ranger 3 file keeps every genome unless `--genome` picks one (fixtures and scanpy's reading of
+/// them: scripts/fixtures/make_genome_fixtures.py).
+#[test]
+fn several_genomes_need_genome() {
+    let d = tmpdir("genome");
+    let legacy = fixture("tenx", "multiple_genomes.h5");
+    let v3 = fixture("tenx", "v3_two_genomes.h5");
+    let genes = |args: &[&str]| -> Vec<String> {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    fails_with(
+        &["info", s(&legacy)],
+        &[
+            "multiple_genomes.h5",
+            "2 genomes",
+            "hg19_chr21",
+            "another_genome",
+            "--genome",
+        ],
+    );
+    fails_with(
+        &["train", s(&legacy), "--out", s(&d.join("m")), "--quiet"],
+        &["--genome"],
+    );
+    fails_with(
+        &["info", s(&legacy), "--genome", "mm9"],
+        &["mm9", "hg19_chr21", "another_genome"],
+    );
+    let l = s(&legacy);
+    assert_eq!(
+        genes(&["info", l, "--genome", "another_genome", "--genes"]),
+        ["M1", "M2"]
+    );
+    assert_eq!(
+        genes(&["info", l, "--genome", "hg19_chr21", "--genes"]),
+        ["H1", "H2", "H3"]
+    );
+    assert_eq!(genes(&["info", s(&v3), "--genes"]).len(), 5);
+    assert_eq!(
+        genes(&["info", s(&v3), "--genome", "mm10", "--genes"]),
+        ["M1", "M2"]
+    );
+    fails_with(
+        &["info", s(&v3), "--genome", "hg19"],
+        &["hg19", "GRCh38", "mm10"],
+    );
+    let out = d.join("mm.store");
+    ok(&["convert", l, s(&out), "--genome", "another_genome"]);
+    assert_eq!(genes(&["info", s(&out), "--genes"]), ["M1", "M2"]);
+    fails_with(
+        &["info", s(&out), "--genome", "x"],
+        &["--genome applies to 10x .h5"],
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Repeated cell names and repeated categories are read with a warning (anndata warns about the
+/// first; pandas cannot hold the second, so its repeats become one category).
+#[test]
+fn repeated_names_and_categories_warn() {
+    let f = fixture("hostile", "duplicates.h5ad");
+    let err = ok(&["info", s(&f)]);
+    assert!(
+        err.contains("cell names are not unique") && err.contains("'c0' at 0 and 2"),
+        "{err}"
+    );
+    assert!(err.contains("obs/batch/categories repeats 'x'"), "{err}");
+    let o = run(&["info", s(&f)]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["obs"][0]["categories"], serde_json::json!(["x", "y"]));
+    assert_eq!(v["obs"][0]["counts"], serde_json::json!([3, 1]));
+}

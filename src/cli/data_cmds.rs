@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::model_cmds::input_options;
 use super::options::{positive_count, positive_real, whole};
 use anyhow::Result;
 use clap::Args;
@@ -12,7 +13,8 @@ use scvi_rs::atomic::check_output;
 use scvi_rs::data::simulate::SimConfig;
 use scvi_rs::model::config::MAX_CATEGORIES;
 use scvi_rs::store::convert::{select_genes, write_converted, ConvertOptions};
-use scvi_rs::store::{info_json, open_input, output_kind, write_simulated};
+use scvi_rs::store::info::info_json_with;
+use scvi_rs::store::{open_input_with, output_kind, write_simulated};
 
 /// `scvi-rs convert INPUT OUTPUT.store`: write any input as a memory-mapped store.
 #[derive(Args, Debug, Clone)]
@@ -29,6 +31,9 @@ pub struct ConvertArgs {
     /// Read the counts from `layers/<LAYER>` of an .h5ad instead of X.
     #[arg(long)]
     pub layer: Option<String>,
+    /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
+    #[arg(long)]
+    pub genome: Option<String>,
     /// Keep only the N most highly variable genes (scanpy's seurat_v3 flavour on raw counts).
     #[arg(long, value_name = "N", value_parser = positive_count, allow_negative_numbers = true)]
     pub n_top_genes: Option<usize>,
@@ -53,6 +58,9 @@ pub struct InfoArgs {
     /// Print the gene names, one per line, instead of the JSON.
     #[arg(long)]
     pub genes: bool,
+    /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
+    #[arg(long)]
+    pub genome: Option<String>,
     /// Also run the full O(nnz) check of a store (checksums of every array, every row).
     #[arg(long)]
     pub verify: bool,
@@ -102,7 +110,7 @@ pub fn run_convert(args: &ConvertArgs) -> Result<()> {
         args.force,
         "OUTPUT",
     )?;
-    let input = open_input(&args.input, args.layer.as_deref())?;
+    let input = open_input_with(&args.input, &input_options(&args.layer, &args.genome))?;
     let opts = ConvertOptions {
         genes: args.genes.clone(),
         n_top_genes: args.n_top_genes,
@@ -143,12 +151,16 @@ pub fn run_info(args: &InfoArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.genes {
-        let input = open_input(&args.input, None)?;
+        let input = open_input_with(&args.input, &input_options(&None, &args.genome))?;
         for g in &input.meta.gene_names {
             writeln!(out, "{g}")?;
         }
     } else {
-        let v = info_json(&args.input, args.verify)?;
+        let v = info_json_with(
+            &args.input,
+            &input_options(&None, &args.genome),
+            args.verify,
+        )?;
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     }
     out.flush()?;

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use scvi_rs::atomic::{check_output, AtomicDir, OutputKind};
 use scvi_rs::infer::output::write_matrix;
 use scvi_rs::model::io::MODEL_DIR;
-use scvi_rs::store::load_dataset;
+use scvi_rs::store::{load_dataset_with, InputOptions};
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,6 +53,9 @@ pub struct TrainCmd {
     /// Read counts from layers/NAME instead of X.
     #[arg(long)]
     pub layer: Option<String>,
+    /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
+    #[arg(long)]
+    pub genome: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -65,6 +68,14 @@ pub struct TrainCmd {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--layer` and `--genome` as the input opener takes them.
+pub fn input_options(layer: &Option<String>, genome: &Option<String>) -> InputOptions {
+    InputOptions {
+        layer: layer.clone(),
+        genome: genome.clone(),
+    }
 }
 
 pub fn progress_bar(quiet: bool) -> ProgressBar {
@@ -90,7 +101,7 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
     let staged = AtomicDir::create(&cmd.out, &MODEL_DIR, cmd.force, "--out")?;
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
-        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
+        let data = load_dataset_with(&cmd.data, &input_options(&cmd.layer, &cmd.genome))?;
         let setup = Setup {
             batch_key: cmd.batch_key.clone(),
             labels_key: cmd.labels_key.clone(),
@@ -151,6 +162,9 @@ pub struct EmbedCmd {
     pub out: PathBuf,
     #[arg(long)]
     pub layer: Option<String>,
+    /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
+    #[arg(long)]
+    pub genome: Option<String>,
     /// Monte Carlo samples for the logistic-normal latent mean (1 to 1,000,000).
     #[arg(long, default_value_t = 5000, value_parser = mc_samples, allow_negative_numbers = true)]
     pub mc_samples: usize,
@@ -166,7 +180,7 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let model = Scvi::load(&cmd.model)?;
-        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
+        let data = load_dataset_with(&cmd.data, &input_options(&cmd.layer, &cmd.genome))?;
         let z = model.latent_representation(&data, device, cmd.mc_samples)?;
         let l = model.config().n_latent;
         write_matrix(
@@ -208,6 +222,9 @@ pub struct ElboCmd {
     pub subset: String,
     #[arg(long)]
     pub layer: Option<String>,
+    /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
+    #[arg(long)]
+    pub genome: Option<String>,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     #[command(flatten)]
@@ -219,7 +236,7 @@ pub fn run_elbo(cmd: &ElboCmd) -> Result<()> {
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let model = Scvi::load(&cmd.model)?;
-        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
+        let data = load_dataset_with(&cmd.data, &input_options(&cmd.layer, &cmd.genome))?;
         let n = data.n_cells();
         let cells: Vec<usize> = match cmd.subset.as_str() {
             "all" => (0..n).collect(),

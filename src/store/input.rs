@@ -102,15 +102,45 @@ pub fn detect_format(path: &Path) -> Result<InputFormat> {
     Ok(InputFormat::H5ad)
 }
 
+/// What to read of an input beyond its path (the command line's `--layer` and `--genome`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InputOptions {
+    /// `layers/<layer>` of an `.h5ad` instead of `X` (an error for other inputs).
+    pub layer: Option<String>,
+    /// Only the genes of this genome of a 10x `.h5` (scanpy's `read_10x_h5(genome=...)`): needed
+    /// for a Cell Ranger 2 file holding several (an error for other inputs).
+    pub genome: Option<String>,
+}
+
+impl InputOptions {
+    /// Only a layer (the common case).
+    pub fn layer(layer: Option<&str>) -> Self {
+        InputOptions {
+            layer: layer.map(str::to_string),
+            genome: None,
+        }
+    }
+}
+
 /// Open any input (see [`Input::open`]).
 pub fn open_input(path: &Path, layer: Option<&str>) -> Result<Input> {
     Input::open(path, layer)
+}
+
+/// Open any input with its options (see [`Input::open_with`]).
+pub fn open_input_with(path: &Path, opts: &InputOptions) -> Result<Input> {
+    Input::open_with(path, opts)
 }
 
 /// Open any input and read it whole as a [`Dataset`] (a store stays memory-mapped); see
 /// [`Input::into_dataset`].
 pub fn load_dataset(path: &Path, layer: Option<&str>) -> Result<Dataset> {
     Input::open(path, layer)?.into_dataset()
+}
+
+/// [`load_dataset`] with its options (`--layer`, `--genome`).
+pub fn load_dataset_with(path: &Path, opts: &InputOptions) -> Result<Dataset> {
+    Input::open_with(path, opts)?.into_dataset()
 }
 
 /// The annotations of an input (gene names already unique).
@@ -152,10 +182,23 @@ impl Input {
     /// Open `path` (any format). `layer` selects an `.h5ad` layer and is an error for other inputs.
     /// An input with no cells or no genes is an error.
     pub fn open(path: &Path, layer: Option<&str>) -> Result<Input> {
+        Self::open_with(path, &InputOptions::layer(layer))
+    }
+
+    /// [`Input::open`] with every option: `--genome` too, which applies to 10x `.h5` files.
+    pub fn open_with(path: &Path, opts: &InputOptions) -> Result<Input> {
         let format = detect_format(path)?;
+        let layer = opts.layer.as_deref();
         if layer.is_some() && format != InputFormat::H5ad {
             return Err(Error::Config(format!(
                 "--layer applies to .h5ad input only; {} is a {}",
+                path.display(),
+                format.name()
+            )));
+        }
+        if opts.genome.is_some() && format != InputFormat::TenxH5 {
+            return Err(Error::Config(format!(
+                "--genome applies to 10x .h5 input only; {} is a {}",
                 path.display(),
                 format.name()
             )));
@@ -228,7 +271,7 @@ impl Input {
                 }
             }
             InputFormat::TenxH5 => {
-                let t = TenxH5::open(path)?;
+                let t = TenxH5::open_genome(path, opts.genome.as_deref())?;
                 let meta = InputMeta {
                     gene_names: t.genes.names.clone(),
                     cell_names: t.barcodes.clone(),
@@ -278,6 +321,15 @@ impl Input {
                 "{}: empty matrix ({} cells x {} genes)",
                 input.meta.source, input.n_cells, input.n_genes
             )));
+        }
+        if let Some(w) = repeated_names(&input.meta.cell_names) {
+            // anndata warns too ("obs_names are not unique"); cells are used by position, so
+            // nothing breaks, but outputs listing cells by name become ambiguous.
+            eprintln!(
+                "warning: {}: cell names are not unique ({w}); outputs that list cells by name \
+                 will repeat them (anndata: adata.obs_names_make_unique())",
+                input.meta.source
+            );
         }
         Ok(input)
     }
@@ -345,6 +397,23 @@ impl Input {
             source: meta.source,
         })
     }
+}
+
+/// How many names repeat an earlier one, with the first repeat and where: None when all are
+/// unique.
+pub fn repeated_names(names: &[String]) -> Option<String> {
+    let mut first = std::collections::HashMap::with_capacity(names.len());
+    let mut repeats = 0usize;
+    let mut example = None;
+    for (i, n) in names.iter().enumerate() {
+        if let Some(&j) = first.get(n.as_str()) {
+            repeats += 1;
+            example.get_or_insert_with(|| format!("'{n}' at {j} and {i}"));
+        } else {
+            first.insert(n.as_str(), i);
+        }
+    }
+    example.map(|e| format!("{repeats} repeated; the first: {e}"))
 }
 
 fn warn_non_integer(summary: &CountSummary, meta: &InputMeta) {

@@ -373,7 +373,7 @@ pub fn read_10x_mtx(dir: &Path) -> Result<TenxMtx> {
         .map_err(|e| Error::format(&mtx, e.to_string()))?;
 
     let source = dir.display().to_string();
-    let (genes, map) = gex_filter(ids, names, types, &source);
+    let (genes, map) = gex_filter(ids, names, types, None, &source);
     Ok(TenxMtx {
         counts: keep_genes(counts, &map),
         genes,
