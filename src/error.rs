@@ -58,6 +58,20 @@ fn io_text(e: &std::io::Error) -> String {
     }
 }
 
+/// A lower layer's text without the labels it puts before its own ("decompression error: ...",
+/// "I/O error: ..."), which would make a message say `error:` more than once when printed.
+fn without_labels(msg: String) -> String {
+    if !msg.contains("error: ") {
+        return msg;
+    }
+    // The decompressor's own words repeat themselves ("DEFLATE decompression failed: deflate
+    // decompression error"); what the user needs is that the stored bytes are damaged.
+    if let Some(at) = msg.find("decompression error: ") {
+        return format!("{}compressed data is damaged (cannot be decompressed)", &msg[..at]);
+    }
+    msg.replace("I/O error: ", "").replace("error: ", "")
+}
+
 impl Error {
     /// The exit status a command line reports for this error: 128 + the signal for an
     /// interruption (130 for Ctrl-C), 1 otherwise.
@@ -76,7 +90,7 @@ impl Error {
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Format {
             path: path.as_ref().to_path_buf(),
-            msg: msg.into(),
+            msg: without_labels(msg.into()),
         }
     }
 }

@@ -29,6 +29,15 @@ use crate::limits::{self, bytes_of, human_bytes};
 /// `hdf5-reader`'s error type.
 pub type H5Error = hdf5_reader::error::Error;
 
+/// The reader's error as said after the field: without the reader's own context prefix (the
+/// dataset's name, which the field before it already says).
+pub fn h5_text(e: &H5Error) -> String {
+    match e {
+        H5Error::Context { source, .. } => h5_text(source),
+        _ => e.to_string(),
+    }
+}
+
 /// The numeric types a dataset may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NumKind {
@@ -287,14 +296,14 @@ pub fn read_strings(path: &Path, field: &str, ds: &H5Dataset) -> Result<Vec<Stri
     let stored = stored_size(ds.dtype());
     check_read(path, field, n_entries(ds.shape()), stored, 24 + stored)?;
     ds.read_strings()
-        .map_err(|e| Error::format(path, format!("{field}: {e}")))
+        .map_err(|e| Error::format(path, format!("{field}: {}", h5_text(&e))))
 }
 
 /// The raw bytes of a dataset of 1-byte values (booleans), sized first.
 pub fn read_bytes(path: &Path, field: &str, ds: &H5Dataset) -> Result<Vec<u8>> {
     check_read(path, field, n_entries(ds.shape()), 1, 1)?;
     ds.read_raw_bytes()
-        .map_err(|e| Error::format(path, format!("{field}: {e}")))
+        .map_err(|e| Error::format(path, format!("{field}: {}", h5_text(&e))))
 }
 
 /// A selection of a dataset (None: all of it).
@@ -442,7 +451,7 @@ impl<'a> NumField<'a> {
 
     fn read<T: Num>(&self, sel: Option<&SliceInfo>) -> Result<Vec<T>> {
         decode(self.kind, &Selected(self.ds, sel))
-            .map_err(|e| Error::format(self.path, format!("{}: {e}", self.field)))
+            .map_err(|e| Error::format(self.path, format!("{}: {}", self.field, h5_text(&e))))
     }
 }
 
