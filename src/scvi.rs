@@ -467,10 +467,7 @@ impl Scvi {
         let json =
             serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::Config(e.to_string()))?;
         staged.write("model.json", &json)?;
-        staged.write(
-            "history.csv",
-            self.history.to_csv(self.meta.n_cells_trained).as_bytes(),
-        )?;
+        staged.write("history.csv", self.history.to_csv().as_bytes())?;
         if let Some(s) = &self.split {
             let f = SplitFile {
                 train_indices: s.train.clone(),

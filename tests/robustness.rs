@@ -463,3 +463,36 @@ fn repeated_names_and_categories_warn() {
     assert_eq!(v["obs"][0]["categories"], serde_json::json!(["x", "y"]));
     assert_eq!(v["obs"][0]["counts"], serde_json::json!([3, 1]));
 }
+
+/// Under `--max-steps`, `cells_per_second` counts the cells trained, not the whole epoch's: one
+/// step of 16 cells in an epoch of 216 training cells.
+#[test]
+fn cells_per_second_counts_only_cells_trained() {
+    let d = tmpdir("cps");
+    let m = d.join("m");
+    let data = fixture("cli", "small.h5ad");
+    ok(&[
+        "train",
+        s(&data),
+        "--out",
+        s(&m),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]);
+    let csv = std::fs::read_to_string(m.join("history.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    let col = |name: &str| -> f64 {
+        let i = header.iter().position(|h| *h == name).unwrap();
+        row[i].parse().unwrap()
+    };
+    let cells = col("cells_per_second") * col("seconds");
+    // `seconds` is written to 0.1 ms: the product is 16 give or take that rounding.
+    assert!((10.0..24.0).contains(&cells), "{cells} cells in {csv}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
