@@ -52,8 +52,17 @@ fn io_text(e: &std::io::Error) -> String {
         }
     }
     let s = e.to_string();
-    match s.rfind(" (os error ") {
+    let s = match s.rfind(" (os error ") {
         Some(at) if s.ends_with(')') => s[..at].to_string(),
+        _ => s,
+    };
+    // The OS says "No such file or directory"; after a path and a colon it reads in lower case,
+    // like the words above.
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) if c.clone().next().is_some_and(char::is_lowercase) => {
+            first.to_lowercase().chain(c).collect()
+        }
         _ => s,
     }
 }
@@ -67,7 +76,10 @@ fn without_labels(msg: String) -> String {
     // The decompressor's own words repeat themselves ("DEFLATE decompression failed: deflate
     // decompression error"); what the user needs is that the stored bytes are damaged.
     if let Some(at) = msg.find("decompression error: ") {
-        return format!("{}compressed data is damaged (cannot be decompressed)", &msg[..at]);
+        return format!(
+            "{}compressed data is damaged (cannot be decompressed)",
+            &msg[..at]
+        );
     }
     msg.replace("I/O error: ", "").replace("error: ", "")
 }

@@ -41,7 +41,7 @@ impl std::str::FromStr for Device {
                 .map(Device::Cuda)
                 .ok_or_else(|| {
                     Error::Config(format!(
-                        "unknown device '{s}': expected auto, cpu, cuda or cuda:N"
+                        "--device {s:?}: unknown device; expected auto, cpu, cuda or cuda:N"
                     ))
                 }),
         }
@@ -488,8 +488,12 @@ impl Scvi {
         }
         let meta_path = dir.join("model.json");
         let text = limits::read_regular(&meta_path, MAX_META_BYTES, "a model.json")?;
-        let meta: ModelMeta = serde_json::from_slice(&text)
-            .map_err(|e| Error::format(&meta_path, format!("invalid model.json: {e}")))?;
+        let meta: ModelMeta = serde_json::from_slice(&text).map_err(|e| {
+            Error::format(
+                &meta_path,
+                format!("not a valid scvi-rs model description: {e}"),
+            )
+        })?;
         if meta.format_version > FORMAT_VERSION {
             return Err(Error::format(
                 &meta_path,
@@ -532,7 +536,7 @@ fn read_split(path: &Path) -> Result<Option<Split>> {
     let f: SplitFile = serde_json::from_slice(&bytes).map_err(|e| {
         Error::format(
             path,
-            format!("invalid split.json (expected train_indices and validation_indices): {e}"),
+            format!("not a valid split (expected train_indices and validation_indices): {e}"),
         )
     })?;
     Ok(Some(Split {

@@ -348,7 +348,7 @@ fn model_files_that_lie_are_refused_naming_the_file() {
         (
             "not json",
             Box::new(|v| *v = serde_json::Value::String("x".into())),
-            &["model.json", "invalid"],
+            &["model.json", "not a valid"],
         ),
     ];
     for (name, edit, needles) in cases {
@@ -379,7 +379,7 @@ fn model_files_that_lie_are_refused_naming_the_file() {
     // A damaged split.json is named as such, not taken for a missing one.
     let m = copy("split");
     std::fs::write(m.join("split.json"), "{\"train_indices\": [1, 2").unwrap();
-    fails_with(&["elbo", s(&m), sm], &["split.json", "invalid"]);
+    fails_with(&["elbo", s(&m), sm], &["split.json", "not a valid"]);
     assert!(!z.exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -494,5 +494,41 @@ fn cells_per_second_counts_only_cells_trained() {
     let cells = col("cells_per_second") * col("seconds");
     // `seconds` is written to 0.1 ms: the product is 16 give or take that rounding.
     assert!((10.0..24.0).contains(&cells), "{cells} cells in {csv}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Messages found unclear by scripts/fuzz/hostile.sh: each names the flag or the file and the
+/// field, says what was expected, and says `error:` once.
+#[test]
+fn hostile_flags_name_themselves() {
+    let d = tmpdir("flags");
+    let data = fixture("cli", "small.h5ad");
+    let out = d.join("o.store");
+    let m = d.join("m");
+    for (args, needles) in [
+        (
+            vec!["train", s(&data), "--out", s(&m), "--threads", "-1"],
+            vec!["--threads", "whole number, 0 or more"],
+        ),
+        (
+            vec!["train", s(&data), "--out", s(&m), "--seed", "1e12"],
+            vec!["--seed", "whole number from 0 to"],
+        ),
+        (
+            vec!["train", s(&data), "--out", s(&m), "--device", "gpu"],
+            vec!["--device \"gpu\"", "expected auto, cpu, cuda or cuda:N"],
+        ),
+        (
+            vec!["convert", s(&data), s(&out), "--genes", "nolist"],
+            vec!["--genes nolist", "no such file or directory"],
+        ),
+        (
+            vec!["simulate", "--out", s(&out), "--library-median", "1e12"],
+            vec!["--library-median", "at most 10^7"],
+        ),
+    ] {
+        fails_with(&args, &needles);
+        assert!(!out.exists() && !m.exists());
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -82,10 +82,10 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 5, value_parser = categories, allow_negative_numbers = true)]
     pub cell_types: usize,
     /// Random seed: the same seed gives the same data, whatever the number of threads.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = super::options::seed, allow_negative_numbers = true)]
     pub seed: u64,
-    /// Median library size (UMIs per cell); default 1.5 x genes.
-    #[arg(long, value_parser = positive_real, allow_hyphen_values = true)]
+    /// Median library size (UMIs per cell; above 0, at most 10^7); default 1.5 x genes.
+    #[arg(long, value_parser = library_median, allow_hyphen_values = true)]
     pub library_median: Option<f64>,
     /// Where to write: an .h5ad file when the name ends in .h5ad, else a store (directory).
     #[arg(long)]
@@ -100,6 +100,14 @@ fn sim_genes(s: &str) -> std::result::Result<usize, String> {
 }
 fn categories(s: &str) -> std::result::Result<usize, String> {
     whole(s, 1, MAX_CATEGORIES)
+}
+/// A median library size: real data sit between 10^2 and 10^5 UMIs a cell; past 10^7 a single
+/// gene's count would pass 10^9, which no reader accepts as a count.
+fn library_median(s: &str) -> std::result::Result<f64, String> {
+    match positive_real(s) {
+        Ok(v) if v <= 1e7 => Ok(v),
+        _ => Err("must be a number above 0, at most 10^7".into()),
+    }
 }
 
 pub fn run_convert(args: &ConvertArgs) -> Result<()> {

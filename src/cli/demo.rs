@@ -26,7 +26,7 @@ pub struct DemoCmd {
     pub cell_types: usize,
     #[arg(long, default_value_t = 60, value_parser = positive_count, allow_negative_numbers = true)]
     pub max_epochs: usize,
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = super::options::seed, allow_negative_numbers = true)]
     pub seed: u64,
     /// Also save the model directory here.
     #[arg(long)]

@@ -20,7 +20,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// CPU threads (0: all cores).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = super::options::count, allow_negative_numbers = true)]
     pub threads: usize,
 }
 
@@ -107,13 +107,20 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
             labels_key: cmd.labels_key.clone(),
         };
         let mut model = Scvi::new(&data, setup, cmd.model.config(), cmd.train.seed)?;
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        // Under --max-steps the run ends at that step, usually long before the epochs' end.
+        let epochs = plural(tcfg.epochs_for(data.n_cells()), "epoch", "epochs");
+        let length = match tcfg.max_steps {
+            Some(s) => format!("{epochs}, stopping after {}", plural(s, "step", "steps")),
+            None => epochs,
+        };
         eprintln!(
-            "{}: {} cells x {} genes, {} batches; {} epochs on {}",
+            "{}: {} cells x {} genes, {}; {length} on {}",
             data.source,
             data.n_cells(),
             data.n_genes(),
-            model.meta.batch_categories.len(),
-            tcfg.epochs_for(data.n_cells()),
+            plural(model.meta.batch_categories.len(), "batch", "batches"),
             match device {
                 Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
                 Device::Cuda(i) => format!("cuda:{i}"),
@@ -209,7 +216,7 @@ fn mc_samples(s: &str) -> std::result::Result<usize, String> {
 fn check_output_ext(p: &Path) -> Result<()> {
     match p.extension().and_then(|e| e.to_str()) {
         Some("npy") | Some("csv") => Ok(()),
-        _ => bail!("{}: the output must end in .npy or .csv", p.display()),
+        _ => bail!("--out {}: the output must end in .npy or .csv", p.display()),
     }
 }
 
@@ -225,7 +232,7 @@ pub struct ElboCmd {
     /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
     #[arg(long)]
     pub genome: Option<String>,
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = super::options::seed, allow_negative_numbers = true)]
     pub seed: u64,
     #[command(flatten)]
     pub run: RunArgs,

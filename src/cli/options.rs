@@ -32,6 +32,18 @@ fn real(s: &str, ok: fn(f64) -> bool, want: &str) -> Result<f64, String> {
 /// beyond 65,536 cells a step's `B x G` intermediates alone take gigabytes.
 pub const MAX_BATCH_SIZE: usize = 1 << 16;
 
+/// A seed: any 64-bit whole number.
+pub fn seed(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("must be a whole number from 0 to {}", u64::MAX))
+}
+
+/// A count that may be 0.
+pub fn count(s: &str) -> Result<usize, String> {
+    whole(s, 0, usize::MAX)
+}
+
 pub fn positive_count(s: &str) -> Result<usize, String> {
     whole(s, 1, usize::MAX)
 }
@@ -174,19 +186,19 @@ pub struct TrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0.9, value_parser = fraction, allow_hyphen_values = true)]
     pub train_size: f64,
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = seed, allow_negative_numbers = true)]
     pub seed: u64,
     #[arg(long, default_value_t = 1e-3, value_parser = positive_real, allow_hyphen_values = true)]
     pub lr: f64,
     #[arg(long, default_value_t = 1e-6, value_parser = non_negative_real, allow_hyphen_values = true)]
     pub weight_decay: f64,
     /// Epochs over which the KL weight rises from 0 to 1 (scvi-tools: 400).
-    #[arg(long, default_value_t = 400, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 400, value_parser = count, allow_negative_numbers = true)]
     pub n_epochs_kl_warmup: usize,
     /// Stop when elbo_validation has not improved for --early-stopping-patience epochs.
     #[arg(long)]
     pub early_stopping: bool,
-    #[arg(long, default_value_t = 45, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 45, value_parser = count, allow_negative_numbers = true)]
     pub early_stopping_patience: usize,
     #[arg(long, default_value_t = 0.0, value_parser = non_negative_real, allow_hyphen_values = true)]
     pub early_stopping_min_delta: f64,

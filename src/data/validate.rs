@@ -40,6 +40,16 @@ pub fn is_count(v: f32) -> bool {
     (0.0..=MAX_COUNT).contains(&v)
 }
 
+/// A bad value in words, with the value itself where the words do not already say it ("a NaN",
+/// not "a NaN (NaN)"; "a negative value (-3)").
+fn value_said(v: f32) -> String {
+    if v.is_nan() {
+        bad_value_kind(v).to_string()
+    } else {
+        format!("{} ({v})", bad_value_kind(v))
+    }
+}
+
 /// What a value that is not a count is, for messages.
 pub fn bad_value_kind(v: f32) -> &'static str {
     if v.is_nan() {
@@ -85,9 +95,8 @@ impl std::fmt::Display for RowFault {
             ),
             RowFault::BadValue { k, gene, value } => write!(
                 f,
-                "entry {k} (gene {gene}) holds {} ({value}); counts must be whole numbers from 0 \
-                 to 10^9",
-                bad_value_kind(value)
+                "entry {k} (gene {gene}) holds {}; counts must be whole numbers from 0 to 10^9",
+                value_said(value)
             ),
         }
     }
@@ -216,11 +225,11 @@ impl CountChecks {
             }
             let (row, col) = locate(chunk, k);
             return Err(Error::Data(format!(
-                "{}: {} holds {} ({v}) at cell {}, gene {col}; scVI needs raw counts \
+                "{}: {} holds {} at cell {}, gene {col}; scVI needs raw counts \
                  (non-negative whole numbers up to 10^9)",
                 self.source,
                 self.field,
-                bad_value_kind(v),
+                value_said(v),
                 first_row + row
             )));
         }

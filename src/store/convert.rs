@@ -72,7 +72,7 @@ pub fn select_genes(input: &Input, opts: &ConvertOptions) -> Result<GeneSelectio
     )];
     let mut keep: Vec<usize> = (0..input.n_genes).collect();
     if let Some(list) = &opts.genes {
-        let wanted = read_gene_list(list)?;
+        let wanted = read_gene_list(list).map_err(|e| Error::Config(format!("--genes {e}")))?;
         let list = list.display().to_string();
         keep = resolve_genes(&wanted, &meta.gene_names, &meta.var, &list, &meta.source)?;
         notes.push(format!("genes: the {} listed in {list}", keep.len()));
@@ -89,7 +89,8 @@ pub fn select_genes(input: &Input, opts: &ConvertOptions) -> Result<GeneSelectio
     }
     if n_top > keep.len() {
         return Err(Error::Config(format!(
-            "--n-top-genes {n_top} but there are only {} genes",
+            "{}: --n-top-genes {n_top} but there are only {} genes",
+            meta.source,
             keep.len()
         )));
     }

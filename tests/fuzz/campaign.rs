@@ -274,7 +274,13 @@ impl Tally {
 
 /// Keep a case that ended badly as `findings/<name>/` in the corpus's form: the case's files,
 /// `args.txt` (one argument a line), `why.txt`.
-pub fn keep_finding(case: &Path, findings: &Path, name: &str, args: &[String], why: &str) -> PathBuf {
+pub fn keep_finding(
+    case: &Path,
+    findings: &Path,
+    name: &str,
+    args: &[String],
+    why: &str,
+) -> PathBuf {
     let to = findings.join(name);
     let _ = std::fs::remove_dir_all(&to);
     std::fs::create_dir_all(&to).unwrap();

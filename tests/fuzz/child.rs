@@ -134,7 +134,8 @@ pub fn run(args: &[String], cwd: &Path, out: &Path, timeout: Duration) -> Ran {
 }
 
 /// The entries under `out` with their size and modification time.
-pub type Snapshot = std::collections::BTreeMap<std::path::PathBuf, (u64, Option<std::time::SystemTime>)>;
+pub type Snapshot =
+    std::collections::BTreeMap<std::path::PathBuf, (u64, Option<std::time::SystemTime>)>;
 
 pub fn snapshot(out: &Path) -> Snapshot {
     let mut s = Snapshot::new();

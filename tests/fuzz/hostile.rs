@@ -48,7 +48,17 @@ fn commands(x: &str) -> Vec<Vec<String>> {
         vec!["convert", x, "out/o.h5ad"],
         vec!["convert", x, "out/o.store", "--n-top-genes", "5"],
         train,
-        vec!["embed", "model", x, "--out", "out/z.csv", "--mc-samples", "3", "--device", "cpu"],
+        vec![
+            "embed",
+            "model",
+            x,
+            "--out",
+            "out/z.csv",
+            "--mc-samples",
+            "3",
+            "--device",
+            "cpu",
+        ],
         vec!["elbo", "model", x, "--device", "cpu"],
     ]
     .into_iter()
@@ -98,15 +108,28 @@ pub fn cases() -> Vec<Case> {
         for args in commands(&name) {
             let (i, n) = (input.clone(), name.clone());
             let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-            out.push(case(format!("fixture {name}: {}", args[0]), &a, move |d, s| {
-                copy(&i, &d.join(&n));
-                with_model(d, s);
-            }));
+            out.push(case(
+                format!("fixture {name}: {}", args[0]),
+                &a,
+                move |d, s| {
+                    copy(&i, &d.join(&n));
+                    with_model(d, s);
+                },
+            ));
         }
     }
 
     // Every numeric flag with values that make no sense.
-    let values = ["-1", "0", "1e12", "nan", "inf", "abc", "", "99999999999999999999"];
+    let values = [
+        "-1",
+        "0",
+        "1e12",
+        "nan",
+        "inf",
+        "abc",
+        "",
+        "99999999999999999999",
+    ];
     let train_flags = [
         "--lr",
         "--weight-decay",
@@ -155,13 +178,27 @@ pub fn cases() -> Vec<Case> {
             }));
         }
     }
-    for flag in ["--n-top-genes", "--chunk-rows", "--genes", "--layer", "--genome", "--hvg-batch-key"] {
+    for flag in [
+        "--n-top-genes",
+        "--chunk-rows",
+        "--genes",
+        "--layer",
+        "--genome",
+        "--hvg-batch-key",
+    ] {
         for v in values {
             let a = ["convert", "data.h5ad", "out/o.store", flag, v];
             out.push(case(format!("convert {flag} {v:?}"), &a, data));
         }
     }
-    for flag in ["--cells", "--genes", "--batches", "--cell-types", "--library-median", "--seed"] {
+    for flag in [
+        "--cells",
+        "--genes",
+        "--batches",
+        "--cell-types",
+        "--library-median",
+        "--seed",
+    ] {
         for v in values {
             let a = ["simulate", "--out", "out/s.store", flag, v];
             out.push(case(format!("simulate {flag} {v:?}"), &a, |_, _| {}));
@@ -198,18 +235,34 @@ pub fn cases() -> Vec<Case> {
     // Stores damaged after they were written.
     type Damage = fn(&Path);
     let damages: [(&str, Damage); 12] = [
-        ("index past the genes", |d| poke(d, "indices.u32", 3, &40u32.to_le_bytes())),
-        ("index u32::MAX", |d| poke(d, "indices.u32", 0, &u32::MAX.to_le_bytes())),
+        ("index past the genes", |d| {
+            poke(d, "indices.u32", 3, &40u32.to_le_bytes())
+        }),
+        ("index u32::MAX", |d| {
+            poke(d, "indices.u32", 0, &u32::MAX.to_le_bytes())
+        }),
         ("repeated index", |d| {
             let b = std::fs::read(d.join("in.store/indices.u32")).unwrap();
             poke(d, "indices.u32", 1, &b[0..4].to_vec())
         }),
-        ("NaN count", |d| poke(d, "data.f32", 5, &f32::NAN.to_le_bytes())),
-        ("negative count", |d| poke(d, "data.f32", 5, &(-3f32).to_le_bytes())),
-        ("infinite count", |d| poke(d, "data.f32", 5, &f32::INFINITY.to_le_bytes())),
-        ("count 1e30", |d| poke(d, "data.f32", 5, &1e30f32.to_le_bytes())),
-        ("row pointer past nnz", |d| poke(d, "indptr.u64", 7, &(1u64 << 40).to_le_bytes())),
-        ("row pointer going back", |d| poke(d, "indptr.u64", 7, &1u64.to_le_bytes())),
+        ("NaN count", |d| {
+            poke(d, "data.f32", 5, &f32::NAN.to_le_bytes())
+        }),
+        ("negative count", |d| {
+            poke(d, "data.f32", 5, &(-3f32).to_le_bytes())
+        }),
+        ("infinite count", |d| {
+            poke(d, "data.f32", 5, &f32::INFINITY.to_le_bytes())
+        }),
+        ("count 1e30", |d| {
+            poke(d, "data.f32", 5, &1e30f32.to_le_bytes())
+        }),
+        ("row pointer past nnz", |d| {
+            poke(d, "indptr.u64", 7, &(1u64 << 40).to_le_bytes())
+        }),
+        ("row pointer going back", |d| {
+            poke(d, "indptr.u64", 7, &1u64.to_le_bytes())
+        }),
         ("data.f32 cut short", |d| {
             let p = d.join("in.store/data.f32");
             let b = std::fs::read(&p).unwrap();
@@ -232,11 +285,15 @@ pub fn cases() -> Vec<Case> {
     for (what, damage) in damages {
         for args in &store_cmds {
             let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-            out.push(case(format!("store {what}: {}", args[0]), &a, move |d, s| {
-                copy(&s.store, &d.join("in.store"));
-                with_model(d, s);
-                damage(d);
-            }));
+            out.push(case(
+                format!("store {what}: {}", args[0]),
+                &a,
+                move |d, s| {
+                    copy(&s.store, &d.join("in.store"));
+                    with_model(d, s);
+                    damage(d);
+                },
+            ));
         }
     }
 
@@ -248,7 +305,9 @@ pub fn cases() -> Vec<Case> {
             })
         }),
         ("n_input 0", |d| {
-            edit_json(&d.join("model/model.json"), |v| v["model"]["n_input"] = serde_json::json!(0))
+            edit_json(&d.join("model/model.json"), |v| {
+                v["model"]["n_input"] = serde_json::json!(0)
+            })
         }),
         ("dropout_rate 2", |d| {
             edit_json(&d.join("model/model.json"), |v| {
@@ -265,7 +324,9 @@ pub fn cases() -> Vec<Case> {
                 v.as_object_mut().unwrap().remove("genes");
             })
         }),
-        ("model.json not JSON", |d| std::fs::write(d.join("model/model.json"), b"{").unwrap()),
+        ("model.json not JSON", |d| {
+            std::fs::write(d.join("model/model.json"), b"{").unwrap()
+        }),
         ("weights missing", |d| {
             std::fs::remove_file(d.join("model/model.safetensors")).unwrap()
         }),
@@ -281,18 +342,32 @@ pub fn cases() -> Vec<Case> {
             b[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
             std::fs::write(&p, b).unwrap();
         }),
-        ("split.json not JSON", |d| std::fs::write(d.join("model/split.json"), b"[").unwrap()),
+        ("split.json not JSON", |d| {
+            std::fs::write(d.join("model/split.json"), b"[").unwrap()
+        }),
     ];
     for (what, lie) in lies {
         for cmd in [
-            vec!["embed", "model", "data.h5ad", "--out", "out/z.npy", "--mc-samples", "3"],
+            vec![
+                "embed",
+                "model",
+                "data.h5ad",
+                "--out",
+                "out/z.npy",
+                "--mc-samples",
+                "3",
+            ],
             vec!["elbo", "model", "data.h5ad", "--subset", "validation"],
         ] {
-            out.push(case(format!("model {what}: {}", cmd[0]), &cmd, move |d, s| {
-                with_model(d, s);
-                data(d, s);
-                lie(d);
-            }));
+            out.push(case(
+                format!("model {what}: {}", cmd[0]),
+                &cmd,
+                move |d, s| {
+                    with_model(d, s);
+                    data(d, s);
+                    lie(d);
+                },
+            ));
         }
     }
 
@@ -315,11 +390,36 @@ pub fn cases() -> Vec<Case> {
             (train, false),
             (vec!["convert", "data.h5ad", target], false),
             (vec!["convert", "data.h5ad", target, "--force"], true),
-            (vec!["embed", "model", "data.h5ad", "--out", target, "--mc-samples", "3"], false),
-            (vec!["simulate", "--cells", "50", "--genes", "20", "--out", target], false),
-            (vec!["simulate", "--cells", "50", "--genes", "20", "--out", target, "--force"], true),
+            (
+                vec![
+                    "embed",
+                    "model",
+                    "data.h5ad",
+                    "--out",
+                    target,
+                    "--mc-samples",
+                    "3",
+                ],
+                false,
+            ),
+            (
+                vec![
+                    "simulate", "--cells", "50", "--genes", "20", "--out", target,
+                ],
+                false,
+            ),
+            (
+                vec![
+                    "simulate", "--cells", "50", "--genes", "20", "--out", target, "--force",
+                ],
+                true,
+            ),
         ] {
-            let label = format!("output {what}: {}{}", args[0], if force { " --force" } else { "" });
+            let label = format!(
+                "output {what}: {}{}",
+                args[0],
+                if force { " --force" } else { "" }
+            );
             out.push(case(label, &args, |d, s| {
                 with_model(d, s);
                 data(d, s);
@@ -346,7 +446,11 @@ pub fn run(seeds: &Seeds, scratch: &Path, findings: &Path, tally: &mut Tally) ->
         let r = child::run(&c.args, &dir, &dir.join("out"), CASE_TIMEOUT);
         tally.add(&r);
         if std::env::var_os("SCVI_RS_FUZZ_VERBOSE").is_some() {
-            let said = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>();
+            let said = r
+                .stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>();
             eprintln!("[{i}] {} -> {:?}: {}", c.label, r.outcome, said.join(" | "));
         }
         if !r.is_clean() || r.outcome == Outcome::UnclearError {
@@ -354,7 +458,13 @@ pub fn run(seeds: &Seeds, scratch: &Path, findings: &Path, tally: &mut Tally) ->
                 "hostile: {}\noutcome: {:?}\npartial: {:?}\nstderr:\n{}",
                 c.label, r.outcome, r.partial, r.stderr
             );
-            let f = crate::campaign::keep_finding(&dir, findings, &format!("hostile-{i}"), &c.args, &why);
+            let f = crate::campaign::keep_finding(
+                &dir,
+                findings,
+                &format!("hostile-{i}"),
+                &c.args,
+                &why,
+            );
             tally.findings.push(f);
         } else if r.outcome == Outcome::CleanError {
             let line = r.error_line();

@@ -94,7 +94,10 @@ fn fuzz_short() {
     print_tally(&format!("fuzz (seed {seed})"), &t, secs);
     assert!(t.cases >= 200, "only {} cases ran in {secs:.0} s", t.cases);
     assert_eq!(t.bad(), 0, "cases ended badly: see the findings above");
-    assert_eq!(t.unclear_errors, 0, "errors said other than once: see above");
+    assert_eq!(
+        t.unclear_errors, 0,
+        "errors said other than once: see above"
+    );
 }
 
 /// The long run (`scripts/fuzz/long.sh`): hours, a fresh seed unless one is given.
@@ -187,7 +190,9 @@ fn hostile_table() {
             t.partial_outputs
         )
     };
-    println!("\n| inputs | tried | clean errors | ran | panics | aborts | hangs | partial outputs |");
+    println!(
+        "\n| inputs | tried | clean errors | ran | panics | aborts | hangs | partial outputs |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     row("hostile inputs and flags", &h);
     row(&format!("fuzz cases (seed {seed}, {fsecs:.0} s)"), &f);
@@ -200,5 +205,9 @@ fn hostile_table() {
         h.unclear_errors + f.unclear_errors
     );
     let _ = std::fs::remove_dir_all(&scratch);
-    assert_eq!(h.bad() + f.bad(), 0, "cases ended badly: see the findings above");
+    assert_eq!(
+        h.bad() + f.bad(),
+        0,
+        "cases ended badly: see the findings above"
+    );
 }
