@@ -9,10 +9,13 @@ use crate::campaign::{copy, Seeds, Tally, CASE_TIMEOUT};
 use crate::child::{self, Outcome};
 use crate::common::files::fixture;
 
+/// Lays out a case's folder (its inputs, the model) from the seeds.
+type Prepare = Box<dyn Fn(&Path, &Seeds)>;
+
 /// One hostile case: how to lay out its folder, and the command run in it.
 pub struct Case {
     pub label: String,
-    pub prepare: Box<dyn Fn(&Path, &Seeds)>,
+    pub prepare: Prepare,
     pub args: Vec<String>,
 }
 
@@ -243,7 +246,7 @@ pub fn cases() -> Vec<Case> {
         }),
         ("repeated index", |d| {
             let b = std::fs::read(d.join("in.store/indices.u32")).unwrap();
-            poke(d, "indices.u32", 1, &b[0..4].to_vec())
+            poke(d, "indices.u32", 1, &b[0..4])
         }),
         ("NaN count", |d| {
             poke(d, "data.f32", 5, &f32::NAN.to_le_bytes())
