@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::files::fixture;
+use common::files::{fixture, poke};
 
 fn exe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_scvi-rs"))
@@ -47,14 +47,6 @@ fn ok(args: &[&str]) -> String {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Overwrite the `k`-th 4-byte entry of a store's matrix file `file` with `bytes`.
-fn poke(store: &Path, file: &str, k: usize, bytes: [u8; 4]) {
-    let p = store.join(file);
-    let mut b = std::fs::read(&p).unwrap();
-    b[k * 4..k * 4 + 4].copy_from_slice(&bytes);
-    std::fs::write(p, b).unwrap();
 }
 
 /// A store whose `indices.u32` or `data.f32` was damaged after it was written (its checksums no

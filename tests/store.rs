@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::data::{categorical, chosen_names};
-use common::files::{fixture, listing, shared_data, skip};
+use common::files::{fixture, listing, poke, shared_data, skip};
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::data::{CsrMatrix, ObsColumn, SparseRows};
 use scvi_rs::store::{Store, StoreMeta, StoreWriter};
@@ -230,14 +230,6 @@ fn corrupt_or_truncated_store_is_an_error() {
     std::fs::write(dir.join("file.store"), "x").unwrap();
     assert!(Store::open(&dir.join("file.store")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Overwrite the `k`-th 4-byte entry of a store's matrix file `file` with `bytes`.
-fn poke(store: &Path, file: &str, k: usize, bytes: [u8; 4]) {
-    let p = store.join(file);
-    let mut b = std::fs::read(&p).unwrap();
-    b[k * 4..k * 4 + 4].copy_from_slice(&bytes);
-    std::fs::write(p, b).unwrap();
 }
 
 /// Gene indices and values are not checked at open (that is O(nnz)): every read of a row checks

@@ -16,6 +16,20 @@ use crate::mutate::{self, Elem, Rng};
 /// takes well under a second).
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A model small and quick to train (two steps), on one thread so that workers do not contend.
+pub const SMALL_MODEL: [&str; 10] = [
+    "--max-steps",
+    "2",
+    "--n-hidden",
+    "8",
+    "--n-latent",
+    "2",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+];
+
 /// The real inputs that mutations start from.
 pub struct Seeds {
     pub h5ad: Vec<PathBuf>,
@@ -35,21 +49,11 @@ impl Seeds {
         let model = scratch.join("seed-model");
         for args in [
             vec!["convert", p(&data), p(&store)],
-            vec![
-                "train",
-                p(&data),
-                "--out",
-                p(&model),
-                "--max-steps",
-                "2",
-                "--n-hidden",
-                "8",
-                "--n-latent",
-                "2",
-                "--device",
-                "cpu",
-                "--quiet",
-            ],
+            [
+                vec!["train", p(&data), "--out", p(&model), "--quiet"],
+                SMALL_MODEL.to_vec(),
+            ]
+            .concat(),
         ] {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             let r = child::run(&args, scratch, &scratch.join("none"), CASE_TIMEOUT);
@@ -143,23 +147,11 @@ fn data_commands(x: &str, store: bool) -> Vec<Vec<String>> {
         vec!["convert", x, "out/o.store"],
         vec!["convert", x, "out/o.h5ad"],
         vec!["convert", x, "out/o.store", "--n-top-genes", "5"],
-        vec![
-            "train",
-            x,
-            "--out",
-            "out/m",
-            "--max-steps",
-            "2",
-            "--n-hidden",
-            "8",
-            "--n-latent",
-            "2",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--quiet",
-        ],
+        [
+            vec!["train", x, "--out", "out/m", "--quiet"],
+            SMALL_MODEL.to_vec(),
+        ]
+        .concat(),
         vec![
             "embed",
             "model",

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::campaign::{copy, Seeds, Tally, CASE_TIMEOUT};
+use crate::campaign::{copy, Seeds, Tally, CASE_TIMEOUT, SMALL_MODEL};
 use crate::child::{self, Outcome};
 use crate::common::files::fixture;
 
@@ -27,24 +27,10 @@ fn case(label: String, args: &[&str], prepare: impl Fn(&Path, &Seeds) + 'static)
     }
 }
 
-const TRAIN_SMALL: [&str; 10] = [
-    "--max-steps",
-    "2",
-    "--n-hidden",
-    "8",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-    "--quiet",
-    "--out",
-];
-
 /// Every command that reads a data input `x` (the model is `model`, outputs go under `out/`).
 fn commands(x: &str) -> Vec<Vec<String>> {
-    let mut train = vec!["train", x];
-    train.extend(TRAIN_SMALL);
-    train.push("out/m");
+    let mut train = vec!["train", x, "--quiet", "--out", "out/m"];
+    train.extend(SMALL_MODEL);
     [
         vec!["info", x],
         vec!["convert", x, "out/o.store"],
@@ -181,30 +167,39 @@ pub fn cases() -> Vec<Case> {
             }));
         }
     }
-    for flag in [
-        "--n-top-genes",
-        "--chunk-rows",
-        "--genes",
-        "--layer",
-        "--genome",
-        "--hvg-batch-key",
-    ] {
-        for v in values {
-            let a = ["convert", "data.h5ad", "out/o.store", flag, v];
-            out.push(case(format!("convert {flag} {v:?}"), &a, data));
-        }
-    }
-    for flag in [
-        "--cells",
-        "--genes",
-        "--batches",
-        "--cell-types",
-        "--library-median",
-        "--seed",
-    ] {
-        for v in values {
-            let a = ["simulate", "--out", "out/s.store", flag, v];
-            out.push(case(format!("simulate {flag} {v:?}"), &a, |_, _| {}));
+    type Prep = fn(&Path, &Seeds);
+    let by_flag: [(&[&str], &[&str], Prep); 2] = [
+        (
+            &["convert", "data.h5ad", "out/o.store"],
+            &[
+                "--n-top-genes",
+                "--chunk-rows",
+                "--genes",
+                "--layer",
+                "--genome",
+                "--hvg-batch-key",
+            ],
+            data,
+        ),
+        (
+            &["simulate", "--out", "out/s.store"],
+            &[
+                "--cells",
+                "--genes",
+                "--batches",
+                "--cell-types",
+                "--library-median",
+                "--seed",
+            ],
+            |_, _| {},
+        ),
+    ];
+    for (cmd, flags, prep) in by_flag {
+        for flag in flags {
+            for v in values {
+                let a = [cmd, &[*flag, v][..]].concat();
+                out.push(case(format!("{} {flag} {v:?}", cmd[0]), &a, prep));
+            }
         }
     }
 
@@ -386,9 +381,8 @@ pub fn cases() -> Vec<Case> {
         ("data.h5ad", "the input itself"),
     ];
     for (target, what) in targets {
-        let mut train = vec!["train", "data.h5ad"];
-        train.extend(TRAIN_SMALL);
-        train.push(target);
+        let mut train = vec!["train", "data.h5ad", "--quiet", "--out", target];
+        train.extend(SMALL_MODEL);
         for (args, force) in [
             (train, false),
             (vec!["convert", "data.h5ad", target], false),

@@ -80,18 +80,25 @@ fn campaign(name: &str, seed: u64, cases: usize, secs: u64) -> (Tally, f64) {
     (t, secs)
 }
 
+/// A campaign whose seed, case count and seconds come from the environment (else the defaults),
+/// its tally printed.
+fn seeded_campaign(name: &str, seed: u64, cases: usize, secs: u64) -> (Tally, f64) {
+    let seed = env_or("SCVI_RS_FUZZ_SEED", seed);
+    let (t, secs) = campaign(
+        name,
+        seed,
+        env_or("SCVI_RS_FUZZ_CASES", cases),
+        env_or("SCVI_RS_FUZZ_SECONDS", secs),
+    );
+    print_tally(&format!("fuzz {name} (seed {seed})"), &t, secs);
+    (t, secs)
+}
+
 /// The short run of the test suite: a few thousand cases in under two minutes. Every case must
 /// end in a result or one clean error, with nothing left behind.
 #[test]
 fn fuzz_short() {
-    let seed = env_or("SCVI_RS_FUZZ_SEED", 15u64);
-    let (t, secs) = campaign(
-        "short",
-        seed,
-        env_or("SCVI_RS_FUZZ_CASES", 2000usize),
-        env_or("SCVI_RS_FUZZ_SECONDS", 90u64),
-    );
-    print_tally(&format!("fuzz (seed {seed})"), &t, secs);
+    let (t, secs) = seeded_campaign("short", 15, 2000, 90);
     assert!(t.cases >= 200, "only {} cases ran in {secs:.0} s", t.cases);
     assert_eq!(t.bad(), 0, "cases ended badly: see the findings above");
     assert_eq!(
@@ -107,14 +114,7 @@ fn fuzz_long() {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let seed = env_or("SCVI_RS_FUZZ_SEED", now);
-    let (t, secs) = campaign(
-        "long",
-        seed,
-        env_or("SCVI_RS_FUZZ_CASES", usize::MAX),
-        env_or("SCVI_RS_FUZZ_SECONDS", 3600u64),
-    );
-    print_tally(&format!("fuzz (seed {seed})"), &t, secs);
+    let (t, _) = seeded_campaign("long", now, usize::MAX, 3600);
     assert_eq!(t.bad() + t.unclear_errors, 0, "see the findings above");
 }
 
@@ -171,13 +171,7 @@ fn hostile_table() {
         eprintln!("  names neither file nor flag: {u}");
     }
     let seed = env_or("SCVI_RS_FUZZ_SEED", 15u64);
-    let (f, fsecs) = campaign(
-        "table",
-        seed,
-        env_or("SCVI_RS_FUZZ_CASES", 3000usize),
-        env_or("SCVI_RS_FUZZ_SECONDS", 600u64),
-    );
-    print_tally(&format!("fuzz (seed {seed})"), &f, fsecs);
+    let (f, fsecs) = seeded_campaign("table", 15, 3000, 600);
     let row = |name: &str, t: &Tally| {
         println!(
             "| {name} | {} | {} | {} | {} | {} | {} | {} |",
