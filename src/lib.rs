@@ -10,6 +10,7 @@ pub mod error;
 pub mod float;
 pub mod infer;
 pub mod interrupt;
+pub mod limits;
 pub mod math;
 pub mod model;
 pub mod rng;

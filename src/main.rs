@@ -50,7 +50,13 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // A flag refused by its parser (out of range, not a number) exits with status 1 like every
+    // other error, not clap's 2; --help and --version exit 0.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 1 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code);
+    });
     if let Err(e) = scvi_rs::interrupt::install() {
         eprintln!("warning: {e}; Ctrl-C will stop without cleaning up");
     }

@@ -4,15 +4,17 @@
 use crate::atomic::AtomicDir;
 use crate::batch::Minibatch;
 use crate::cpu::CpuTrainer;
+use crate::data::validate::is_count;
 use crate::data::{Dataset, SparseRows};
 use crate::engine::Engine;
 use crate::engine::OptimizerState;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::math::softmax::softmax_in_place;
 use crate::model::init::ModelState;
 use crate::model::io::{
-    state_from_safetensors, state_to_safetensors, CHECKPOINT_FILE, META_FILE, MODEL_DIR,
-    WEIGHTS_FILE,
+    check_model_sizes, state_from_safetensors, state_to_safetensors, CHECKPOINT_FILE,
+    MAX_META_BYTES, META_FILE, MODEL_DIR, WEIGHTS_FILE,
 };
 use crate::model::{LatentDistribution, Layout, ModelConfig, Precision};
 use crate::rng::{Philox, Stream};
@@ -46,7 +48,7 @@ impl std::str::FromStr for Device {
                 .map(Device::Cuda)
                 .ok_or_else(|| {
                     Error::Config(format!(
-                        "unknown device '{s}': expected auto, cpu, cuda or cuda:N"
+                        "--device {s:?}: unknown device; expected auto, cpu, cuda or cuda:N"
                     ))
                 }),
         }
@@ -156,6 +158,14 @@ impl Scvi {
         config.n_labels = label_categories.len();
         config.validate()?;
         let layout = Layout::new(&config);
+        // Parameters, gradients and Adam's two moments, at least, in f32.
+        let n = (layout.n_param_elems + layout.n_buffer_elems) as u64;
+        limits::ensure_memory(n.saturating_mul(16), || {
+            format!(
+                "a model of {} genes, {} hidden units and {} latent dimensions ({n} values)",
+                config.n_input, config.n_hidden, config.n_latent
+            )
+        })?;
         let mut state = ModelState::<f32>::init(layout, seed);
         if !config.use_observed_lib_size {
             set_library_prior(
@@ -271,18 +281,32 @@ impl Scvi {
         })
     }
 
-    /// With the observed library size, a cell without counts has `log 0 = -inf` as its library:
-    /// refuse it, naming the cell.
+    /// Check the values of `cells` before any step, and with the observed library size refuse a
+    /// cell without counts, naming it: its library is `log 0 = -inf`. A value that is not a count
+    /// (a corrupt store: nothing else gets this far) fails here with its file and row (see
+    /// [`SparseRows::check_row`]) rather than as a NaN loss, or a NaN library prior, later. The
+    /// gene indices are checked by the loader as the rows are gathered: checking them here too
+    /// would read a store's `indices.u32` once more at every start (1.5 to 6 s for 1M cells).
     fn check_library(&self, data: &Dataset, cells: &[usize]) -> Result<()> {
-        if !self.meta.model.use_observed_lib_size {
-            return Ok(());
-        }
+        let observed = self.meta.model.use_observed_lib_size;
         for (k, &c) in cells.iter().enumerate() {
             // A pass over a memory-mapped store: give its pages back as it goes.
             if k % 16384 == 16383 {
                 data.counts.release();
+                crate::interrupt::check()?;
             }
-            if data.counts.row(c).1.iter().all(|&v| v == 0.0) {
+            if c >= data.n_cells() {
+                return Err(Error::Data(format!(
+                    "{}: cell index {c} is beyond its {} cells",
+                    data.source,
+                    data.n_cells()
+                )));
+            }
+            let values = data.counts.row(c).1;
+            if !values.iter().fold(true, |ok, &v| ok & is_count(v)) {
+                data.counts.check_row(c)?;
+            }
+            if observed && values.iter().all(|&v| v == 0.0) {
                 let name = data.cell_names.get(c).cloned().unwrap_or_default();
                 return Err(Error::Data(format!(
                     "{}: cell {c} ('{name}') has zero total counts, so its observed library size \
@@ -347,12 +371,9 @@ impl Scvi {
     /// The start of a new run on `data`: the train / validation split, nothing trained yet.
     pub fn new_run(&self, data: &Dataset, cfg: &TrainConfig) -> Result<RunStart> {
         cfg.validate()?;
-        let split = train::train_validation_split(
-            data.n_cells(),
-            cfg.train_size,
-            cfg.batch_size,
-            cfg.seed,
-        )?;
+        let split =
+            train::train_validation_split(data.n_cells(), cfg.train_size, cfg.batch_size, cfg.seed)
+                .map_err(|e| Error::Data(format!("{}: {e}", data.source)))?;
         Ok(RunStart {
             split,
             progress: Progress::default(),
@@ -469,6 +490,15 @@ impl Scvi {
         let order: Vec<usize> = (0..data.n_cells()).collect();
         let cov = codes.covariates();
         let ln = self.meta.model.latent_distribution == LatentDistribution::Ln;
+        if ln {
+            // The draws of one cell are held at once.
+            let bytes = (l as u64)
+                .saturating_mul(mc_samples as u64)
+                .saturating_mul(8);
+            limits::ensure_memory(bytes, || {
+                format!("{mc_samples} Monte Carlo samples of {l} latent dimensions")
+            })?;
+        }
         let rng = Philox::new(0);
         // Scratch for the logistic-normal Monte Carlo mean, reused across cells.
         let (mut eps, mut z, mut acc) = (Vec::new(), vec![0f64; l], vec![0f64; l]);
@@ -557,10 +587,7 @@ impl Scvi {
     pub fn files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let mut files = vec![
             (WEIGHTS_FILE, state_to_safetensors(&self.state)?),
-            (
-                "history.csv",
-                self.history.to_csv(self.meta.n_cells_trained).into_bytes(),
-            ),
+            ("history.csv", self.history.to_csv().into_bytes()),
         ];
         if let Some(s) = &self.split {
             let f = SplitFile {
@@ -592,9 +619,13 @@ impl Scvi {
                 ),
             ));
         }
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-        let meta: ModelMeta = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&meta_path, format!("invalid model.json: {e}")))?;
+        let text = limits::read_regular(&meta_path, MAX_META_BYTES, "a model.json")?;
+        let meta: ModelMeta = serde_json::from_slice(&text).map_err(|e| {
+            Error::format(
+                &meta_path,
+                format!("not a valid scvi-rs model description: {e}"),
+            )
+        })?;
         if meta.format_version > FORMAT_VERSION {
             return Err(Error::format(
                 &meta_path,
@@ -604,17 +635,20 @@ impl Scvi {
                 ),
             ));
         }
-        meta.model.validate()?;
         let wpath = dir.join(WEIGHTS_FILE);
-        let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
-        let state = state_from_safetensors(Layout::new(&meta.model), &bytes, &wpath)?;
-        let split = std::fs::read(dir.join("split.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<SplitFile>(&b).ok())
-            .map(|f| Split {
-                train: f.train_indices,
-                validation: f.validation_indices,
-            });
+        let wlen = limits::open_regular(&wpath)?
+            .metadata()
+            .map_err(|e| Error::io(&wpath, e))?
+            .len();
+        let lists = [
+            ("genes", meta.genes.len()),
+            ("batch categories", meta.batch_categories.len()),
+            ("label categories", meta.label_categories.len()),
+        ];
+        let layout = check_model_sizes(&meta.model, lists, &meta_path, &wpath, wlen)?;
+        let bytes = limits::read_regular(&wpath, wlen, "the weights")?;
+        let state = state_from_safetensors(layout, &bytes, &wpath)?;
+        let split = read_split(&dir.join("split.json"))?;
         Ok(Scvi {
             meta,
             state,
@@ -622,6 +656,25 @@ impl Scvi {
             split,
         })
     }
+}
+
+/// A model directory's `split.json`: None when there is none, an error naming the file when it is
+/// there but not a split.
+fn read_split(path: &Path) -> Result<Option<Split>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = limits::read_regular(path, MAX_META_BYTES, "a split.json")?;
+    let f: SplitFile = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::format(
+            path,
+            format!("not a valid split (expected train_indices and validation_indices): {e}"),
+        )
+    })?;
+    Ok(Some(Split {
+        train: f.train_indices,
+        validation: f.validation_indices,
+    }))
 }
 
 /// scvi-tools' `_init_library_size`: per batch, the mean and (population) variance of the log

@@ -376,7 +376,7 @@ fn bad_inputs_fail_clearly_without_partial_output() {
     fails_with(&["train", s, "--out", o, "--device", "tpu"], &["tpu"]);
     fails_with(
         &["train", s, "--out", o, "--batch-size", "1"],
-        &["batch_size"],
+        &["--batch-size"],
     );
     assert!(!out.exists(), "a failed run left {o}");
     assert_eq!(
@@ -674,7 +674,7 @@ fn outputs_never_replace_what_scvi_rs_did_not_write() {
     let good = snapshot(&m);
     fails_with(
         &["train", s, "--out", ms, "--force", "--max-steps", "0"],
-        &["max_steps"],
+        &["--max-steps"],
     );
     assert_eq!(good, snapshot(&m), "a good model was replaced");
     let user = d.join("results");

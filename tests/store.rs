@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::data::{categorical, chosen_names};
-use common::files::{fixture, listing, shared_data, skip};
+use common::files::{fixture, listing, poke, shared_data, skip};
 use scvi_rs::data::simulate::{simulate, SimConfig};
 use scvi_rs::data::{CsrMatrix, ObsColumn, SparseRows};
 use scvi_rs::store::{Store, StoreMeta, StoreWriter};
@@ -229,6 +229,77 @@ fn corrupt_or_truncated_store_is_an_error() {
     assert!(Store::open(&dir.join("nope")).is_err());
     std::fs::write(dir.join("file.store"), "x").unwrap();
     assert!(Store::open(&dir.join("file.store")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Gene indices and values are not checked at open (that is O(nnz)): every read of a row checks
+/// it, so a corrupted `indices.u32` or `data.f32` is an error naming the file and the row wherever
+/// the rows are read (the loader, a conversion's passes, the library-size pass), never a panic.
+#[test]
+fn corrupt_rows_are_errors_naming_the_file_and_the_row() {
+    use scvi_rs::train::{for_each_minibatch, Covariates};
+    let dir = tmpdir("rows");
+    // Entry 3 is the first value of row 2 (rows hold 2, 0 and 3 values).
+    let cases: [(&str, &str, [u8; 4], &str); 6] = [
+        (
+            "gene out of range",
+            "indices.u32",
+            4u32.to_le_bytes(),
+            "gene index 4",
+        ),
+        (
+            "huge gene index",
+            "indices.u32",
+            u32::MAX.to_le_bytes(),
+            "4294967295",
+        ),
+        ("NaN", "data.f32", f32::NAN.to_le_bytes(), "NaN"),
+        ("negative", "data.f32", (-2f32).to_le_bytes(), "negative"),
+        (
+            "infinite",
+            "data.f32",
+            f32::INFINITY.to_le_bytes(),
+            "infinite",
+        ),
+        ("above 10^9", "data.f32", 3e9f32.to_le_bytes(), "10^9"),
+    ];
+    for (name, file, bytes, word) in cases {
+        let p = write_small(&dir);
+        poke(&p, file, 3, bytes);
+        let expect = |e: scvi_rs::Error| {
+            let e = e.to_string();
+            assert!(
+                e.contains(file) && e.contains("row 2") && e.contains(word),
+                "{name}: {e}"
+            );
+        };
+        let s = Store::open(&p).unwrap();
+        assert!(s.matrix().check_row(0).is_ok());
+        expect(s.matrix().check_row(2).unwrap_err());
+        expect(s.verify().unwrap_err());
+        let data = s.into_dataset();
+        let cov = Covariates {
+            batch: &[],
+            labels: &[],
+        };
+        let mut seen = 0;
+        let r = for_each_minibatch(data.counts.as_ref(), &cov, &[0, 1, 2], 2, |_| {
+            seen += 1;
+            Ok(())
+        });
+        expect(r.unwrap_err());
+        assert_eq!(seen, 1, "{name}: the minibatch before the bad row is used");
+        let mut c = convert_args(&p, &dir.join("out.store"));
+        c.opts.n_top_genes = Some(2);
+        expect(run_convert(&c).unwrap_err());
+        assert!(!dir.join("out.store").exists());
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+    // Unsorted indices: entry 4 (row 2's second) repeats entry 3's gene.
+    let p = write_small(&dir);
+    poke(&p, "indices.u32", 4, 1u32.to_le_bytes());
+    let e = Store::open(&p).unwrap().matrix().check_row(2).unwrap_err();
+    assert!(e.to_string().contains("must increase"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

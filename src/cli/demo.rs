@@ -2,6 +2,7 @@
 //! embeds every cell and reports how well the latent space separates cell types and mixes batches.
 
 use super::model_cmds::{progress_bar, RunArgs};
+use super::options::positive_count;
 use super::with_threads;
 use anyhow::Result;
 use clap::Args;
@@ -15,17 +16,17 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct DemoCmd {
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = positive_count, allow_negative_numbers = true)]
     pub cells: usize,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = positive_count, allow_negative_numbers = true)]
     pub genes: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = positive_count, allow_negative_numbers = true)]
     pub batches: usize,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = positive_count, allow_negative_numbers = true)]
     pub cell_types: usize,
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = positive_count, allow_negative_numbers = true)]
     pub max_epochs: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::options::seed, allow_negative_numbers = true)]
     pub seed: u64,
     /// Also save the model directory here.
     #[arg(long)]
@@ -46,6 +47,12 @@ pub fn run_demo(cmd: &DemoCmd) -> Result<()> {
             ..SimConfig::default()
         };
         sim.validate()?;
+        // The demo holds the whole matrix in memory: 8 bytes a stored value.
+        let per_cell = scvi_rs::data::simulate::mean_nnz_per_cell(&sim)?;
+        let bytes = sim.memory_bytes() + (cmd.cells as f64 * per_cell * 8.0) as u64;
+        scvi_rs::limits::ensure_memory(bytes, || {
+            format!("demo --cells {} --genes {}", cmd.cells, cmd.genes)
+        })?;
         let data = simulate(&sim);
         println!(
             "simulated {} cells x {} genes ({} batches, {} cell types, {:.1}% non-zero)",

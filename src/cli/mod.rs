@@ -11,8 +11,14 @@ pub mod options;
 
 use anyhow::Result;
 
-/// Run `f` on a rayon pool of `threads` threads (0: all cores).
+/// Run `f` on a rayon pool of `threads` threads (0: all cores). A count far beyond the machine's
+/// CPUs (`scvi_rs::limits::cap_threads`) is capped to them, with a warning: tens of thousands of
+/// threads would take minutes to start and compute nothing faster.
 pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let (threads, warning) = scvi_rs::limits::cap_threads(threads);
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;

@@ -12,7 +12,7 @@ use scvi_rs::infer::h5ad_out::{H5adOut, Place};
 use scvi_rs::infer::output::write_matrix;
 use scvi_rs::model::Precision;
 use scvi_rs::store::output::is_h5ad_name;
-use scvi_rs::store::{load_dataset, open_input};
+use scvi_rs::store::{load_dataset, load_dataset_with, open_input_with, InputOptions};
 use scvi_rs::train::run_dir::RunDir;
 use scvi_rs::training::{DataSource, Training};
 use scvi_rs::{Device, Scvi, Setup};
@@ -25,7 +25,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// CPU threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::options::count, allow_negative_numbers = true)]
     pub threads: usize,
 }
 
@@ -60,6 +60,9 @@ pub struct TrainCmd {
     /// Read counts from layers/NAME instead of X.
     #[arg(long)]
     pub layer: Option<String>,
+    /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
+    #[arg(long)]
+    pub genome: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -85,6 +88,14 @@ pub struct TrainCmd {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--layer` and `--genome` as the input opener takes them.
+pub fn input_options(layer: &Option<String>, genome: &Option<String>) -> InputOptions {
+    InputOptions {
+        layer: layer.clone(),
+        genome: genome.clone(),
+    }
 }
 
 pub fn progress_bar(quiet: bool) -> ProgressBar {
@@ -116,7 +127,7 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
     let dir = RunDir::prepare(out, cmd.force, "--out")?;
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
-        let data = load_dataset(data_path, cmd.layer.as_deref())?;
+        let data = load_dataset_with(data_path, &input_options(&cmd.layer, &cmd.genome))?;
         let setup = Setup {
             batch_key: cmd.batch_key.clone(),
             labels_key: cmd.labels_key.clone(),
@@ -135,13 +146,20 @@ pub fn run_train(cmd: &TrainCmd) -> Result<()> {
             cmd.checkpoint_every,
             dir,
         )?;
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        // Under --max-steps the run ends at that step, usually long before the epochs' end.
+        let epochs = plural(tcfg.epochs_for(data.n_cells()), "epoch", "epochs");
+        let length = match tcfg.max_steps {
+            Some(s) => format!("{epochs}, stopping after {}", plural(s, "step", "steps")),
+            None => epochs,
+        };
         eprintln!(
-            "{}: {} cells x {} genes, {} batches; {} epochs on {}",
+            "{}: {} cells x {} genes, {}; {length} on {}",
             data.source,
             data.n_cells(),
             data.n_genes(),
-            model.meta.batch_categories.len(),
-            tcfg.epochs_for(data.n_cells()),
+            plural(model.meta.batch_categories.len(), "batch", "batches"),
             device_label(device)
         );
         if tcfg.precision == Precision::Bf16 && device == Device::Cpu {
@@ -302,8 +320,11 @@ pub struct EmbedCmd {
     pub out: PathBuf,
     #[arg(long)]
     pub layer: Option<String>,
-    /// Monte Carlo samples for the logistic-normal latent mean.
-    #[arg(long, default_value_t = 5000)]
+    /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
+    #[arg(long)]
+    pub genome: Option<String>,
+    /// Monte Carlo samples for the logistic-normal latent mean (1 to 1,000,000).
+    #[arg(long, default_value_t = 5000, value_parser = mc_samples, allow_negative_numbers = true)]
     pub mc_samples: usize,
     #[command(flatten)]
     pub run: RunArgs,
@@ -317,7 +338,7 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let model = Scvi::load(&cmd.model)?;
-        let input = open_input(&cmd.data, cmd.layer.as_deref())?;
+        let input = open_input_with(&cmd.data, &input_options(&cmd.layer, &cmd.genome))?;
         let var = input.meta.var.clone();
         let data = input.into_dataset()?;
         let z = model.latent_representation(&data, device, cmd.mc_samples)?;
@@ -349,11 +370,16 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
     })
 }
 
+/// `--mc-samples`: scvi-tools' default is 5,000; a million draws per cell is already hours.
+fn mc_samples(s: &str) -> std::result::Result<usize, String> {
+    super::options::whole(s, 1, 1_000_000)
+}
+
 fn check_output_ext(p: &Path) -> Result<()> {
     match p.extension().and_then(|e| e.to_str()) {
         Some("npy") | Some("csv") | Some("h5ad") => Ok(()),
         _ => bail!(
-            "{}: the output must end in .npy, .csv or .h5ad",
+            "--out {}: the output must end in .npy, .csv or .h5ad",
             p.display()
         ),
     }
@@ -368,7 +394,10 @@ pub struct ElboCmd {
     pub subset: String,
     #[arg(long)]
     pub layer: Option<String>,
-    #[arg(long, default_value_t = 0)]
+    /// Only the genes of this genome of a 10x .h5 (needed for a Cell Ranger 2 file with several).
+    #[arg(long)]
+    pub genome: Option<String>,
+    #[arg(long, default_value_t = 0, value_parser = super::options::seed, allow_negative_numbers = true)]
     pub seed: u64,
     #[command(flatten)]
     pub run: RunArgs,
@@ -379,7 +408,7 @@ pub fn run_elbo(cmd: &ElboCmd) -> Result<()> {
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let model = Scvi::load(&cmd.model)?;
-        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
+        let data = load_dataset_with(&cmd.data, &input_options(&cmd.layer, &cmd.genome))?;
         let n = data.n_cells();
         let cells: Vec<usize> = match cmd.subset.as_str() {
             "all" => (0..n).collect(),

@@ -2,10 +2,77 @@
 //! scvi-tools' defaults.
 
 use clap::{Args, ValueEnum};
+use scvi_rs::model::config::{MAX_HIDDEN, MAX_LATENT, MAX_LAYERS};
 use scvi_rs::model::{
     Dispersion, GeneLikelihood, LatentDistribution, ModelConfig, NormPlacement, Precision,
 };
 use scvi_rs::train::{AdamConfig, TrainConfig};
+
+// ------------------------------------------------------------------------------------------------
+// Value parsers: a flag with a value that makes no sense, or one that would ask for more than any
+// machine has, is refused before any work, with the allowed range (clap prints "invalid value
+// '0' for '--n-hidden <N_HIDDEN>': must be a whole number from 1 to 16384").
+
+/// A whole number in `lo..=hi`.
+pub fn whole(s: &str, lo: usize, hi: usize) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ if hi == usize::MAX => Err(format!("must be a whole number, {lo} or more")),
+        _ => Err(format!("must be a whole number from {lo} to {hi}")),
+    }
+}
+
+/// A finite number that `ok` accepts; `want` says which, for the message.
+fn real(s: &str, ok: fn(f64) -> bool, want: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        _ => Err(format!("must be {want}")),
+    }
+}
+
+/// The largest minibatch accepted: scvi-tools' default is 128, GPU users go to a few thousand;
+/// beyond 65,536 cells a step's `B x G` intermediates alone take gigabytes.
+pub const MAX_BATCH_SIZE: usize = 1 << 16;
+
+/// A seed: any 64-bit whole number.
+pub fn seed(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("must be a whole number from 0 to {}", u64::MAX))
+}
+
+/// A count that may be 0.
+pub fn count(s: &str) -> Result<usize, String> {
+    whole(s, 0, usize::MAX)
+}
+
+pub fn positive_count(s: &str) -> Result<usize, String> {
+    whole(s, 1, usize::MAX)
+}
+fn hidden(s: &str) -> Result<usize, String> {
+    whole(s, 1, MAX_HIDDEN)
+}
+fn latent(s: &str) -> Result<usize, String> {
+    whole(s, 1, MAX_LATENT)
+}
+fn layers(s: &str) -> Result<usize, String> {
+    whole(s, 1, MAX_LAYERS)
+}
+fn batch_size(s: &str) -> Result<usize, String> {
+    whole(s, 2, MAX_BATCH_SIZE)
+}
+pub fn positive_real(s: &str) -> Result<f64, String> {
+    real(s, |v| v > 0.0, "a positive finite number")
+}
+fn non_negative_real(s: &str) -> Result<f64, String> {
+    real(s, |v| v >= 0.0, "a finite number, 0 or more")
+}
+fn fraction(s: &str) -> Result<f64, String> {
+    real(s, |v| v > 0.0 && v <= 1.0, "a fraction in (0, 1]")
+}
+fn dropout(s: &str) -> Result<f64, String> {
+    real(s, |v| (0.0..1.0).contains(&v), "a rate in [0, 1)")
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum LikelihoodArg {
@@ -56,13 +123,13 @@ impl From<NormArg> for NormPlacement {
 /// scvi-tools' `SCVI(...)` arguments.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = hidden, allow_negative_numbers = true)]
     pub n_hidden: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = latent, allow_negative_numbers = true)]
     pub n_latent: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = layers, allow_negative_numbers = true)]
     pub n_layers: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = dropout, allow_hyphen_values = true)]
     pub dropout_rate: f64,
     #[arg(long, value_enum, default_value = "zinb")]
     pub gene_likelihood: LikelihoodArg,
@@ -121,30 +188,30 @@ impl ModelArgs {
 #[derive(Args, Clone, Debug)]
 pub struct TrainArgs {
     /// Epochs; default scvi-tools' heuristic min(round(20000 / n_cells * 400), 400).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_count, allow_negative_numbers = true)]
     pub max_epochs: Option<usize>,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = batch_size, allow_negative_numbers = true)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = fraction, allow_hyphen_values = true)]
     pub train_size: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed, allow_negative_numbers = true)]
     pub seed: u64,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = positive_real, allow_hyphen_values = true)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = non_negative_real, allow_hyphen_values = true)]
     pub weight_decay: f64,
     /// Epochs over which the KL weight rises from 0 to 1 (scvi-tools: 400).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 400, value_parser = count, allow_negative_numbers = true)]
     pub n_epochs_kl_warmup: usize,
     /// Stop when elbo_validation has not improved for --early-stopping-patience epochs.
     #[arg(long)]
     pub early_stopping: bool,
-    #[arg(long, default_value_t = 45)]
+    #[arg(long, default_value_t = 45, value_parser = count, allow_negative_numbers = true)]
     pub early_stopping_patience: usize,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_real, allow_hyphen_values = true)]
     pub early_stopping_min_delta: f64,
     /// Stop after this many training steps in all, even mid-epoch (for benchmarks).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_count, allow_negative_numbers = true)]
     pub max_steps: Option<usize>,
     /// The decoder output heads' products: f32, or bf16 operands with f32 accumulation (CPU;
     /// AMX-BF16 where the CPU has it, else emulated at f32 speed, as the log says).

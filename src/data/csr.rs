@@ -4,6 +4,7 @@
 //! The engine only ever reads rows through [`SparseRows`], so an in-memory matrix and a memory-mapped
 //! store look the same to it.
 
+use super::validate::row_fault;
 use crate::error::{Error, Result};
 
 /// Read access to the rows of a sparse count matrix (cells x genes).
@@ -11,8 +12,23 @@ pub trait SparseRows: Send + Sync {
     fn n_rows(&self) -> usize;
     fn n_cols(&self) -> usize;
     fn nnz(&self) -> u64;
-    /// Column indices (strictly increasing) and values of row `i`.
+    /// Column indices and values of row `i`: slices of the matrix's arrays, always in bounds, but
+    /// trustworthy (indices in range and strictly increasing, values counts) only after
+    /// [`check_row`](Self::check_row) said so, for a matrix whose arrays nobody checked.
     fn row(&self, i: usize) -> (&[u32], &[f32]);
+
+    /// An error when row `i` is not a valid row of counts (see
+    /// [`row_fault`](super::validate::row_fault)). Everything that hands rows to the engines (the
+    /// minibatch loader, the passes over a whole matrix) calls it first, so a matrix whose arrays
+    /// were never checked (a memory-mapped store, a matrix built by hand) cannot make them index
+    /// out of range or train on NaN. A store names its file; this default names only the row.
+    fn check_row(&self, i: usize) -> Result<()> {
+        let (idx, val) = self.row(i);
+        match row_fault(idx, val, self.n_cols()) {
+            None => Ok(()),
+            Some(f) => Err(Error::Data(format!("count matrix row {i}: {f}"))),
+        }
+    }
 
     /// Give back memory the rows read so far hold that can be re-read on demand (the resident
     /// pages of a memory-mapped file). The default, for matrices in memory, does nothing.

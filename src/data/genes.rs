@@ -6,11 +6,15 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// Largest gene list read: a name a line, 1 GiB is millions of times the genes of any genome.
+const MAX_LIST_BYTES: u64 = 1 << 30;
+
 /// Read a gene list: one name (or gene ID) a line, blank lines and `#` comments skipped, no
 /// repeats, not empty.
 pub fn read_gene_list(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::format(path, format!("cannot read the gene list: {e}")))?;
+    let bytes = crate::limits::read_regular(path, MAX_LIST_BYTES, "a gene list")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::format(path, "the gene list is not UTF-8 text"))?;
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for line in text.lines() {

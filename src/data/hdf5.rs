@@ -8,16 +8,35 @@
 //! `f64`, or `i128`, which holds every stored integer exactly). Any other stored type is an error
 //! naming the file and the field (`X/data: float16 is not supported; expected integer or
 //! float32/float64`).
+//!
+//! Files are opened here too ([`open_file`]): only regular files (a named pipe would block the
+//! open), with a read budget of the memory available. Every read of a whole dataset or a selection
+//! is sized first ([`check_read`]): a dataset whose shape claims more than the file could hold, or
+//! more memory than the machine has, is an error before anything is allocated, so a small file
+//! that lies about its shapes cannot make the process abort.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use hdf5_reader::{Attribute, Dataset as H5Dataset, Datatype, SliceInfo, SliceInfoElem};
+use hdf5_reader::{
+    Attribute, Dataset as H5Dataset, Datatype, Hdf5File, OpenOptions, SliceInfo, SliceInfoElem,
+};
 
 use super::CsrMatrix;
 use crate::error::{Error, Result};
+use crate::limits::{self, bytes_of, human_bytes};
 
 /// `hdf5-reader`'s error type.
 pub type H5Error = hdf5_reader::error::Error;
+
+/// The reader's error as said after the field: without the reader's own context prefix (the
+/// dataset's name, which the field before it already says).
+pub fn h5_text(e: &H5Error) -> String {
+    match e {
+        H5Error::Context { source, .. } => h5_text(source),
+        _ => e.to_string(),
+    }
+}
 
 /// The numeric types a dataset may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +196,116 @@ fn decode<T: Num>(kind: NumKind, src: &impl Source) -> std::result::Result<Vec<T
     })
 }
 
+impl NumKind {
+    /// Bytes of one stored value.
+    pub fn size(self) -> u64 {
+        match self {
+            NumKind::I8 | NumKind::U8 => 1,
+            NumKind::I16 | NumKind::U16 => 2,
+            NumKind::I32 | NumKind::U32 | NumKind::F32 => 4,
+            NumKind::I64 | NumKind::U64 | NumKind::F64 => 8,
+        }
+    }
+}
+
+/// Open `path` as HDF5 for reading: a regular file (never blocking on a named pipe or a device),
+/// with reads refused beyond the memory available (`hdf5-reader`'s own budget, behind the sizing
+/// of [`check_read`]). An error says whether the file is unreadable, not HDF5 at all, or damaged.
+pub fn open_file(path: &Path) -> Result<Hdf5File> {
+    let file = limits::open_regular(path)?;
+    let storage = hdf5_reader::storage::FileStorage::from_file(file)
+        .map_err(|e| Error::format(path, format!("cannot be read: {e}")))?;
+    let opts = OpenOptions {
+        max_read_bytes: limits::mem_available()
+            .and_then(|b| usize::try_from(b).ok())
+            .unwrap_or(usize::MAX),
+        ..OpenOptions::default()
+    };
+    Hdf5File::from_storage_with_options(Arc::new(storage), opts).map_err(|e| {
+        if has_signature(path) {
+            Error::format(path, format!("cannot be read as HDF5: {e}"))
+        } else {
+            Error::format(
+                path,
+                "is not an HDF5 file (no HDF5 signature); expected an AnnData .h5ad file, a 10x \
+                 Cell Ranger .h5 file, a scvi-rs store or a 10x MTX folder",
+            )
+        }
+    })
+}
+
+/// The best ratio HDF5's deflate filter reaches (1032:1 on runs of one byte), rounded up. A dataset
+/// claiming more decoded bytes than this times the file's size is either corrupt or made of chunks
+/// that were never written, which anndata and Cell Ranger never leave.
+const MAX_COMPRESSION: u64 = 1100;
+
+/// Size a read of `n` entries of `field` in `path` before anything is allocated for it:
+/// `stored_bytes` per entry as the file holds them (for what the file can hold) and `memory_bytes`
+/// per entry in memory once decoded (for the memory available). An error names the file, the
+/// field, the count and what there is.
+pub fn check_read(
+    path: &Path,
+    field: &str,
+    n: u64,
+    stored_bytes: u64,
+    memory_bytes: u64,
+) -> Result<()> {
+    const SMALL: u64 = 256 << 20;
+    let stored = bytes_of(n, stored_bytes);
+    if stored > SMALL {
+        let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+        if stored / MAX_COMPRESSION > file_len {
+            return Err(Error::format(
+                path,
+                format!(
+                    "{field} claims {n} entries ({} decoded), more than this {} file can hold \
+                     even compressed at deflate's best ratio: the file is corrupt",
+                    human_bytes(stored),
+                    human_bytes(file_len)
+                ),
+            ));
+        }
+    }
+    limits::ensure_memory(bytes_of(n, memory_bytes), || {
+        format!("{}: reading {field} ({n} entries)", path.display())
+    })
+}
+
+/// Entries in a dataset of this shape (saturating: an absurd shape is refused by the sizing).
+pub fn n_entries(shape: &[u64]) -> u64 {
+    shape.iter().fold(1u64, |n, &d| n.saturating_mul(d))
+}
+
+/// Bytes one entry of type `dt` takes in a file: a fixed-length string or number its size, a
+/// variable-length string its 16-byte heap reference.
+fn stored_size(dt: &Datatype) -> u64 {
+    match dt {
+        Datatype::String {
+            size: hdf5_reader::StringSize::Fixed(n),
+            ..
+        } => (*n as u64).max(1),
+        Datatype::String { .. } => 16,
+        Datatype::VarLen { .. } => 16,
+        _ => NumKind::of(dt).map_or(1, NumKind::size),
+    }
+}
+
+/// A string dataset (an index, a column, barcodes), sized first ([`check_read`]: a string takes
+/// 24 bytes plus its text in memory).
+pub fn read_strings(path: &Path, field: &str, ds: &H5Dataset) -> Result<Vec<String>> {
+    let stored = stored_size(ds.dtype());
+    check_read(path, field, n_entries(ds.shape()), stored, 24 + stored)?;
+    ds.read_strings()
+        .map_err(|e| Error::format(path, format!("{field}: {}", h5_text(&e))))
+}
+
+/// The raw bytes of a dataset of 1-byte values (booleans), sized first.
+pub fn read_bytes(path: &Path, field: &str, ds: &H5Dataset) -> Result<Vec<u8>> {
+    check_read(path, field, n_entries(ds.shape()), 1, 1)?;
+    ds.read_raw_bytes()
+        .map_err(|e| Error::format(path, format!("{field}: {}", h5_text(&e))))
+}
+
 /// A selection of a dataset (None: all of it).
 struct Selected<'a>(&'a H5Dataset, Option<&'a SliceInfo>);
 
@@ -230,7 +359,21 @@ impl<'a> NumField<'a> {
 
     /// The whole dataset.
     pub fn all<T: Num>(&self) -> Result<Vec<T>> {
+        self.size::<T>(n_entries(self.ds.shape()))?;
         self.read(None)
+    }
+
+    /// Size a read of `n` entries decoded as `T` ([`check_read`]): the stored values and the
+    /// converted ones are in memory together for a moment.
+    fn size<T: Num>(&self, n: u64) -> Result<()> {
+        let t = std::mem::size_of::<T>() as u64;
+        check_read(
+            self.path,
+            self.field,
+            n,
+            self.kind.size(),
+            self.kind.size() + t,
+        )
     }
 
     /// Entries `a..b` of a 1-D dataset.
@@ -238,11 +381,13 @@ impl<'a> NumField<'a> {
         if a == b {
             return Ok(Vec::new());
         }
+        self.size::<T>(b.saturating_sub(a))?;
         self.read(Some(&slice(a, b)))
     }
 
     /// Rows `r0..r1` (all `n_cols` columns) of a 2-D dataset, row-major.
     pub fn rows<T: Num>(&self, r0: u64, r1: u64, n_cols: u64) -> Result<Vec<T>> {
+        self.size::<T>(r1.saturating_sub(r0).saturating_mul(n_cols))?;
         let mut sel = slice(r0, r1);
         sel.selections.extend(slice(0, n_cols).selections);
         self.read(Some(&sel))
@@ -306,7 +451,7 @@ impl<'a> NumField<'a> {
 
     fn read<T: Num>(&self, sel: Option<&SliceInfo>) -> Result<Vec<T>> {
         decode(self.kind, &Selected(self.ds, sel))
-            .map_err(|e| Error::format(self.path, format!("{}: {e}", self.field)))
+            .map_err(|e| Error::format(self.path, format!("{}: {}", self.field, h5_text(&e))))
     }
 }
 

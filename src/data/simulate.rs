@@ -96,6 +96,20 @@ impl SimConfig {
         Ok(())
     }
 
+    /// Bytes of memory a simulation holds at once, at least: the per-gene model (base level,
+    /// dispersion, zero inflation, and a level per cell type and per batch, f64), the gene names,
+    /// and the cell names and obs codes kept for the end (about 64 bytes a cell).
+    pub fn memory_bytes(&self) -> u64 {
+        let g = self.n_genes as u64;
+        let per_gene = (self.n_cell_types as u64)
+            .saturating_add(self.n_batches as u64)
+            .saturating_add(8)
+            .saturating_mul(8);
+        g.saturating_mul(per_gene)
+            .saturating_add((self.n_cell_types as u64).saturating_mul(self.n_batches as u64) * 16)
+            .saturating_add((self.n_cells as u64).saturating_mul(64))
+    }
+
     fn library_median(&self) -> f64 {
         self.library_median.unwrap_or(1.5 * self.n_genes as f64)
     }
@@ -449,6 +463,22 @@ pub fn simulate_rows(
         first = end;
     }
     Ok(())
+}
+
+/// The mean number of stored values a cell of this simulation has, from its first (up to) 256
+/// cells, drawn exactly as the whole simulation draws them: what the output will weigh, per cell.
+pub fn mean_nnz_per_cell(cfg: &SimConfig) -> Result<f64> {
+    cfg.validate()?;
+    let model = SimModel::new(cfg);
+    let n = cfg.n_cells.min(256);
+    let mut buf = Vec::new();
+    let total: usize = (0..n)
+        .map(|i| {
+            model.cell_row(cfg.seed, i, &mut buf);
+            buf.len()
+        })
+        .sum();
+    Ok(total as f64 / n.max(1) as f64)
 }
 
 /// The batch and cell-type code of every cell (cheap: no counts are drawn).

@@ -113,6 +113,19 @@ impl Default for ModelConfig {
     }
 }
 
+/// The largest hidden layer accepted (`--n-hidden`, `n_hidden` in a model file): scvi-tools
+/// uses 128; 16,384 is already 128 times that, and bounds every tensor to 2^46 values.
+pub const MAX_HIDDEN: usize = 1 << 14;
+/// The largest latent space accepted (`--n-latent`; scvi-tools' default is 10).
+pub const MAX_LATENT: usize = 1 << 14;
+/// The most hidden layers accepted (`--n-layers`; scvi-tools' default is 1).
+pub const MAX_LAYERS: usize = 64;
+/// The most batch or label categories a model can have (each is a column of the covariate
+/// one-hot, so a model with more is mostly covariates).
+pub const MAX_CATEGORIES: usize = 1 << 20;
+/// The most genes: gene indices are 32-bit.
+pub const MAX_GENES: usize = 1 << 32;
+
 impl ModelConfig {
     /// One-hot width of the batch covariate: scvi-tools' `FCLayers` drops a category list of one.
     pub fn batch_onehot_width(&self) -> usize {
@@ -142,6 +155,18 @@ impl ModelConfig {
         }
         if self.n_batch == 0 || self.n_labels == 0 {
             return bad("n_batch and n_labels must be at least 1".into());
+        }
+        for (name, v, max) in [
+            ("n_input (genes)", self.n_input, MAX_GENES),
+            ("n_hidden", self.n_hidden, MAX_HIDDEN),
+            ("n_latent", self.n_latent, MAX_LATENT),
+            ("n_layers", self.n_layers, MAX_LAYERS),
+            ("n_batch", self.n_batch, MAX_CATEGORIES),
+            ("n_labels", self.n_labels, MAX_CATEGORIES),
+        ] {
+            if v > max {
+                return bad(format!("{name} is {v}; at most {max} is supported"));
+            }
         }
         Ok(())
     }

@@ -150,17 +150,79 @@ pub fn read_f32(
 pub fn read_state(st: &SafeTensors, layout: Layout, path: &Path) -> Result<ModelState<f32>> {
     let mut state = ModelState::<f32>::zeros(layout);
     let layout = state.layout.clone();
+    // A value that is not finite means a damaged or diverged model: refused here, naming it.
+    let finite = |name: &str, vals: &[f32]| -> Result<()> {
+        match vals.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(k) => Err(Error::format(
+                path,
+                format!(
+                    "tensor '{name}' holds {} at index {k}: the model is damaged (retrain it)",
+                    vals[k]
+                ),
+            )),
+        }
+    };
     for t in &layout.params {
         read_f32(st, path, &t.name, &t.shape, &mut state.params[t.range()])?;
+        finite(&t.name, &state.params[t.range()])?;
     }
     for t in &layout.buffers {
         read_f32(st, path, &t.name, &t.shape, &mut state.buffers[t.range()])?;
+        finite(&t.name, &state.buffers[t.range()])?;
     }
     Ok(state)
 }
 
+/// Largest `model.json` read (gene names and categories: megabytes for the largest atlases).
+pub const MAX_META_BYTES: u64 = 1 << 30;
+
+/// Check a model file's sizes before anything is allocated for them: the configuration's own
+/// ranges ([`ModelConfig::validate`](super::ModelConfig::validate)), the gene and category lists
+/// against the sizes they must have, and the weights file against the tensors the configuration
+/// implies (every value takes at least 4 bytes there), then against the memory available. `meta`
+/// and `weights` are the two files, for messages; `weights_len` the weights file's length.
+pub fn check_model_sizes(
+    cfg: &super::ModelConfig,
+    lists: [(&str, usize); 3],
+    meta: &Path,
+    weights: &Path,
+    weights_len: u64,
+) -> Result<Layout> {
+    cfg.validate()
+        .map_err(|e| Error::format(meta, e.to_string()))?;
+    let wants = [cfg.n_input, cfg.n_batch, cfg.n_labels];
+    for ((what, len), want) in lists.into_iter().zip(wants) {
+        if len != want {
+            return Err(Error::format(
+                meta,
+                format!("lists {len} {what}, but its model section says {want}"),
+            ));
+        }
+    }
+    let layout = Layout::new(cfg);
+    let n = (layout.n_param_elems + layout.n_buffer_elems) as u64;
+    if n.saturating_mul(4) > weights_len {
+        return Err(Error::format(
+            weights,
+            format!(
+                "is {}, but the model in {} has {n} values ({} at 4 bytes each): the two files \
+                 do not belong together",
+                crate::limits::human_bytes(weights_len),
+                meta.display(),
+                crate::limits::human_bytes(n * 4)
+            ),
+        ));
+    }
+    crate::limits::ensure_memory(n.saturating_mul(8).saturating_add(weights_len), || {
+        format!("{}: loading the model", weights.display())
+    })?;
+    Ok(layout)
+}
+
 /// Read parameters and buffers for `layout` from safetensors bytes (`path` for messages). Accepts
-/// f32 or f64 tensors; every tensor of the layout must be present with its shape.
+/// f32 or f64 tensors; every tensor of the layout must be present with its shape, and every value
+/// finite (a NaN weight would make every output NaN without a word).
 pub fn state_from_safetensors(
     layout: Layout,
     bytes: &[u8],

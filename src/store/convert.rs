@@ -72,7 +72,7 @@ pub fn select_genes(input: &Input, opts: &ConvertOptions) -> Result<GeneSelectio
     )];
     let mut keep: Vec<usize> = (0..input.n_genes).collect();
     if let Some(list) = &opts.genes {
-        let wanted = read_gene_list(list)?;
+        let wanted = read_gene_list(list).map_err(|e| Error::Config(format!("--genes {e}")))?;
         let list = list.display().to_string();
         keep = resolve_genes(&wanted, &meta.gene_names, &meta.var, &list, &meta.source)?;
         notes.push(format!("genes: the {} listed in {list}", keep.len()));
@@ -89,32 +89,49 @@ pub fn select_genes(input: &Input, opts: &ConvertOptions) -> Result<GeneSelectio
     }
     if n_top > keep.len() {
         return Err(Error::Config(format!(
-            "--n-top-genes {n_top} but there are only {} genes",
+            "{}: --n-top-genes {n_top} but there are only {} genes",
+            meta.source,
             keep.len()
         )));
     }
     let batch = match &opts.hvg_batch_key {
         Some(key) => {
             let col = find_obs(&meta.obs, key, &meta.source, " for --hvg-batch-key")?;
-            let (codes, cats) = col.to_categorical(key)?;
+            let (codes, cats) = col
+                .to_categorical(key)
+                .map_err(|e| Error::Data(format!("{}: {e}", meta.source)))?;
             Some((codes, cats.len()))
         }
         None => None,
     };
     let map = ColumnMap::keep(input.n_genes, &keep);
     let n_sub = keep.len();
-    let mut hvg = SeuratV3::new(n_sub, batch)?;
+    // Six f64 statistics per gene and batch.
+    let n_batches = batch.as_ref().map_or(1, |b| b.1.max(1));
+    crate::limits::ensure_memory((n_batches as u64 * n_sub as u64).saturating_mul(48), || {
+        format!(
+            "{}: highly variable genes over {n_sub} genes in {n_batches} batches{}",
+            meta.source,
+            opts.hvg_batch_key
+                .as_ref()
+                .map(|k| format!(" (--hvg-batch-key {k})"))
+                .unwrap_or_default()
+        )
+    })?;
+    // The statistics' own errors (a one-cell batch, ...) name neither the file nor the step.
+    let named = |e: Error| Error::Data(format!("{}: --n-top-genes: {e}", meta.source));
+    let mut hvg = SeuratV3::new(n_sub, batch).map_err(named)?;
     let rows = chunk_rows(input, opts);
     input.for_each_chunk(rows, |first, c| {
         hvg.add_stats(first, &c.select_columns(&map));
         Ok(())
     })?;
-    hvg.fit()?;
+    hvg.fit().map_err(named)?;
     input.for_each_chunk(rows, |first, c| {
         hvg.add_clipped(first, &c.select_columns(&map));
         Ok(())
     })?;
-    let res = hvg.select(n_top)?;
+    let res = hvg.select(n_top).map_err(named)?;
     let chosen: Vec<usize> = (0..n_sub)
         .filter(|&g| res.highly_variable[g])
         .map(|g| keep[g])
@@ -146,6 +163,19 @@ pub fn write_converted(
     let keep = &genes.keep;
     let map = ColumnMap::keep(input.n_genes, keep);
     let pick = |v: &[String]| -> Vec<String> { keep.iter().map(|&g| v[g].clone()).collect() };
+    if let Some(nnz) = input.nnz {
+        // 8 bytes a stored value (index and value) in the genes kept, 8 a row, ~40 of names.
+        let kept = nnz as f64 * keep.len() as f64 / input.n_genes.max(1) as f64;
+        let bytes = (kept * 8.0 + input.n_cells as f64 * 48.0) as u64;
+        crate::limits::ensure_disk(output, bytes, || {
+            format!(
+                "OUTPUT {} ({} cells x {} genes)",
+                output.display(),
+                input.n_cells,
+                keep.len()
+            )
+        })?;
+    }
     let mut w = MatrixWriter::create(output, keep.len(), &meta.source, opts.force)?;
     w.set_field(&meta.field);
     input.for_each_chunk(chunk_rows(input, opts), |_, c| {
@@ -162,12 +192,6 @@ pub fn write_converted(
         var: meta.var.iter().map(|(k, v)| (k.clone(), pick(v))).collect(),
         notes: genes.notes.clone(),
     })?;
-    if let Some(n) = written.n_non_integer.filter(|&n| n > 0) {
-        eprintln!(
-            "warning: {}: {n} values are not whole numbers; scVI expects raw counts",
-            meta.source
-        );
-    }
     Ok(written)
 }
 

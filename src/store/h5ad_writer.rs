@@ -656,7 +656,7 @@ impl H5adWriter {
                 self.n_genes
             )));
         }
-        if let Some(w) = self.checks.clone().finish()?.warning(&self.source, "X") {
+        for w in self.checks.clone().finish()?.warnings(&self.source, "X") {
             eprintln!("warning: {w}");
         }
         let mut out = self.out.take().unwrap();

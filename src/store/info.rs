@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::input::Input;
+use super::input::{Input, InputOptions};
 use crate::data::ObsColumn;
 use crate::error::{Error, Result};
 
@@ -16,7 +16,12 @@ const MAX_CATEGORIES_SHOWN: usize = 1000;
 /// The `info` JSON of any input; `verify` runs [`Store::verify`](crate::store::Store::verify) on a store (and is an error
 /// for any other input).
 pub fn info_json(path: &Path, verify: bool) -> Result<Value> {
-    let input = Input::open(path, None)?;
+    info_json_with(path, &InputOptions::default(), verify)
+}
+
+/// [`info_json`] of an input read with options (`--genome`).
+pub fn info_json_with(path: &Path, opts: &InputOptions, verify: bool) -> Result<Value> {
+    let input = Input::open_with(path, opts)?;
     let m = &input.meta;
     let mut v = json!({
         "path": path.display().to_string(),

@@ -49,6 +49,8 @@ pub fn detect_format(path: &Path) -> Result<InputFormat> {
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     }
+    // A named pipe or a device would block the first read, or never end.
+    crate::limits::refuse_special(path, "")?;
     if path.is_dir() {
         if is_store(path) {
             return Ok(InputFormat::Store);
@@ -100,15 +102,45 @@ pub fn detect_format(path: &Path) -> Result<InputFormat> {
     Ok(InputFormat::H5ad)
 }
 
+/// What to read of an input beyond its path (the command line's `--layer` and `--genome`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InputOptions {
+    /// `layers/<layer>` of an `.h5ad` instead of `X` (an error for other inputs).
+    pub layer: Option<String>,
+    /// Only the genes of this genome of a 10x `.h5` (scanpy's `read_10x_h5(genome=...)`): needed
+    /// for a Cell Ranger 2 file holding several (an error for other inputs).
+    pub genome: Option<String>,
+}
+
+impl InputOptions {
+    /// Only a layer (the common case).
+    pub fn layer(layer: Option<&str>) -> Self {
+        InputOptions {
+            layer: layer.map(str::to_string),
+            genome: None,
+        }
+    }
+}
+
 /// Open any input (see [`Input::open`]).
 pub fn open_input(path: &Path, layer: Option<&str>) -> Result<Input> {
     Input::open(path, layer)
+}
+
+/// Open any input with its options (see [`Input::open_with`]).
+pub fn open_input_with(path: &Path, opts: &InputOptions) -> Result<Input> {
+    Input::open_with(path, opts)
 }
 
 /// Open any input and read it whole as a [`Dataset`] (a store stays memory-mapped); see
 /// [`Input::into_dataset`].
 pub fn load_dataset(path: &Path, layer: Option<&str>) -> Result<Dataset> {
     Input::open(path, layer)?.into_dataset()
+}
+
+/// [`load_dataset`] with its options (`--layer`, `--genome`).
+pub fn load_dataset_with(path: &Path, opts: &InputOptions) -> Result<Dataset> {
+    Input::open_with(path, opts)?.into_dataset()
 }
 
 /// The annotations of an input (gene names already unique).
@@ -150,10 +182,23 @@ impl Input {
     /// Open `path` (any format). `layer` selects an `.h5ad` layer and is an error for other inputs.
     /// An input with no cells or no genes is an error.
     pub fn open(path: &Path, layer: Option<&str>) -> Result<Input> {
+        Self::open_with(path, &InputOptions::layer(layer))
+    }
+
+    /// [`Input::open`] with every option: `--genome` too, which applies to 10x `.h5` files.
+    pub fn open_with(path: &Path, opts: &InputOptions) -> Result<Input> {
         let format = detect_format(path)?;
+        let layer = opts.layer.as_deref();
         if layer.is_some() && format != InputFormat::H5ad {
             return Err(Error::Config(format!(
                 "--layer applies to .h5ad input only; {} is a {}",
+                path.display(),
+                format.name()
+            )));
+        }
+        if opts.genome.is_some() && format != InputFormat::TenxH5 {
+            return Err(Error::Config(format!(
+                "--genome applies to 10x .h5 input only; {} is a {}",
                 path.display(),
                 format.name()
             )));
@@ -226,7 +271,7 @@ impl Input {
                 }
             }
             InputFormat::TenxH5 => {
-                let t = TenxH5::open(path)?;
+                let t = TenxH5::open_genome(path, opts.genome.as_deref())?;
                 let meta = InputMeta {
                     gene_names: t.genes.names.clone(),
                     cell_names: t.barcodes.clone(),
@@ -277,6 +322,15 @@ impl Input {
                 input.meta.source, input.n_cells, input.n_genes
             )));
         }
+        if let Some(w) = repeated_names(&input.meta.cell_names) {
+            // anndata warns too ("obs_names are not unique"); cells are used by position, so
+            // nothing breaks, but outputs listing cells by name become ambiguous.
+            eprintln!(
+                "warning: {}: cell names are not unique ({w}); outputs that list cells by name \
+                 will repeat them (anndata: adata.obs_names_make_unique())",
+                input.meta.source
+            );
+        }
         Ok(input)
     }
 
@@ -289,7 +343,8 @@ impl Input {
     }
 
     /// Stream the counts as CSR chunks of at most `chunk_rows` rows, in order. The values are not
-    /// checked here (the writers and [`Input::into_dataset`] check them).
+    /// checked here (the writers and [`Input::into_dataset`] check them), but a store's rows are
+    /// ([`SparseRows::check_row`]: a corrupt store is an error naming the file and the row).
     pub fn for_each_chunk(
         &self,
         chunk_rows: usize,
@@ -344,13 +399,31 @@ impl Input {
     }
 }
 
+/// How many names repeat an earlier one, with the first repeat and where: None when all are
+/// unique.
+pub fn repeated_names(names: &[String]) -> Option<String> {
+    let mut first = std::collections::HashMap::with_capacity(names.len());
+    let mut repeats = 0usize;
+    let mut example = None;
+    for (i, n) in names.iter().enumerate() {
+        if let Some(&j) = first.get(n.as_str()) {
+            repeats += 1;
+            example.get_or_insert_with(|| format!("'{n}' at {j} and {i}"));
+        } else {
+            first.insert(n.as_str(), i);
+        }
+    }
+    example.map(|e| format!("{repeats} repeated; the first: {e}"))
+}
+
 fn warn_non_integer(summary: &CountSummary, meta: &InputMeta) {
-    if let Some(w) = summary.warning(&meta.source, &meta.field) {
+    for w in summary.warnings(&meta.source, &meta.field) {
         eprintln!("warning: {w}");
     }
 }
 
-/// Chunks of an in-memory or mapped matrix; `done(r0, r1)` after each chunk is handed on.
+/// Chunks of an in-memory or mapped matrix, every row checked first; `done(r0, r1)` after each
+/// chunk is handed on.
 fn rows_of(
     m: &dyn SparseRows,
     chunk_rows: usize,
@@ -361,6 +434,7 @@ fn rows_of(
     let mut r0 = 0;
     while r0 < n {
         let r1 = (r0 + chunk_rows).min(n);
+        (r0..r1).try_for_each(|i| m.check_row(i))?;
         f(r0, CsrMatrix::from_rows(m, r0, r1))?;
         done(r0, r1);
         r0 = r1;

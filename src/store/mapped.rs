@@ -1,7 +1,6 @@
 //! An opened store: the header checked, the matrix memory-mapped ([`MappedCsr`]), the metadata
 //! decoded ([`Store`]); and how to recognise a store on disk ([`is_store`], [`STORE_DIR`]).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -9,6 +8,7 @@ use rayon::prelude::*;
 
 use super::format::{self, dtype_size, FileEntry, Header, MetaReader};
 use super::hash::{self, Hasher64};
+use crate::data::validate::{row_fault, RowFault};
 use crate::data::{Dataset, ObsColumn, SparseRows};
 use crate::error::{Error, Result};
 
@@ -57,7 +57,7 @@ struct Mapped {
 
 impl Mapped {
     fn open(path: &Path, expected_bytes: u64) -> Result<Mapped> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::limits::open_regular(path)?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len != expected_bytes {
             return Err(Error::format(
@@ -112,7 +112,13 @@ impl Plain for f32 {}
 
 /// The count matrix of a store: CSR whose arrays are the mapped files. Rows are slices into the
 /// map, so reading a row touches only that row's pages.
+///
+/// The row pointers are checked at open, so every row is a slice within the files; the gene
+/// indices and values are not (that is O(nnz)): [`SparseRows::check_row`] checks a row when it is
+/// read, and its error names the file and the row.
 pub struct MappedCsr {
+    /// The store's directory, for messages.
+    dir: PathBuf,
     n_rows: usize,
     n_cols: usize,
     nnz: u64,
@@ -184,6 +190,22 @@ impl MappedCsr {
     pub fn release_all(&self) {
         self.release_rows(0, self.n_rows);
     }
+
+    /// The error for a fault in row `i`: the file it lies in, the row and what is wrong.
+    fn fault_error(&self, i: usize, f: RowFault) -> Error {
+        let file = if f.in_indices() {
+            format::INDICES_FILE
+        } else {
+            format::DATA_FILE
+        };
+        Error::format(
+            self.dir.join(file),
+            format!(
+                "row {i} (cell {i}): {f}; the store is corrupt (`scvi-rs info --verify` checks a \
+                 whole store): convert it again"
+            ),
+        )
+    }
 }
 
 impl SparseRows for MappedCsr {
@@ -208,6 +230,13 @@ impl SparseRows for MappedCsr {
         // and the index and value files to hold exactly nnz entries.
         let (a, b) = (p[i] as usize, p[i + 1] as usize);
         (&self.indices()[a..b], &self.data()[a..b])
+    }
+    fn check_row(&self, i: usize) -> Result<()> {
+        let (idx, val) = self.row(i);
+        match row_fault(idx, val, self.n_cols) {
+            None => Ok(()),
+            Some(f) => Err(self.fault_error(i, f)),
+        }
     }
 }
 
@@ -270,16 +299,8 @@ impl Store {
             });
         }
         let hpath = path.join(format::HEADER_FILE);
-        let hlen = std::fs::metadata(&hpath)
-            .map_err(|e| Error::io(&hpath, e))?
-            .len();
-        if hlen > format::MAX_HEADER_BYTES {
-            return Err(Error::format(
-                &hpath,
-                format!("header is {hlen} bytes: not a store header"),
-            ));
-        }
-        let hbytes = std::fs::read(&hpath).map_err(|e| Error::io(&hpath, e))?;
+        let hbytes =
+            crate::limits::read_regular(&hpath, format::MAX_HEADER_BYTES, "a store header")?;
         let header = Header::from_bytes(&hpath, &hbytes)?;
 
         let (n_cells, n_genes, nnz) = (header.n_cells, header.n_genes, header.nnz);
@@ -330,6 +351,7 @@ impl Store {
             var.push((e.name.clone(), r.strings(&e.values, Some(n_genes), &what)?));
         }
         let matrix = MappedCsr {
+            dir: path.to_path_buf(),
             n_rows: n_cells as usize,
             n_cols: n_genes as usize,
             nnz,
@@ -405,28 +427,22 @@ impl Store {
         let (mut hi, mut hd) = (Hasher64::new(), Hasher64::new());
         let (ib, db) = (m.indices.bytes(), m.data.bytes());
         let p = m.indptr();
-        let n_genes = m.n_cols as u64;
+        let n_genes = m.n_cols;
         const BLOCK: usize = 1 << 16;
-        let mut bad = None;
         let mut r0 = 0;
-        while r0 < m.n_rows && bad.is_none() {
+        while r0 < m.n_rows {
             let r1 = (r0 + BLOCK).min(m.n_rows);
             let (a, b) = (p[r0] as usize * 4, p[r1] as usize * 4);
             rayon::join(|| hi.update(&ib[a..b]), || hd.update(&db[a..b]));
-            bad = (r0..r1).into_par_iter().find_first(|&i| {
+            let bad = (r0..r1).into_par_iter().find_map_first(|i| {
                 let (idx, val) = m.row(i);
-                idx.windows(2).any(|w| w[1] <= w[0])
-                    || idx.last().is_some_and(|&j| j as u64 >= n_genes)
-                    || val.iter().any(|&v| !(v.is_finite() && v >= 0.0))
+                row_fault(idx, val, n_genes).map(|f| (i, f))
             });
             m.release_rows(r0, r1);
+            if let Some((i, f)) = bad {
+                return Err(m.fault_error(i, f));
+            }
             r0 = r1;
-        }
-        if let Some(i) = bad {
-            return Err(Error::format(
-                &ix,
-                format!("row {i} has unsorted or out-of-range gene indices, or a bad value"),
-            ));
         }
         if hash::hex(hi.finish()) != f.indices.checksum {
             return Err(Error::format(

@@ -51,7 +51,10 @@ pub use convert::{convert, ConvertOptions};
 pub use format::{Header, ValueSummary, FORMAT_NAME, FORMAT_VERSION};
 pub use hash::{wfnv64, Hasher64};
 pub use info::info_json;
-pub use input::{detect_format, load_dataset, open_input, Input, InputFormat, InputMeta};
+pub use input::{
+    detect_format, load_dataset, load_dataset_with, open_input, open_input_with, Input,
+    InputFormat, InputMeta, InputOptions,
+};
 pub use mapped::{is_store, MappedCsr, Store, STORE_DIR};
 pub use output::{output_kind, write_simulated, MatrixWriter, Written};
 pub use writer::{StoreMeta, StoreWriter};

@@ -12,6 +12,7 @@ use crate::data::simulate::{self, SimConfig};
 use crate::data::CsrMatrix;
 use crate::error::Result;
 use crate::interrupt;
+use crate::limits;
 
 /// Is `path` to be written as an `.h5ad` (by its name) rather than a store?
 pub fn is_h5ad_name(path: &Path) -> bool {
@@ -33,7 +34,7 @@ pub struct Written {
     pub n_cells: u64,
     /// Stored values (a store drops explicit zeros; an `.h5ad` keeps what it was given).
     pub nnz: u64,
-    /// Values that are not whole numbers, for a store (an `.h5ad` writer warns about them itself).
+    /// Values that are not whole numbers, for a store (both writers warn about them themselves).
     pub n_non_integer: Option<u64>,
 }
 
@@ -98,8 +99,23 @@ impl MatrixWriter {
 
 /// Write a simulated data set, in constant memory (one chunk of rows plus per-cell labels and
 /// names): an `.h5ad` when the name ends in `.h5ad`, else a store.
+///
+/// Before anything is drawn, the memory the simulation holds and the disk space the output needs
+/// (8 bytes a stored value, from a pilot of the first 256 cells, plus about 40 bytes a cell) are
+/// checked against what the machine has.
 pub fn write_simulated(cfg: &SimConfig, out: &Path, force: bool) -> Result<Written> {
     cfg.validate()?;
+    let size = || format!("{} cells x {} genes", cfg.n_cells, cfg.n_genes);
+    limits::ensure_memory(cfg.memory_bytes(), || format!("simulating {}", size()))?;
+    let per_cell = simulate::mean_nnz_per_cell(cfg)?;
+    let bytes = (cfg.n_cells as f64 * (per_cell * 8.0 + 40.0)) as u64;
+    limits::ensure_disk(out, bytes, || {
+        format!(
+            "{} ({}, about {per_cell:.0} stored values a cell)",
+            out.display(),
+            size()
+        )
+    })?;
     let source = format!(
         "simulated: {} cells, {} genes, {} batches, {} cell types, seed {}",
         cfg.n_cells, cfg.n_genes, cfg.n_batches, cfg.n_cell_types, cfg.seed

@@ -292,7 +292,11 @@ impl StoreWriter {
             )?;
         }
         if let Some(c) = self.checks.take() {
-            self.values.n_non_integer = c.finish()?.n_non_integer;
+            let (field, summary) = (c.field().to_string(), c.finish()?);
+            for w in summary.warnings(&src, &field) {
+                eprintln!("warning: {w}");
+            }
+            self.values.n_non_integer = summary.n_non_integer;
         }
 
         let [indptr_sum, indices_sum, data_sum] = self.join()?;

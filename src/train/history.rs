@@ -71,6 +71,11 @@ pub struct EpochRecord {
     /// Wall-clock time of the epoch (an interrupted one: the time before and after the stop).
     #[serde(with = "exact")]
     pub seconds: f64,
+    /// The cells trained on in this epoch: the whole training split, or fewer when `--max-steps`
+    /// stopped the epoch part-way (so that `cells_per_second` counts only cells trained). Absent
+    /// in checkpoints written before it existed: 0.
+    #[serde(default)]
+    pub cells: usize,
 }
 
 impl EpochRecord {
@@ -93,6 +98,7 @@ impl EpochRecord {
             reconstruction_loss_validation: val.map(|v| v.reconstruction_loss()),
             kl_local_validation: val.map(|v| v.kl_local()),
             seconds,
+            cells: train.n_cells,
         }
     }
 }
@@ -121,8 +127,9 @@ impl History {
         "cells_per_second",
     ];
 
-    /// CSV with scvi-tools' column names; missing validation values are empty.
-    pub fn to_csv(&self, n_train_cells: usize) -> String {
+    /// CSV with scvi-tools' column names; missing validation values are empty. `cells_per_second`
+    /// is the cells trained on in the epoch over the epoch's time (its validation pass included).
+    pub fn to_csv(&self) -> String {
         let mut s = Self::COLUMNS.join(",");
         s.push('\n');
         let opt = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_default();
@@ -143,7 +150,7 @@ impl History {
                 if has_val { "0" } else { "" },
                 r.kl_weight,
                 r.seconds,
-                n_train_cells as f64 / r.seconds.max(1e-9)
+                r.cells as f64 / r.seconds.max(1e-9)
             );
         }
         s

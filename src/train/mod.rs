@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::model::Precision;
 use crate::rng::{Philox, Stream};
 pub use history::{EpochRecord, History, LossSums};
-pub use loader::{for_each_minibatch, Covariates};
+pub use loader::{check_cell, for_each_minibatch, Covariates};
 pub use progress::Progress;
 use serde::{Deserialize, Serialize};
 pub use split::{train_validation_split, Split};
@@ -115,6 +115,51 @@ impl TrainConfig {
                 "min_kl_weight is larger than max_kl_weight".into(),
             ));
         }
+        // What torch.optim.Adam refuses ("Invalid learning rate", ...), and what makes no sense.
+        let a = &self.adam;
+        let checks = [
+            ("lr", a.lr, a.lr > 0.0, "a positive number"),
+            (
+                "weight_decay",
+                a.weight_decay,
+                a.weight_decay >= 0.0,
+                "0 or more",
+            ),
+            ("eps", a.eps, a.eps >= 0.0, "0 or more"),
+            ("beta1", a.beta1, (0.0..1.0).contains(&a.beta1), "in [0, 1)"),
+            ("beta2", a.beta2, (0.0..1.0).contains(&a.beta2), "in [0, 1)"),
+            (
+                "train_size",
+                self.train_size,
+                self.train_size > 0.0 && self.train_size <= 1.0,
+                "in (0, 1]",
+            ),
+            (
+                "early_stopping_min_delta",
+                self.early_stopping_min_delta,
+                self.early_stopping_min_delta >= 0.0,
+                "0 or more",
+            ),
+            (
+                "min_kl_weight",
+                self.min_kl_weight,
+                self.min_kl_weight >= 0.0,
+                "0 or more",
+            ),
+            (
+                "max_kl_weight",
+                self.max_kl_weight,
+                self.max_kl_weight >= 0.0,
+                "0 or more",
+            ),
+        ];
+        for (name, v, ok, want) in checks {
+            if !(ok && v.is_finite()) {
+                return Err(Error::Config(format!(
+                    "{name} must be {want} and finite, got {v}"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -183,7 +228,7 @@ pub fn fit(
             if left == 0 && progress.batches_done == 0 {
                 break;
             }
-            order.truncate(left * bs);
+            order.truncate(left.saturating_mul(bs));
         }
         let trained = for_each_minibatch(x, cov, &order, bs, |mb| {
             if mb.len() < 2 {
@@ -237,6 +282,14 @@ pub fn fit(
             validation.as_ref(),
             seconds,
         );
+        // Like the training loss: a held-out ELBO that is not a number means the model diverged,
+        // and a model that computes NaN is not one to save.
+        if let Some(v) = rec.elbo_validation.filter(|v| !v.is_finite()) {
+            return Err(Error::Data(format!(
+                "the validation ELBO became {v} at epoch {epoch}; the model diverged: lower the \
+                 learning rate (--lr) or check the input for extreme values"
+            )));
+        }
         progress.end_epoch(rec.clone(), cfg);
         between_epochs(&rec, max_epochs, engine, progress)?;
     }

@@ -47,3 +47,12 @@ pub fn listing(dir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect()
 }
+
+/// Overwrite the `k`-th 4-byte entry of a store's matrix file `file` with `bytes` (a store damaged
+/// after it was written).
+pub fn poke(store: &Path, file: &str, k: usize, bytes: [u8; 4]) {
+    let p = store.join(file);
+    let mut b = std::fs::read(&p).unwrap();
+    b[k * 4..k * 4 + 4].copy_from_slice(&bytes);
+    std::fs::write(p, b).unwrap();
+}

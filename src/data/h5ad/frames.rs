@@ -105,7 +105,7 @@ impl H5ad {
             Some(other) => return Ok(Err(format!("encoding '{other}'"))),
         }
         if hdf5::is_string_type(ds.dtype()) {
-            let v = ds.read_strings().map_err(self.h5err(field))?;
+            let v = hdf5::read_strings(&self.path, field, ds)?;
             return Ok(Ok(ObsColumn::Strings(v)));
         }
         if NumKind::of(ds.dtype()).is_some() {
@@ -125,7 +125,7 @@ impl H5ad {
             }));
         }
         if hdf5::is_bool_type(ds.dtype()) {
-            let raw = ds.read_raw_bytes().map_err(self.h5err(field))?;
+            let raw = hdf5::read_bytes(&self.path, field, ds)?;
             return Ok(Ok(ObsColumn::Bools(raw.iter().map(|&b| b != 0).collect())));
         }
         Ok(Err(format!(
@@ -150,7 +150,7 @@ impl H5ad {
                     ObsColumn::Integers(v) => v,
                     _ => return Err(self.err(format!("{field}/codes: expected integers"))),
                 };
-                let Some(categories) = as_names(sub("categories")?) else {
+                let Some(mut categories) = as_names(sub("categories")?) else {
                     return Ok(Err("categories of an unexpected kind".into()));
                 };
                 let mut out = Vec::with_capacity(codes.len());
@@ -162,6 +162,18 @@ impl H5ad {
                         )));
                     }
                     out.push(c as i32);
+                }
+                if let Some((remap, what)) = merge_repeats(&mut categories) {
+                    // pandas refuses such a column ("Categorical categories must be unique");
+                    // the repeats are one category by name, so they become one.
+                    eprintln!(
+                        "warning: {}: {field}/categories repeats {what}; scvi-rs merges the \
+                         repeats into one category (pandas would refuse the column)",
+                        self.path.display()
+                    );
+                    for c in out.iter_mut().filter(|c| **c >= 0) {
+                        *c = remap[*c as usize];
+                    }
                 }
                 Ok(Ok(ObsColumn::Categorical {
                     codes: out,
@@ -236,6 +248,38 @@ fn with_missing(values: ObsColumn, mask: &[bool]) -> Column {
         }
         ObsColumn::Categorical { .. } => return Err("nullable values of an unexpected kind".into()),
     })
+}
+
+/// Merge repeated categories into their first occurrence: when there are repeats, the categories
+/// are made unique in place and the old code -> new code map comes back with the repeats in words.
+fn merge_repeats(categories: &mut Vec<String>) -> Option<(Vec<i32>, String)> {
+    let mut first: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
+    let mut remap = Vec::with_capacity(categories.len());
+    let mut repeated = Vec::new();
+    let mut n_unique = 0;
+    for c in categories.iter() {
+        match first.get(c.as_str()) {
+            Some(&k) => {
+                remap.push(k);
+                repeated.push(c.clone());
+            }
+            None => {
+                first.insert(c, n_unique);
+                remap.push(n_unique);
+                n_unique += 1;
+            }
+        }
+    }
+    if repeated.is_empty() {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    categories.retain(|c| seen.insert(c.clone()));
+    let shown: Vec<String> = repeated.iter().take(5).map(|c| format!("'{c}'")).collect();
+    Some((
+        remap,
+        format!("{} ({} in all)", shown.join(", "), repeated.len()),
+    ))
 }
 
 /// A column's values as names, the way pandas prints them (None for a categorical).

@@ -296,6 +296,9 @@ impl H5ad {
         let nnz = m.nnz.unwrap_or(0);
 
         // Pass 1: values per row, as CSR row offsets of the whole matrix.
+        crate::limits::ensure_memory((m.n_rows as u64 + 1).saturating_mul(8), || {
+            format!("{}: row offsets of {}", self.path.display(), m.field)
+        })?;
         let mut rowptr = vec![0u64; m.n_rows + 1];
         let mut e0 = 0;
         while e0 < nnz {

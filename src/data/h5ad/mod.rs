@@ -65,7 +65,7 @@ pub struct H5adSummary {
 /// on stderr as a warning, as scvi-tools does. Use [`read_h5ad_with_summary`] to get them instead.
 pub fn read_h5ad(path: &Path, opts: &H5adOptions) -> Result<Dataset> {
     let (ds, summary) = read_h5ad_with_summary(path, opts)?;
-    if let Some(w) = summary.warning(&ds.source, &matrix_field(opts)) {
+    for w in summary.warnings(&ds.source, &matrix_field(opts)) {
         eprintln!("warning: {w}");
     }
     Ok(ds)
@@ -144,7 +144,7 @@ pub fn read_obs(path: &Path) -> Result<ObsTable> {
 /// root, or any of `X`, `obs`, `var` at the top. None when it cannot be opened as HDF5 (the reader
 /// says why).
 pub fn is_anndata(path: &Path) -> Option<bool> {
-    let root = Hdf5File::open(path).and_then(|f| f.root_group()).ok()?;
+    let root = hdf5::open_file(path).ok()?.root_group().ok()?;
     let encoded = root
         .attributes()
         .is_ok_and(|a| attr_string(&a, "encoding-type").as_deref() == Some("anndata"));
@@ -251,6 +251,15 @@ impl H5adReader {
             max_entries,
         };
         let source = self.file.path.display().to_string();
+        // The matrix in memory: 8 bytes per stored value (index and value) and per row.
+        let bytes = m
+            .nnz
+            .unwrap_or(0)
+            .saturating_add(m.n_rows as u64)
+            .saturating_mul(8);
+        crate::limits::ensure_memory(bytes, || {
+            format!("{source}: reading {} into memory", m.field)
+        })?;
         let mut checks = CountChecks::new(&source, &m.field);
         let mut out: Option<CsrMatrix> = None;
         self.file.stream(m, plan, &mut |first_row, mut chunk| {
@@ -299,24 +308,10 @@ struct H5ad {
 
 impl H5ad {
     fn open(path: &Path) -> Result<Self> {
-        // The OS error for a missing or unreadable file, before HDF5 gets a say.
-        std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        match Hdf5File::open(path) {
-            Ok(h5) => Ok(H5ad {
-                h5,
-                path: path.to_path_buf(),
-            }),
-            Err(e) => {
-                if hdf5::has_signature(path) {
-                    Err(Error::format(path, format!("cannot be read as HDF5: {e}")))
-                } else {
-                    Err(Error::format(
-                        path,
-                        "is not an HDF5 file (no HDF5 signature); expected an AnnData .h5ad file",
-                    ))
-                }
-            }
-        }
+        Ok(H5ad {
+            h5: hdf5::open_file(path)?,
+            path: path.to_path_buf(),
+        })
     }
 
     fn err(&self, msg: impl Into<String>) -> Error {

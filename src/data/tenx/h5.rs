@@ -11,40 +11,80 @@ use hdf5_reader::{Dataset as H5Dataset, Hdf5File};
 
 use super::{gex_filter, keep_genes, TenxGenes};
 use crate::data::csr::ColumnMap;
-use crate::data::hdf5::{NumField, StoredCsr};
+use crate::data::hdf5::{self, NumField, StoredCsr};
 use crate::data::{CsrMatrix, Dataset};
 use crate::error::{Error, Result};
 
 /// Is `path` an HDF5 file laid out as a Cell Ranger matrix (a `matrix` group, or a Cell Ranger 2
 /// genome group with `barcodes` and `indptr`)?
 pub fn is_10x_h5(path: &Path) -> bool {
-    let Ok(f) = Hdf5File::open(path) else {
+    let Ok(f) = hdf5::open_file(path) else {
         return false;
     };
     let Ok(root) = f.root_group() else {
         return false;
     };
-    find_matrix_group(&root).is_some()
+    let has_matrix = root
+        .member_names()
+        .is_ok_and(|(groups, _)| groups.iter().any(|g| g == "matrix"));
+    has_matrix || !genome_groups(&root).is_empty()
 }
 
-/// The name of the group holding the matrix, and whether it is the Cell Ranger 3+ layout.
-fn find_matrix_group(root: &Group) -> Option<(String, bool)> {
-    let (groups, _) = root.member_names().ok()?;
+/// The Cell Ranger 2 genome groups of a file (groups holding the matrix arrays directly).
+fn genome_groups(root: &Group) -> Vec<String> {
+    let Ok((groups, _)) = root.member_names() else {
+        return Vec::new();
+    };
+    groups
+        .into_iter()
+        .filter(|g| {
+            root.group(g)
+                .and_then(|grp| grp.member_names())
+                .is_ok_and(|(_, ds)| {
+                    ["barcodes", "indptr", "indices", "data", "shape"]
+                        .iter()
+                        .all(|n| ds.iter().any(|d| d == n))
+                })
+        })
+        .collect()
+}
+
+/// The group to read: `matrix` (Cell Ranger 3+), or the one genome group of a Cell Ranger 2 file,
+/// or the one `genome` names. As scanpy's `read_10x_h5`: a Cell Ranger 2 file with several genomes
+/// needs `--genome`, and the error lists them.
+fn choose_group(path: &Path, root: &Group, genome: Option<&str>) -> Result<(String, bool)> {
+    let (groups, _) = root
+        .member_names()
+        .map_err(|e| Error::format(path, format!("/: {e}")))?;
     if groups.iter().any(|g| g == "matrix") {
-        return Some(("matrix".to_string(), true));
+        return Ok(("matrix".to_string(), true));
     }
-    // Cell Ranger 2: one group per genome holding the arrays directly.
-    for g in groups {
-        let grp = root.group(&g).ok()?;
-        let (_, ds) = grp.member_names().ok()?;
-        if ["barcodes", "indptr", "indices", "data", "shape"]
-            .iter()
-            .all(|n| ds.iter().any(|d| d == n))
-        {
-            return Some((g, false));
-        }
+    let genomes = genome_groups(root);
+    let listed = || genomes.join(", ");
+    match (genome, genomes.len()) {
+        (_, 0) => Err(Error::format(
+            path,
+            "not a 10x Cell Ranger matrix (no 'matrix' group nor a genome group)",
+        )),
+        (Some(g), _) if genomes.iter().any(|x| x == g) => Ok((g.to_string(), false)),
+        (Some(g), _) => Err(Error::format(
+            path,
+            format!(
+                "--genome {g}: no such genome in this Cell Ranger 2 file (genomes: {})",
+                listed()
+            ),
+        )),
+        (None, 1) => Ok((genomes[0].clone(), false)),
+        (None, _) => Err(Error::format(
+            path,
+            format!(
+                "holds {} genomes ({}); choose one with --genome NAME, as scanpy's read_10x_h5 \
+                 asks",
+                genomes.len(),
+                listed()
+            ),
+        )),
     }
-    None
 }
 
 /// An opened Cell Ranger HDF5 matrix: annotations read, matrix streamed on demand.
@@ -62,15 +102,20 @@ pub struct TenxH5 {
 }
 
 impl TenxH5 {
+    /// Open a Cell Ranger matrix with all its genomes (an error for a Cell Ranger 2 file holding
+    /// several: see [`TenxH5::open_genome`]).
     pub fn open(path: &Path) -> Result<TenxH5> {
-        std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::open_genome(path, None)
+    }
+
+    /// Open a Cell Ranger matrix keeping only the genes of `genome` when given (scanpy's
+    /// `read_10x_h5(genome=...)`): the genome group of a Cell Ranger 2 file, the features whose
+    /// `features/genome` is `genome` in a Cell Ranger 3+ file.
+    pub fn open_genome(path: &Path, genome: Option<&str>) -> Result<TenxH5> {
         let ferr = |m: String| Error::format(path, m);
-        let file =
-            Hdf5File::open(path).map_err(|e| ferr(format!("cannot be read as HDF5: {e}")))?;
+        let file = hdf5::open_file(path)?;
         let root = file.root_group().map_err(|e| ferr(format!("/: {e}")))?;
-        let (group, v3) = find_matrix_group(&root).ok_or_else(|| {
-            ferr("not a 10x Cell Ranger matrix (no 'matrix' group nor a genome group)".into())
-        })?;
+        let (group, v3) = choose_group(path, &root, genome)?;
         let g = root
             .group(&group)
             .map_err(|e| ferr(format!("{group}: {e}")))?;
@@ -79,9 +124,7 @@ impl TenxH5 {
                 .map_err(|e| ferr(format!("{group}/{name}: {e}")))
         };
         let strings = |name: &str| -> Result<Vec<String>> {
-            ds(name)?
-                .read_strings()
-                .map_err(|e| ferr(format!("{group}/{name}: {e}")))
+            hdf5::read_strings(path, &format!("{group}/{name}"), &ds(name)?)
         };
         let (shape_ds, shape_field) = (ds("shape")?, format!("{group}/shape"));
         let shape: Vec<i128> = NumField::new(path, &shape_field, &shape_ds)?.all()?;
@@ -92,14 +135,16 @@ impl TenxH5 {
         }
         let (n_genes, n_cells) = (shape[0] as usize, shape[1] as usize);
         let barcodes = strings("barcodes")?;
-        let (ids, names, types) = if v3 {
+        let (ids, names, types, in_genome) = if v3 {
             let fg = g
                 .group("features")
                 .map_err(|e| ferr(format!("{group}/features: {e}")))?;
             let fstr = |name: &str| -> Result<Vec<String>> {
-                fg.dataset(name)
-                    .and_then(|d| d.read_strings())
-                    .map_err(|e| ferr(format!("{group}/features/{name}: {e}")))
+                let field = format!("{group}/features/{name}");
+                let d = fg
+                    .dataset(name)
+                    .map_err(|e| ferr(format!("{field}: {e}")))?;
+                hdf5::read_strings(path, &field, &d)
             };
             let (_, members) = fg
                 .member_names()
@@ -109,9 +154,31 @@ impl TenxH5 {
             } else {
                 None
             };
-            (fstr("id")?, fstr("name")?, types)
+            let in_genome = match genome {
+                None => None,
+                Some(want) => {
+                    if !members.iter().any(|m| m == "genome") {
+                        return Err(ferr(format!(
+                            "--genome {want}: {group}/features has no 'genome' list to choose from"
+                        )));
+                    }
+                    let all = fstr("genome")?;
+                    if !all.iter().any(|x| x == want) {
+                        let mut there: Vec<&String> = all.iter().collect();
+                        there.sort();
+                        there.dedup();
+                        let there: Vec<&str> = there.iter().map(|s| s.as_str()).collect();
+                        return Err(ferr(format!(
+                            "--genome {want}: no feature of that genome (genomes: {})",
+                            there.join(", ")
+                        )));
+                    }
+                    Some(all.iter().map(|x| x == want).collect::<Vec<bool>>())
+                }
+            };
+            (fstr("id")?, fstr("name")?, types, in_genome)
         } else {
-            (strings("genes")?, strings("gene_names")?, None)
+            (strings("genes")?, strings("gene_names")?, None, None)
         };
         let gname = format!(
             "{group}/{}",
@@ -121,6 +188,11 @@ impl TenxH5 {
             return Err(ferr(format!(
                 "{gname} has {} entries but {shape_field} says {n_genes} genes",
                 names.len()
+            )));
+        }
+        if in_genome.as_ref().is_some_and(|t| t.len() != n_genes) {
+            return Err(ferr(format!(
+                "{group}/features/genome: not {n_genes} entries"
             )));
         }
         if types.as_ref().is_some_and(|t| t.len() != n_genes) {
@@ -152,7 +224,7 @@ impl TenxH5 {
         let indptr = NumField::new(path, &indptr_field, &indptr_ds)?
             .offsets(nnz, &format!("{group}/data"))?;
         let source = path.display().to_string();
-        let (genes, map) = gex_filter(ids, names, types, &source);
+        let (genes, map) = gex_filter(ids, names, types, in_genome, &source);
         Ok(TenxH5 {
             path: path.to_path_buf(),
             file,

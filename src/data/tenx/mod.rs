@@ -45,21 +45,27 @@ impl TenxGenes {
     }
 }
 
-/// Which file features survive the gene-expression filter, and where they go.
+/// Which file features survive the gene-expression filter (and, with `--genome`, the genome
+/// filter: `in_genome` says which features are of the chosen genome), and where they go.
 fn gex_filter(
     ids: Vec<String>,
     names: Vec<String>,
     types: Option<Vec<String>>,
+    in_genome: Option<Vec<bool>>,
     source: &str,
 ) -> (TenxGenes, ColumnMap) {
-    let keep: Vec<bool> = match &types {
+    let mut keep: Vec<bool> = match &types {
         Some(t) if t.iter().any(|x| x == "Gene Expression") => {
             t.iter().map(|x| x == "Gene Expression").collect()
         }
         _ => vec![true; names.len()],
     };
+    // Features dropped for their type, which the user did not ask for: warned about below.
+    let dropped = keep.iter().filter(|&&k| !k).count();
+    if let Some(g) = &in_genome {
+        keep.iter_mut().zip(g).for_each(|(k, &g)| *k &= g);
+    }
     let map = ColumnMap::from_mask(&keep);
-    let dropped = names.len() - map.n_new();
     if dropped > 0 {
         eprintln!(
             "warning: {source}: {dropped} features that are not 'Gene Expression' (antibody \

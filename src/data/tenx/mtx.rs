@@ -19,16 +19,37 @@ pub struct TenxMtx {
     pub dir: PathBuf,
 }
 
-/// `dir/name` or `dir/name.gz`, whichever exists.
+/// `dir/name` or `dir/name.gz`, whichever exists (a folder or a named pipe of that name too:
+/// opening it says what is wrong with it).
 fn find_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
     for n in names {
         for cand in [dir.join(n), dir.join(format!("{n}.gz"))] {
-            if cand.is_file() {
+            if cand.exists() {
                 return Some(cand);
             }
         }
     }
     None
+}
+
+/// The longest line read from a 10x text file: an entry line is a few tens of bytes, a feature
+/// line a few hundred; a longer one is not such a file (and would otherwise be read whole).
+const MAX_LINE: u64 = 1 << 20;
+
+/// Read one line of at most [`MAX_LINE`] bytes into `line` (cleared first); 0 at the end.
+fn read_bounded_line(path: &Path, r: &mut dyn BufRead, line: &mut String, n: u64) -> Result<usize> {
+    line.clear();
+    let got = r
+        .take(MAX_LINE)
+        .read_line(line)
+        .map_err(|e| Error::format(path, format!("line {n}: cannot be read as text: {e}")))?;
+    if got as u64 == MAX_LINE && !line.ends_with('\n') {
+        return Err(Error::format(
+            path,
+            format!("line {n} is longer than 1 MiB: not a 10x text file"),
+        ));
+    }
+    Ok(got)
 }
 
 /// Is `dir` a folder holding a `matrix.mtx[.gz]`?
@@ -37,7 +58,7 @@ pub fn is_mtx_dir(dir: &Path) -> bool {
 }
 
 fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::limits::open_regular(path)?;
     let gz = path.extension().is_some_and(|e| e == "gz");
     Ok(if gz {
         Box::new(BufReader::with_capacity(
@@ -49,17 +70,32 @@ fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
     })
 }
 
-/// The lines of a small text file (features, barcodes), decompressed if `.gz`.
+/// The non-empty lines of a text file (features, barcodes), decompressed if `.gz`, read line by
+/// line with each line bounded, and the whole bounded by the memory available (a small `.gz` can
+/// decompress to anything).
 fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let mut text = String::new();
-    open_text(path)?
-        .read_to_string(&mut text)
-        .map_err(|e| Error::format(path, format!("cannot read as text: {e}")))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| l.to_string())
-        .collect())
+    let mut r = open_text(path)?;
+    let budget = crate::limits::mem_available().unwrap_or(u64::MAX) / 2;
+    let (mut out, mut line, mut n, mut total) = (Vec::new(), String::new(), 0u64, 0u64);
+    loop {
+        n += 1;
+        let got = read_bounded_line(path, &mut *r, &mut line, n)?;
+        if got == 0 {
+            return Ok(out);
+        }
+        total += got as u64 + 24;
+        if total > budget {
+            return Err(Error::Resource(format!(
+                "{}: its lines need more than {}, half the memory available",
+                path.display(),
+                crate::limits::human_bytes(budget)
+            )));
+        }
+        let l = line.trim_end_matches(['\n', '\r']);
+        if !l.is_empty() {
+            out.push(l.to_string());
+        }
+    }
 }
 
 /// The MTX header: sizes (genes, cells), the entry count, and whether entries carry no value.
@@ -75,16 +111,10 @@ struct MtxHeader {
 fn mtx_header(path: &Path, r: &mut dyn BufRead) -> Result<(MtxHeader, u64)> {
     let ferr = |m: String| Error::format(path, m);
     let mut line = String::new();
-    let mut n = 0u64;
-    let read = |r: &mut dyn BufRead, line: &mut String| -> Result<usize> {
-        line.clear();
-        r.read_line(line)
-            .map_err(|e| Error::format(path, format!("read error: {e}")))
-    };
-    if read(r, &mut line)? == 0 {
+    let mut n = 1u64;
+    if read_bounded_line(path, r, &mut line, n)? == 0 {
         return Err(ferr("empty file; expected a Matrix Market header".into()));
     }
-    n += 1;
     let banner: Vec<String> = line
         .split_whitespace()
         .map(|s| s.to_ascii_lowercase())
@@ -117,10 +147,10 @@ fn mtx_header(path: &Path, r: &mut dyn BufRead) -> Result<(MtxHeader, u64)> {
         )));
     }
     loop {
-        if read(r, &mut line)? == 0 {
+        n += 1;
+        if read_bounded_line(path, r, &mut line, n)? == 0 {
             return Err(ferr("no size line after the header".into()));
         }
-        n += 1;
         let t = line.trim();
         if t.is_empty() || t.starts_with('%') {
             continue;
@@ -201,14 +231,10 @@ fn for_each_entry(
 ) -> Result<()> {
     let mut line = String::new();
     loop {
-        line.clear();
-        let n = r
-            .read_line(&mut line)
-            .map_err(|e| Error::format(path, format!("read error: {e}")))?;
-        if n == 0 {
+        lineno += 1;
+        if read_bounded_line(path, r, &mut line, lineno)? == 0 {
             return Ok(());
         }
-        lineno += 1;
         if let Some((i, j, v)) = parse_entry(&line, h, path, lineno)? {
             f(i, j, v)?;
         }
@@ -280,6 +306,9 @@ pub fn read_10x_mtx(dir: &Path) -> Result<TenxMtx> {
             ));
         }
     }
+    crate::limits::ensure_memory((h.cols as u64 + 1) * 8, || {
+        format!("{}: {} cells", mtx.display(), h.cols)
+    })?;
     let mut per_cell = vec![0u64; h.cols + 1];
     let mut seen = 0u64;
     for_each_entry(&mtx, &mut *r, head_lines, &h, |_, j, _| {
@@ -309,6 +338,9 @@ pub fn read_10x_mtx(dir: &Path) -> Result<TenxMtx> {
         per_cell[j + 1] += per_cell[j];
     }
     // Pass 2: place the entries.
+    crate::limits::ensure_memory(h.entries.saturating_mul(8), || {
+        format!("{}: {} entries", mtx.display(), h.entries)
+    })?;
     let nnz = h.entries as usize;
     let mut indices = vec![0u32; nnz];
     let mut data = vec![0f32; nnz];
@@ -341,7 +373,7 @@ pub fn read_10x_mtx(dir: &Path) -> Result<TenxMtx> {
         .map_err(|e| Error::format(&mtx, e.to_string()))?;
 
     let source = dir.display().to_string();
-    let (genes, map) = gex_filter(ids, names, types, &source);
+    let (genes, map) = gex_filter(ids, names, types, None, &source);
     Ok(TenxMtx {
         counts: keep_genes(counts, &map),
         genes,
