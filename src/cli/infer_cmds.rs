@@ -182,37 +182,34 @@ pub fn run_normalize(cmd: &NormalizeCmd) -> Result<()> {
             None => model.meta.genes.clone(),
         };
         let (seed, n) = (cmd.io.seed, names.len());
-        if extension(&cmd.out) == "h5ad" {
-            let mut out = H5adOut::create(&cmd.out, cmd.force, &data, &var, genes.as_deref())?;
-            let id = out.writer.add_dense(Place::Layers, "scvi_normalized", n)?;
-            model.normalized_expression(
-                &data,
-                &cells,
-                &opts,
-                device,
-                seed,
-                &mut |first, rows| {
-                    pb.set_position((first + rows.len() / n) as u64);
-                    out.writer.append_dense(id, rows)
-                },
-            )?;
-            out.copy_input_x()?;
-            out.finish()?;
+        // Where the rows go: a layer of an .h5ad (with the input's X after it), or a matrix file.
+        enum Out<'a> {
+            H5ad(Box<H5adOut<'a>>, usize),
+            Matrix(MatrixFile),
+        }
+        let mut out = if extension(&cmd.out) == "h5ad" {
+            let mut h = H5adOut::create(&cmd.out, cmd.force, &data, &var, genes.as_deref())?;
+            let id = h.writer.add_dense(Place::Layers, "scvi_normalized", n)?;
+            Out::H5ad(Box::new(h), id)
         } else {
-            let mut out =
-                MatrixFile::create(&cmd.out, cmd.force, "--out", &data.cell_names, &names)?;
-            model.normalized_expression(
-                &data,
-                &cells,
-                &opts,
-                device,
-                seed,
-                &mut |first, rows| {
-                    pb.set_position((first + rows.len() / n) as u64);
-                    out.rows(rows)
-                },
-            )?;
-            out.finish()?;
+            let cells = &data.cell_names;
+            Out::Matrix(MatrixFile::create(
+                &cmd.out, cmd.force, "--out", cells, &names,
+            )?)
+        };
+        model.normalized_expression(&data, &cells, &opts, device, seed, &mut |first, rows| {
+            pb.set_position((first + rows.len() / n) as u64);
+            match &mut out {
+                Out::H5ad(h, id) => h.writer.append_dense(*id, rows),
+                Out::Matrix(m) => m.rows(rows),
+            }
+        })?;
+        match out {
+            Out::H5ad(mut h, _) => {
+                h.copy_input_x()?;
+                h.finish()?;
+            }
+            Out::Matrix(m) => m.finish()?,
         }
         pb.finish_and_clear();
         eprintln!(
