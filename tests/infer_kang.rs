@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::cli::ok;
+use common::cli::{ok, STIM_VS_CTRL};
 use common::files::{shared_data, tmpdir};
 
 const ISGS: [&str; 11] = [
@@ -35,22 +35,13 @@ fn de_ranks_the_interferon_stimulated_genes_first_in_both_modes() {
     ]);
     for mode in ["vanilla", "change"] {
         let out = d.join(format!("{mode}.csv"));
-        ok(&[
-            "de",
-            m,
-            kang,
-            "--groupby",
-            "stim",
-            "--group1",
-            "STIM",
-            "--group2",
-            "CTRL",
-            "--mode",
-            mode,
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ]);
+        let o = out.to_str().unwrap();
+        let args = [
+            &["de", m, kang][..],
+            &STIM_VS_CTRL,
+            &["--mode", mode, "--out", o, "--quiet"],
+        ];
+        ok(&args.concat());
         let text = std::fs::read_to_string(&out).unwrap();
         let genes: Vec<&str> = text
             .lines()

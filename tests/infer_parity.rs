@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::cli::{ok, read_npy};
+use common::cli::{ok, read_npy, STIM_VS_CTRL};
 use common::files::{fixture, tmpdir};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -192,18 +192,7 @@ fn de_matches_differential_expression_in_both_modes() {
     for mode in ["vanilla", "change"] {
         let out = d.join(format!("{mode}.csv"));
         let o = out.to_str().unwrap();
-        let extra = [
-            "--groupby",
-            "stim",
-            "--group1",
-            "STIM",
-            "--group2",
-            "CTRL",
-            "--mode",
-            mode,
-            "--out",
-            o,
-        ];
+        let extra = [&STIM_VS_CTRL[..], &["--mode", mode, "--out", o]].concat();
         run("de", &extra);
         let (header, ours) = read_de(&out);
         let theirs = table(&de[mode]);
