@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scvi_rs::atomic::{check_output, OutputKind};
 use scvi_rs::data::genes::read_gene_list;
-use scvi_rs::data::Dataset;
+use scvi_rs::data::{CsrMatrix, Dataset};
 use scvi_rs::infer::de::{to_csv, DeOptions};
 use scvi_rs::infer::h5ad_out::{H5adOut, Place};
 use scvi_rs::infer::normalize::NormalizeOptions;
@@ -182,37 +182,34 @@ pub fn run_normalize(cmd: &NormalizeCmd) -> Result<()> {
             None => model.meta.genes.clone(),
         };
         let (seed, n) = (cmd.io.seed, names.len());
-        if extension(&cmd.out) == "h5ad" {
-            let mut out = H5adOut::create(&cmd.out, cmd.force, &data, &var, genes.as_deref())?;
-            let id = out.writer.add_dense(Place::Layers, "scvi_normalized", n)?;
-            model.normalized_expression(
-                &data,
-                &cells,
-                &opts,
-                device,
-                seed,
-                &mut |first, rows| {
-                    pb.set_position((first + rows.len() / n) as u64);
-                    out.writer.append_dense(id, rows)
-                },
-            )?;
-            out.copy_input_x()?;
-            out.finish()?;
+        // Where the rows go: a layer of an .h5ad (with the input's X after it), or a matrix file.
+        enum Out<'a> {
+            H5ad(Box<H5adOut<'a>>, usize),
+            Matrix(MatrixFile),
+        }
+        let mut out = if extension(&cmd.out) == "h5ad" {
+            let mut h = H5adOut::create(&cmd.out, cmd.force, &data, &var, genes.as_deref())?;
+            let id = h.writer.add_dense(Place::Layers, "scvi_normalized", n)?;
+            Out::H5ad(Box::new(h), id)
         } else {
-            let mut out =
-                MatrixFile::create(&cmd.out, cmd.force, "--out", &data.cell_names, &names)?;
-            model.normalized_expression(
-                &data,
-                &cells,
-                &opts,
-                device,
-                seed,
-                &mut |first, rows| {
-                    pb.set_position((first + rows.len() / n) as u64);
-                    out.rows(rows)
-                },
-            )?;
-            out.finish()?;
+            let cells = &data.cell_names;
+            Out::Matrix(MatrixFile::create(
+                &cmd.out, cmd.force, "--out", cells, &names,
+            )?)
+        };
+        model.normalized_expression(&data, &cells, &opts, device, seed, &mut |first, rows| {
+            pb.set_position((first + rows.len() / n) as u64);
+            match &mut out {
+                Out::H5ad(h, id) => h.writer.append_dense(*id, rows),
+                Out::Matrix(m) => m.rows(rows),
+            }
+        })?;
+        match out {
+            Out::H5ad(mut h, _) => {
+                h.copy_input_x()?;
+                h.finish()?;
+            }
+            Out::Matrix(m) => m.finish()?,
         }
         pb.finish_and_clear();
         eprintln!(
@@ -340,27 +337,23 @@ pub fn run_sample(cmd: &SampleCmd) -> Result<()> {
         let cells: Vec<usize> = (0..data.n_cells()).collect();
         let (g, s_n, seed) = (data.n_genes(), cmd.n_samples, cmd.io.seed);
         let pb = bar(cmd.io.quiet, cells.len(), "sample", "cells");
+        let draw = |sink: &mut dyn FnMut(usize, usize, CsrMatrix) -> scvi_rs::Result<()>| {
+            model.posterior_predictive_sample(&data, &cells, s_n, device, seed, sink)
+        };
         if extension(&cmd.out) == "h5ad" {
             let mut out = H5adOut::create(&cmd.out, cmd.force, &data, &var, None)?;
             let layers: Vec<usize> = (1..s_n)
                 .map(|k| out.writer.add_sparse(Place::Layers, &format!("sample_{k}")))
                 .collect::<scvi_rs::Result<_>>()?;
-            model.posterior_predictive_sample(
-                &data,
-                &cells,
-                s_n,
-                device,
-                seed,
-                &mut |s, first, m| {
-                    if s + 1 == s_n {
-                        pb.set_position((first + m.n_rows) as u64);
-                    }
-                    match s {
-                        0 => out.writer.append_owned(m),
-                        k => out.writer.append_sparse(layers[k - 1], &m),
-                    }
-                },
-            )?;
+            draw(&mut |s, first, m| {
+                if s + 1 == s_n {
+                    pb.set_position((first + m.n_rows) as u64);
+                }
+                match s {
+                    0 => out.writer.append_owned(m),
+                    k => out.writer.append_sparse(layers[k - 1], &m),
+                }
+            })?;
             out.finish()?;
         } else {
             let total = data.n_cells() * g * s_n;
@@ -372,23 +365,16 @@ pub fn run_sample(cmd: &SampleCmd) -> Result<()> {
                 );
             }
             let mut v = vec![0f32; total];
-            model.posterior_predictive_sample(
-                &data,
-                &cells,
-                s_n,
-                device,
-                seed,
-                &mut |s, first, m| {
-                    for i in 0..m.n_rows {
-                        let (a, b) = (m.indptr[i] as usize, m.indptr[i + 1] as usize);
-                        for (&j, &x) in m.indices[a..b].iter().zip(&m.data[a..b]) {
-                            v[((first + i) * g + j as usize) * s_n + s] = x;
-                        }
+            draw(&mut |s, first, m| {
+                for i in 0..m.n_rows {
+                    let (a, b) = (m.indptr[i] as usize, m.indptr[i + 1] as usize);
+                    for (&j, &x) in m.indices[a..b].iter().zip(&m.data[a..b]) {
+                        v[((first + i) * g + j as usize) * s_n + s] = x;
                     }
-                    pb.set_position((first + m.n_rows) as u64);
-                    Ok(())
-                },
-            )?;
+                }
+                pb.set_position((first + m.n_rows) as u64);
+                Ok(())
+            })?;
             let shape: Vec<usize> = if s_n == 1 {
                 vec![data.n_cells(), g]
             } else {

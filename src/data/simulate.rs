@@ -182,9 +182,18 @@ impl Rng {
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
+}
+
+/// Gamma and Poisson draws from any source of uniforms and normals: the simulator's [`Rng`] and
+/// the posterior predictive sampler (`crate::infer::predictive`, on Philox streams) share them.
+pub trait Samplers {
+    /// Uniform in `[0, 1)` (or in `(0, 1)`).
+    fn uniform(&mut self) -> f64;
+    /// Standard normal.
+    fn normal(&mut self) -> f64;
 
     /// Gamma(shape, scale 1), Marsaglia and Tsang (2000); shape < 1 by the `U^(1/a)` boost.
-    pub fn gamma(&mut self, shape: f64) -> f64 {
+    fn gamma(&mut self, shape: f64) -> f64 {
         if shape < 1.0 {
             let u = 1.0 - self.uniform();
             return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
@@ -212,7 +221,7 @@ impl Rng {
     }
 
     /// Poisson(lambda): multiplication for small lambda, Hörmann's PTRS (1993) otherwise.
-    pub fn poisson(&mut self, lam: f64) -> u64 {
+    fn poisson(&mut self, lam: f64) -> u64 {
         if lam <= 0.0 || !lam.is_finite() {
             return 0;
         }
@@ -252,6 +261,15 @@ impl Rng {
                 return k as u64;
             }
         }
+    }
+}
+
+impl Samplers for Rng {
+    fn uniform(&mut self) -> f64 {
+        Rng::uniform(self)
+    }
+    fn normal(&mut self) -> f64 {
+        Rng::normal(self)
     }
 }
 

@@ -7,12 +7,13 @@
 //! ZINB:     the NB draw, then x = 0 with probability sigmoid(pi)
 //! ```
 //!
-//! The gamma draws by Marsaglia and Tsang's method (boosted by `U^(1/a)` for a shape below 1), the
-//! Poisson by inversion of products of uniforms below a mean of 10 and by Hörmann's transformed
-//! rejection (PTRS, as numpy) above. Each (cell, sample) row reads its own Philox stream
+//! The gamma and Poisson draws are the simulator's ([`Samplers`]: Marsaglia and Tsang's gamma,
+//! boosted by `U^(1/a)` for a shape below 1; Poisson by products of uniforms below a mean of 10 and
+//! by Hörmann's transformed rejection, PTRS, as numpy, above) on Philox uniforms. Each (cell, sample) row reads its own Philox stream
 //! sequentially, so the counts do not depend on the chunking or the thread count.
 
 use super::posterior::{chunking, for_each_chunk, for_each_pass, Sampler, Transform};
+use crate::data::simulate::Samplers;
 use crate::data::{CsrMatrix, SparseRows};
 use crate::engine::GenerativeOutputs;
 use crate::error::{Error, Result};
@@ -53,7 +54,11 @@ impl Uniforms {
         self.used += 1;
         self.words[self.used - 1]
     }
+}
 
+/// The gamma and Poisson samplers (shared with the simulator) on these uniforms, which lie in the
+/// open interval (0, 1).
+impl Samplers for Uniforms {
     fn uniform(&mut self) -> f64 {
         uniform_open(self.word())
     }
@@ -64,73 +69,10 @@ impl Uniforms {
     }
 }
 
-/// Gamma(shape `a`, rate 1) by Marsaglia and Tsang (2000).
-fn gamma(u: &mut Uniforms, a: f64) -> f64 {
-    if a < 1.0 {
-        // Gamma(a) = Gamma(a + 1) U^(1/a).
-        let g = gamma(u, a + 1.0);
-        return g * u.uniform().powf(1.0 / a);
-    }
-    let d = a - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let x = u.normal();
-        let v = 1.0 + c * x;
-        if v <= 0.0 {
-            continue;
-        }
-        let v = v * v * v;
-        let w = u.uniform();
-        if w < 1.0 - 0.0331 * x * x * x * x || w.ln() < 0.5 * x * x + d * (1.0 - v + v.ln()) {
-            return d * v;
-        }
-    }
-}
-
-/// Poisson(`lam`): products of uniforms below 10, PTRS (Hörmann 1993, numpy's) from 10.
-fn poisson(u: &mut Uniforms, lam: f64) -> f64 {
-    if lam <= 0.0 || lam.is_nan() {
-        return 0.0;
-    }
-    if lam < 10.0 {
-        let limit = (-lam).exp();
-        let mut k = 0.0;
-        let mut p = u.uniform();
-        while p > limit {
-            k += 1.0;
-            p *= u.uniform();
-        }
-        return k;
-    }
-    let slam = lam.sqrt();
-    let loglam = lam.ln();
-    let b = 0.931 + 2.53 * slam;
-    let a = -0.059 + 0.02483 * b;
-    let invalpha = 1.1239 + 1.1328 / (b - 3.4);
-    let vr = 0.9277 - 3.6224 / (b - 2.0);
-    loop {
-        let uu = u.uniform() - 0.5;
-        let v = u.uniform();
-        let us = 0.5 - uu.abs();
-        let k = ((2.0 * a / us + b) * uu + lam + 0.43).floor();
-        if us >= 0.07 && v <= vr {
-            return k;
-        }
-        if k < 0.0 || (us < 0.013 && v > us) {
-            continue;
-        }
-        if v.ln() + invalpha.ln() - (a / (us * us) + b).ln()
-            <= -lam + k * loglam - libm::lgamma(k + 1.0)
-        {
-            return k;
-        }
-    }
-}
-
 /// One count from the likelihood with mean `mu`, dispersion `theta` and zero-inflation logit `pi`.
 fn draw_count(u: &mut Uniforms, lik: GeneLikelihood, mu: f64, theta: f64, pi: f64) -> f64 {
     match lik {
-        GeneLikelihood::Poisson => poisson(u, mu.min(MAX_RATE)),
+        GeneLikelihood::Poisson => u.poisson(mu.min(MAX_RATE)) as f64,
         GeneLikelihood::Nb | GeneLikelihood::Zinb => {
             if lik == GeneLikelihood::Zinb {
                 // is_zero = U <= sigmoid(pi); torch draws the NB count whatever the outcome, but
@@ -143,11 +85,11 @@ fn draw_count(u: &mut Uniforms, lik: GeneLikelihood, mu: f64, theta: f64, pi: f6
             }
             // torch: Gamma(concentration theta, rate theta / mu); a zero mean draws zero.
             let w = if mu > 0.0 {
-                gamma(u, theta) * mu / theta
+                u.gamma(theta) * mu / theta
             } else {
                 0.0
             };
-            poisson(u, w.min(MAX_RATE))
+            u.poisson(w.min(MAX_RATE)) as f64
         }
     }
 }
@@ -253,13 +195,13 @@ mod tests {
     fn samplers_have_the_right_moments() {
         let n = 200_000;
         for lam in [0.3, 4.0, 25.0, 1e4] {
-            let (m, v) = moments(|u| poisson(u, lam), n);
+            let (m, v) = moments(|u| u.poisson(lam) as f64, n);
             let se = (lam / n as f64).sqrt();
             assert!((m - lam).abs() < 5.0 * se, "poisson {lam}: mean {m}");
             assert!((v / lam - 1.0).abs() < 0.03, "poisson {lam}: var {v}");
         }
         for a in [0.2, 1.0, 3.5] {
-            let (m, v) = moments(|u| gamma(u, a), n);
+            let (m, v) = moments(|u| u.gamma(a), n);
             let se = (a / n as f64).sqrt();
             assert!((m - a).abs() < 5.0 * se, "gamma {a}: mean {m}");
             assert!((v / a - 1.0).abs() < 0.05, "gamma {a}: var {v}");

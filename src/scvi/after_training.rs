@@ -6,7 +6,7 @@
 //! same result.
 
 use super::{CellCodes, Device, Scvi};
-use crate::data::{CsrMatrix, Dataset};
+use crate::data::{CsrMatrix, Dataset, SparseRows};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::infer::de::{self, Comparison, DeOptions, DeResult};
@@ -52,6 +52,22 @@ impl Scvi {
         Ok((engine, codes))
     }
 
+    /// Run `f` with a sampler over the model's engine, the counts and the covariates of `data`,
+    /// after checking `cells` (the shared opening of the per-cell methods).
+    fn with_sampler<T>(
+        &self,
+        data: &Dataset,
+        cells: &[usize],
+        device: Device,
+        seed: u64,
+        f: impl FnOnce(&mut Sampler, &dyn SparseRows, &Covariates) -> Result<T>,
+    ) -> Result<T> {
+        check_cells(data, cells)?;
+        let (mut engine, codes) = self.infer_engine(data, device, seed)?;
+        let mut sampler = Sampler::new(engine.as_mut(), self.config(), seed);
+        f(&mut sampler, data.counts.as_ref(), &codes.covariates())
+    }
+
     /// The latent library's prior (latent library only).
     fn library_prior(&self) -> Option<LibraryPrior<'_>> {
         let layout = &self.state.layout;
@@ -72,18 +88,10 @@ impl Scvi {
         seed: u64,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f64>> {
-        check_cells(data, cells)?;
-        let (mut engine, codes) = self.infer_engine(data, device, seed)?;
-        let mut sampler = Sampler::new(engine.as_mut(), self.config(), seed);
-        marginal_ll::marginal_ll(
-            &mut sampler,
-            data.counts.as_ref(),
-            &codes.covariates(),
-            cells,
-            n_mc_samples,
-            self.library_prior(),
-            progress,
-        )
+        self.with_sampler(data, cells, device, seed, |sampler, x, cov| {
+            let prior = self.library_prior();
+            marginal_ll::marginal_ll(sampler, x, cov, cells, n_mc_samples, prior, progress)
+        })
     }
 
     /// `get_elbo()`, `get_reconstruction_error()`, the mean KL and `get_marginal_ll(n_mc_samples)`
@@ -121,17 +129,9 @@ impl Scvi {
         seed: u64,
         sink: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
-        check_cells(data, cells)?;
-        let (mut engine, codes) = self.infer_engine(data, device, seed)?;
-        let mut sampler = Sampler::new(engine.as_mut(), self.config(), seed);
-        normalize::normalized_expression(
-            &mut sampler,
-            data.counts.as_ref(),
-            &codes.covariates(),
-            cells,
-            opts,
-            sink,
-        )
+        self.with_sampler(data, cells, device, seed, |sampler, x, cov| {
+            normalize::normalized_expression(sampler, x, cov, cells, opts, sink)
+        })
     }
 
     /// [`normalized_expression`](Self::normalized_expression) of every cell as one matrix
@@ -265,19 +265,10 @@ impl Scvi {
         seed: u64,
         sink: &mut dyn FnMut(usize, usize, CsrMatrix) -> Result<()>,
     ) -> Result<()> {
-        check_cells(data, cells)?;
-        let (mut engine, codes) = self.infer_engine(data, device, seed)?;
-        let mut sampler = Sampler::new(engine.as_mut(), self.config(), seed);
-        predictive::posterior_predictive(
-            &mut sampler,
-            data.counts.as_ref(),
-            &codes.covariates(),
-            cells,
-            n_samples,
-            self.config().gene_likelihood,
-            seed,
-            sink,
-        )
+        let lik = self.config().gene_likelihood;
+        self.with_sampler(data, cells, device, seed, |sampler, x, cov| {
+            predictive::posterior_predictive(sampler, x, cov, cells, n_samples, lik, seed, sink)
+        })
     }
 
     /// The batch codes of `transform_batch` category names; an unknown name is an error listing

@@ -59,3 +59,6 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(values.len(), shape.iter().product::<usize>());
     (shape, values)
 }
+
+/// `de`'s flags for STIM against CTRL on Kang et al.'s cells (the fixtures and the shared data).
+pub const STIM_VS_CTRL: [&str; 6] = ["--groupby", "stim", "--group1", "STIM", "--group2", "CTRL"];
