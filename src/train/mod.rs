@@ -202,6 +202,10 @@ pub fn fit(
         on_epoch(&rec, max_epochs);
         let monitored = rec.elbo_validation;
         history.epochs.push(rec);
+        if crate::interrupt::take_after_epoch() {
+            history.interrupted = true;
+            break;
+        }
         if cfg.early_stopping {
             if let Some(v) = monitored {
                 if v < best - cfg.early_stopping_min_delta {
