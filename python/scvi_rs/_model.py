@@ -111,19 +111,9 @@ class SCVI:
             "labels_key": labels_key,
         }
 
-    def __init__(
-        self,
-        adata=None,
-        n_hidden=128,
-        n_latent=10,
-        n_layers=1,
-        dropout_rate=0.1,
-        dispersion="gene",
-        gene_likelihood="zinb",
-        use_observed_lib_size=True,
-        latent_distribution="normal",
-        **kwargs,
-    ):
+    def __init__(self, adata=None, n_hidden=128, n_latent=10, n_layers=1, dropout_rate=0.1,
+                 dispersion="gene", gene_likelihood="zinb", use_observed_lib_size=True,
+                 latent_distribution="normal", **kwargs):  # fmt: skip
         if adata is None:
             raise _not_yet("SCVI(adata=None) (a model without data)")
         setup = self._setup_of(adata)
@@ -315,17 +305,9 @@ class SCVI:
 
     # -- after training ---------------------------------------------------------------------
 
-    def get_latent_representation(
-        self,
-        adata=None,
-        indices=None,
-        give_mean=True,
-        mc_samples=5000,
-        batch_size=None,
-        return_dist=False,
-        dataloader=None,
-        accelerator="auto",
-    ):
+    def get_latent_representation(self, adata=None, indices=None, give_mean=True, mc_samples=5000,
+                                  batch_size=None, return_dist=False, dataloader=None,
+                                  accelerator="auto"):  # fmt: skip
         """The posterior mean of the latent variable for each cell (``[n_cells, n_latent]``,
         float32), of the training AnnData or of ``adata`` (same genes; its batch and label
         categories matched by name)."""
@@ -340,24 +322,6 @@ class SCVI:
         if indices is not None:
             z = z[np.asarray(indices)]
         return z
-
-    def get_elbo(self, *args, **kwargs):
-        raise _not_yet("get_elbo")
-
-    def get_reconstruction_error(self, *args, **kwargs):
-        raise _not_yet("get_reconstruction_error")
-
-    def get_marginal_ll(self, *args, **kwargs):
-        raise _not_yet("get_marginal_ll")
-
-    def get_normalized_expression(self, *args, **kwargs):
-        raise _not_yet("get_normalized_expression")
-
-    def differential_expression(self, *args, **kwargs):
-        raise _not_yet("differential_expression")
-
-    def posterior_predictive_sample(self, *args, **kwargs):
-        raise _not_yet("posterior_predictive_sample")
 
     # -- saving and loading -----------------------------------------------------------------
 
@@ -426,3 +390,24 @@ class SCVI:
             f"{cfg['latent_distribution']}; {len(meta['genes'])} genes, "
             f"{len(meta['batch_categories'])} batches; trained: {self.is_trained}"
         )
+
+
+def _missing(name):
+    def method(self, *args, **kwargs):
+        raise _not_yet(name)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"scvi-tools' ``{name}``: not in scvi-rs yet (raises NotImplementedError)."
+    return method
+
+
+# The after-training methods scvi-tools has and the core library does not offer yet.
+for _name in (
+    "get_elbo",
+    "get_reconstruction_error",
+    "get_marginal_ll",
+    "get_normalized_expression",
+    "differential_expression",
+    "posterior_predictive_sample",
+):
+    setattr(SCVI, _name, _missing(_name))

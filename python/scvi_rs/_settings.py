@@ -1,6 +1,13 @@
 """``scvi_rs.settings``: the seed and the thread count, set as in scvi-tools (``scvi.settings``)."""
 
 
+def _checked(name, value, least, what):
+    """``value`` if it is an integer (not a bool) of at least ``least``, else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"settings.{name} must be {what}, got {value!r}")
+    return value
+
+
 class _Settings:
     """``seed`` seeds the weights' initialisation, the train / validation split, the minibatch
     order and the noise of training (as ``scvi.settings.seed`` does; the command line's
@@ -18,11 +25,7 @@ class _Settings:
 
     @seed.setter
     def seed(self, value):
-        if value is None:
-            value = 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"settings.seed must be a non-negative integer, got {value!r}")
-        self._seed = value
+        self._seed = _checked("seed", 0 if value is None else value, 0, "a non-negative integer")
 
     @property
     def num_threads(self):
@@ -30,9 +33,8 @@ class _Settings:
 
     @num_threads.setter
     def num_threads(self, value):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"settings.num_threads must be a positive integer or None, got {value!r}")
-        self._num_threads = value
+        ok = None if value is None else _checked("num_threads", value, 1, "a positive integer or None")
+        self._num_threads = ok
 
     def threads(self):
         """The thread count for the engine (0: all cores)."""

@@ -182,15 +182,6 @@ impl BorrowedCsr {
 }
 
 impl SparseRows for BorrowedCsr {
-    fn n_rows(&self) -> usize {
-        self.n_rows
-    }
-    fn n_cols(&self) -> usize {
-        self.n_cols
-    }
-    fn nnz(&self) -> u64 {
-        self.nnz as u64
-    }
     fn row(&self, i: usize) -> (&[u32], &[f32]) {
         let (a, b) = (self.offset(i) as usize, self.offset(i + 1) as usize);
         // SAFETY: `check` (run before any `Dataset` holds this) proved 0 <= a <= b <= nnz.
@@ -200,5 +191,15 @@ impl SparseRows for BorrowedCsr {
                 std::slice::from_raw_parts(self.data.add(a), b - a),
             )
         }
+    }
+    fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+    /// The last row offset (equal to the buffers' length once checked).
+    fn nnz(&self) -> u64 {
+        self.offset(self.n_rows) as u64
+    }
+    fn n_cols(&self) -> usize {
+        self.n_cols
     }
 }
