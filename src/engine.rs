@@ -34,10 +34,80 @@ pub trait Engine {
     fn per_cell_losses(&self, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>);
     /// The posterior `q_m`, `q_v` (`[B, L]` each, row-major) in inference mode.
     fn encode(&mut self, batch: &Minibatch) -> Result<(Vec<f32>, Vec<f32>)>;
+    /// Both encoders' posteriors in inference mode (no noise): what the after-training methods
+    /// (`crate::infer`) sample from. Engines that lack it say so.
+    fn posteriors(&mut self, batch: &Minibatch, out: &mut Posteriors) -> Result<()> {
+        let _ = (batch, out);
+        Err(not_implemented(
+            &self.name(),
+            "the posteriors of both encoders",
+        ))
+    }
+    /// scvi-tools' `generative` in inference mode on given latents (`crate::infer`): row `r` of
+    /// `rows` is decoded from `z[r]` (`[R, L]`, after the logistic normal's softmax) with log
+    /// library `library[r]` under its batch and label codes; `what` says what to fill in `out`.
+    fn generative(
+        &mut self,
+        rows: &Minibatch,
+        z: &[f32],
+        library: &[f32],
+        what: GenerativeOutputs,
+        out: &mut Generative,
+    ) -> Result<()> {
+        let _ = (rows, z, library, what, out);
+        Err(not_implemented(
+            &self.name(),
+            "the decoder on given latents",
+        ))
+    }
     /// The model's current values, in f32.
     fn state(&self) -> ModelState<f32>;
     /// A short name for messages ("cpu", "cuda:0").
     fn name(&self) -> String;
+}
+
+/// The error of an engine without an after-training entry (the GPU engine, for now).
+fn not_implemented(engine: &str, what: &str) -> Error {
+    Error::Cuda(format!(
+        "{engine}: {what} (evaluate, normalize, de, sample) is not implemented on the GPU yet; \
+         run these commands with --device cpu"
+    ))
+}
+
+/// The posteriors of a minibatch's cells in inference mode (f32, row-major).
+#[derive(Clone, Debug, Default)]
+pub struct Posteriors {
+    /// `q_m` and `q_v` of z, `[B, L]` each.
+    pub z_mean: Vec<f32>,
+    pub z_var: Vec<f32>,
+    /// `q_m` and `q_v` of the log library, `[B]` each; empty with the observed library.
+    pub library_mean: Vec<f32>,
+    pub library_var: Vec<f32>,
+}
+
+/// What [`Engine::generative`] fills in [`Generative`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerativeOutputs {
+    /// `px_scale` only (normalized expression, differential expression).
+    Scale,
+    /// `px_scale` and each row's reconstruction loss `-log p(x | z, l)` (the marginal likelihood).
+    Likelihood,
+    /// Those and the likelihood's parameters `theta` and the zero-inflation logits (posterior
+    /// predictive samples).
+    Parameters,
+}
+
+/// The decoder's outputs for R rows, reused from call to call. `[R, G]` planes are row-major.
+#[derive(Clone, Debug, Default)]
+pub struct Generative {
+    /// `px_scale = softmax(rho)`; `px_rate = exp(library) px_scale`.
+    pub px_scale: Vec<f32>,
+    /// `-sum_g log p(x_g | z, l)` per row (`Likelihood`, `Parameters`).
+    pub reconstruction: Vec<f64>,
+    /// `theta` per row and gene (`Parameters`, NB and ZINB; empty for Poisson).
+    pub theta: Vec<f32>,
+    /// Zero-inflation logits `pi` per row and gene (`Parameters`, ZINB only).
+    pub zi_logits: Vec<f32>,
 }
 
 /// The parts of a minibatch's loss, summed over its cells.

@@ -27,6 +27,14 @@ enum Cmd {
     Embed(EmbedCmd),
     /// The ELBO of a model on a subset of cells, as JSON (scvi-tools' get_elbo sign).
     Elbo(ElboCmd),
+    /// elbo, reconstruction_error, kl_local and marginal_ll of every cell, as JSON.
+    Evaluate(cli::infer_cmds::EvaluateCmd),
+    /// Normalized expression (scvi-tools' get_normalized_expression) as .npy, .csv or .h5ad.
+    Normalize(cli::infer_cmds::NormalizeCmd),
+    /// Differential expression (vanilla or change mode) as a CSV table.
+    De(Box<cli::infer_cmds::DeCmd>),
+    /// Posterior predictive counts as .h5ad (or .npy for small data).
+    Sample(cli::infer_cmds::SampleCmd),
     /// Convert an .h5ad, 10x .h5 or 10x MTX folder into a memory-mapped store (optionally selecting genes).
     Convert(cli::data_cmds::ConvertArgs),
     /// Describe a data set (store, .h5ad, 10x) as JSON, or list its genes.
@@ -47,6 +55,10 @@ fn main() {
         Cmd::Train(c) => cli::model_cmds::run_train(c),
         Cmd::Embed(c) => cli::model_cmds::run_embed(c),
         Cmd::Elbo(c) => cli::model_cmds::run_elbo(c),
+        Cmd::Evaluate(c) => cli::infer_cmds::run_evaluate(c),
+        Cmd::Normalize(c) => cli::infer_cmds::run_normalize(c),
+        Cmd::De(c) => cli::infer_cmds::run_de(c),
+        Cmd::Sample(c) => cli::infer_cmds::run_sample(c),
         Cmd::Convert(c) => cli::data_cmds::run_convert(c),
         Cmd::Info(c) => cli::data_cmds::run_info(c),
         Cmd::Simulate(c) => cli::data_cmds::run_simulate(c),

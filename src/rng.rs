@@ -46,6 +46,16 @@ pub enum Stream {
     LibraryEncoderDropout = 6,
     Init = 7,
     Latent = 8,
+    /// After training (`crate::infer`): the draws of z from its posterior, keyed by cell and
+    /// `transform_batch` slot, one block run per Monte Carlo sample (`fill_normal_at`).
+    Posterior = 9,
+    /// The draws of a latent library from its posterior, keyed like `Posterior`.
+    PosteriorLibrary = 10,
+    /// Posterior predictive counts: the gamma, Poisson and zero-inflation draws of a (cell,
+    /// sample) row.
+    Predictive = 11,
+    /// Differential expression: which (cell, sample) pairs are drawn, per comparison and side.
+    Resample = 12,
 }
 
 impl Philox {
@@ -55,8 +65,10 @@ impl Philox {
         }
     }
 
+    /// Block `block` of stream (`stream`, `index`): its words `4 block .. 4 block + 4`, as
+    /// [`u32_at`](Self::u32_at) gives them one by one (one Philox evaluation for four words).
     #[inline]
-    fn block(&self, stream: Stream, index: u64, block: u64) -> [u32; 4] {
+    pub fn block(&self, stream: Stream, index: u64, block: u64) -> [u32; 4] {
         philox4x32(
             [
                 block as u32,
@@ -82,8 +94,15 @@ impl Philox {
 
     /// Fill `out` with standard normals (Box-Muller on pairs of uniforms).
     pub fn fill_normal(&self, stream: Stream, index: u64, out: &mut [f64]) {
+        self.fill_normal_at(stream, index, 0, out)
+    }
+
+    /// Fill `out` with standard normals from block `first_block` of stream (`stream`, `index`)
+    /// on: the numbers `fill_normal` would put at `out[2 * first_block..]`, without drawing those
+    /// before them (a Monte Carlo sample `s` of `n` numbers starts at block `s * ceil(n / 2)`).
+    pub fn fill_normal_at(&self, stream: Stream, index: u64, first_block: u64, out: &mut [f64]) {
         for (pair, chunk) in out.chunks_mut(2).enumerate() {
-            let b = self.block(stream, index, pair as u64);
+            let b = self.block(stream, index, first_block + pair as u64);
             let (z0, z1) = box_muller(b[0], b[1]);
             chunk[0] = z0;
             if chunk.len() > 1 {

@@ -16,6 +16,9 @@ use crate::train::{self, Covariates, EpochRecord, History, Split, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+mod after_training;
+pub use after_training::{DeGroups, Evaluation};
+
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Which engine runs the model.

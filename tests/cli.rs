@@ -446,7 +446,7 @@ fn bad_inputs_fail_clearly_without_partial_output() {
     );
     fails_with(
         &["embed", o, s, "--out", d.join("z.txt").to_str().unwrap()],
-        &[".npy or .csv"],
+        &[".npy, .csv or .h5ad"],
     );
     fails_with(
         &["embed", d.join("nomodel").to_str().unwrap(), s, "--out", zs],

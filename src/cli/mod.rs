@@ -4,6 +4,7 @@
 pub mod data_cmds;
 pub mod demo;
 pub mod doctor;
+pub mod infer_cmds;
 pub mod model_cmds;
 pub mod options;
 

@@ -6,9 +6,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scvi_rs::atomic::{check_output, AtomicDir, OutputKind};
+use scvi_rs::infer::h5ad_out::{H5adOut, Place};
 use scvi_rs::infer::output::write_matrix;
 use scvi_rs::model::io::MODEL_DIR;
-use scvi_rs::store::load_dataset;
+use scvi_rs::store::output::is_h5ad_name;
+use scvi_rs::store::{load_dataset, open_input};
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -146,7 +148,8 @@ pub struct EmbedCmd {
     pub model: PathBuf,
     /// The cells to embed (same genes as the model, in the same order).
     pub data: PathBuf,
-    /// Output: .npy (cells x n_latent, f32) or .csv (with cell names).
+    /// Output: .npy (cells x n_latent, f32), .csv (with cell names) or .h5ad (the input's X, obs
+    /// and var with obsm["X_scVI"]).
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long)]
@@ -166,18 +169,29 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
     let device = cmd.run.device()?;
     with_threads(cmd.run.threads, || {
         let model = Scvi::load(&cmd.model)?;
-        let data = load_dataset(&cmd.data, cmd.layer.as_deref())?;
+        let input = open_input(&cmd.data, cmd.layer.as_deref())?;
+        let var = input.meta.var.clone();
+        let data = input.into_dataset()?;
         let z = model.latent_representation(&data, device, cmd.mc_samples)?;
         let l = model.config().n_latent;
-        write_matrix(
-            &cmd.out,
-            &z,
-            data.n_cells(),
-            l,
-            &data.cell_names,
-            "scVI_",
-            cmd.force,
-        )?;
+        if is_h5ad_name(&cmd.out) {
+            // The input (X as read, obs, var) plus obsm["X_scVI"], as scanpy users keep it.
+            let mut out = H5adOut::create(&cmd.out, cmd.force, &data, &var, None)?;
+            let id = out.writer.add_dense(Place::Obsm, "X_scVI", l)?;
+            out.writer.append_dense(id, &z)?;
+            out.copy_input_x()?;
+            out.finish()?;
+        } else {
+            write_matrix(
+                &cmd.out,
+                &z,
+                data.n_cells(),
+                l,
+                &data.cell_names,
+                "scVI_",
+                cmd.force,
+            )?;
+        }
         eprintln!(
             "wrote {} ({} cells x {l})",
             cmd.out.display(),
@@ -189,8 +203,11 @@ pub fn run_embed(cmd: &EmbedCmd) -> Result<()> {
 
 fn check_output_ext(p: &Path) -> Result<()> {
     match p.extension().and_then(|e| e.to_str()) {
-        Some("npy") | Some("csv") => Ok(()),
-        _ => bail!("{}: the output must end in .npy or .csv", p.display()),
+        Some("npy") | Some("csv") | Some("h5ad") => Ok(()),
+        _ => bail!(
+            "{}: the output must end in .npy, .csv or .h5ad",
+            p.display()
+        ),
     }
 }
 

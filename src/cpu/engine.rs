@@ -27,6 +27,7 @@ use super::latent::{
 use super::output::{
     decoder_output, dispersion_category_backward, HeadBiases, OutputPlanes, ThetaSource, ThetaTable,
 };
+use super::simd::{exp_shift_sum, lane_max};
 use super::sparse::{
     sparse_log1p_linear_backward, sparse_log1p_linear_forward, SparseInput, SparseScratch,
 };
@@ -374,84 +375,22 @@ impl<T: Float> CpuEngine<T> {
         };
 
         // Decoder.
-        fc_stack_forward(
-            &mut self.dec_layers,
-            &mut self.dec_lin,
-            &layout.decoder.layers,
+        let grad_scale = 1.0 / b as f64;
+        self.decoder_forward(
             state,
-            &self.z,
             batch,
             mode,
-            LayerNoise {
-                dropout: None,
-                stream: Stream::EncoderDropout,
-                layer: 0,
+            DecoderPass::Likelihood {
+                grads: grads.is_some(),
+                grad_scale,
             },
-        );
-        let hd = &self.dec_layers.last().unwrap().out;
-        let dec = &layout.decoder;
-        // The heads' products only: their biases are added by the output kernel as it reads the
-        // rows (one pass less over the [B, G] planes).
-        let h = cfg.n_hidden;
-        head_product(
-            &mut self.planes.scale,
-            hd,
-            state.param(dec.scale.weight),
-            b,
-            h,
-            g,
-        );
-        let mut biases = HeadBiases {
-            rho: state.param(dec.scale.bias),
-            pi: None,
-            r: None,
-        };
-        if cfg.gene_likelihood.has_pi() {
-            head_product(
-                &mut self.planes.pi,
-                hd,
-                state.param(dec.dropout.weight),
-                b,
-                h,
-                g,
-            );
-            biases.pi = Some(state.param(dec.dropout.bias));
-        }
-        let theta = if !cfg.gene_likelihood.has_theta() {
-            ThetaSource::None
-        } else if cfg.dispersion == Dispersion::GeneCell {
-            head_product(&mut self.planes.r, hd, state.param(dec.r.weight), b, h, g);
-            biases.r = Some(state.param(dec.r.bias));
-            ThetaSource::Cell
-        } else {
-            let px_r = state.param(layout.px_r.unwrap());
-            let (n_cat, codes) = match cfg.dispersion {
-                Dispersion::Gene => (1, None),
-                Dispersion::GeneBatch => (cfg.n_batch, Some(&batch.batch[..])),
-                _ => (cfg.n_labels, Some(&batch.labels[..])),
-            };
-            self.theta_table.fill(px_r, g, n_cat);
-            ThetaSource::Table {
-                table: &self.theta_table,
-                codes,
-            }
-        };
-        let grad_scale = 1.0 / b as f64;
-        decoder_output(
-            &mut self.planes,
-            batch,
-            cfg.gene_likelihood,
-            theta,
-            biases,
-            &self.library[..b],
-            grads.is_some(),
-            grad_scale,
         );
         let rec_sum: f64 = self.planes.reconstruction[..b].iter().sum();
         let parts = LossParts::from_sums(b, rec_sum, kl_z_sum, kl_l_sum, kl_weight);
         let Some(grads) = grads else { return Ok(parts) };
 
         // Backward: output heads -> h_d.
+        let dec = &layout.decoder;
         let hd = &self.dec_layers.last().unwrap().out;
         let cell_theta = cfg.gene_likelihood.has_theta() && cfg.dispersion == Dispersion::GeneCell;
         {
@@ -537,6 +476,183 @@ impl<T: Float> CpuEngine<T> {
         }
         Ok(parts)
     }
+
+    /// The decoder on `self.z[..B * L]` and `self.library[..B]` (B = `batch.len()`, whose batch and
+    /// label codes select the one-hot and a per-category dispersion): the FC stack, the heads'
+    /// products, then either the fused output (softmax, likelihood and, with `grads`, their
+    /// gradients) or, for [`DecoderPass::Scale`], the softmax of the scale logits alone (the same
+    /// operations in the same order, so `px_scale` is the same either way).
+    fn decoder_forward(
+        &mut self,
+        state: &mut ModelState<T>,
+        batch: &Minibatch,
+        mode: Mode,
+        pass: DecoderPass,
+    ) {
+        let layout = self.layout.clone();
+        let cfg = &layout.config;
+        let (b, g, h) = (batch.len(), cfg.n_input, cfg.n_hidden);
+        fc_stack_forward(
+            &mut self.dec_layers,
+            &mut self.dec_lin,
+            &layout.decoder.layers,
+            state,
+            &self.z,
+            batch,
+            mode,
+            LayerNoise {
+                dropout: None,
+                stream: Stream::EncoderDropout,
+                layer: 0,
+            },
+        );
+        let hd = &self.dec_layers.last().unwrap().out;
+        let dec = &layout.decoder;
+        // The heads' products only: their biases are added by the output kernel as it reads the
+        // rows (one pass less over the [B, G] planes).
+        head_product(
+            &mut self.planes.scale,
+            hd,
+            state.param(dec.scale.weight),
+            b,
+            h,
+            g,
+        );
+        let DecoderPass::Likelihood { grads, grad_scale } = pass else {
+            scale_softmax(&mut self.planes.scale[..b * g], state.param(dec.scale.bias));
+            return;
+        };
+        let mut biases = HeadBiases {
+            rho: state.param(dec.scale.bias),
+            pi: None,
+            r: None,
+        };
+        if cfg.gene_likelihood.has_pi() {
+            head_product(
+                &mut self.planes.pi,
+                hd,
+                state.param(dec.dropout.weight),
+                b,
+                h,
+                g,
+            );
+            biases.pi = Some(state.param(dec.dropout.bias));
+        }
+        let theta = if !cfg.gene_likelihood.has_theta() {
+            ThetaSource::None
+        } else if cfg.dispersion == Dispersion::GeneCell {
+            head_product(&mut self.planes.r, hd, state.param(dec.r.weight), b, h, g);
+            biases.r = Some(state.param(dec.r.bias));
+            ThetaSource::Cell
+        } else {
+            let px_r = state.param(layout.px_r.unwrap());
+            let (n_cat, codes) = match cfg.dispersion {
+                Dispersion::Gene => (1, None),
+                Dispersion::GeneBatch => (cfg.n_batch, Some(&batch.batch[..])),
+                _ => (cfg.n_labels, Some(&batch.labels[..])),
+            };
+            self.theta_table.fill(px_r, g, n_cat);
+            ThetaSource::Table {
+                table: &self.theta_table,
+                codes,
+            }
+        };
+        decoder_output(
+            &mut self.planes,
+            batch,
+            cfg.gene_likelihood,
+            theta,
+            biases,
+            &self.library[..b],
+            grads,
+            grad_scale,
+        );
+    }
+
+    /// Both encoders in inference mode (the library's only for a latent library): fills what
+    /// [`posterior`](Self::posterior) and [`library_posterior`](Self::library_posterior) read.
+    pub fn encode_all(&mut self, state: &mut ModelState<T>, batch: &Minibatch) -> Result<()> {
+        self.encode(state, batch)?;
+        if !self.layout.config.use_observed_lib_size {
+            self.encoder_forward(Which::L, state, batch, Mode::Eval, None);
+        }
+        Ok(())
+    }
+
+    /// `q_m` and `q_v` of the library encoder from the last [`encode_all`](Self::encode_all)
+    /// (`[B]`; a latent library only).
+    pub fn library_posterior(&self, b: usize) -> (&[T], &[T]) {
+        (&self.l_enc.q_m[..b], &self.l_enc.q_v[..b])
+    }
+
+    /// scvi-tools' `generative` in inference mode, on given latents: row `r` of `rows` is decoded
+    /// from `z[r]` (`[R, L]`, after the logistic normal's softmax) with log library `library[r]`,
+    /// under its batch code (a `transform_batch` is a code here) and label code. With
+    /// `likelihood`, the fused output runs too: the reconstruction loss of the row's counts, the
+    /// zero-inflation logits (the `pi` plane, biases added) and, for `gene-cell`, the dispersion
+    /// logits (the `r` plane); [`output`](Self::output) reads them.
+    pub fn generative(
+        &mut self,
+        state: &mut ModelState<T>,
+        rows: &Minibatch,
+        z: &[T],
+        library: &[T],
+        likelihood: bool,
+    ) -> Result<()> {
+        validate_minibatch(rows, &self.layout, Mode::Eval)?;
+        let (r, l) = (rows.len(), self.layout.config.n_latent);
+        if z.len() != r * l || library.len() != r {
+            return Err(Error::Shape(format!(
+                "generative: {} latent values and {} libraries for {r} rows of {l} dimensions",
+                z.len(),
+                library.len()
+            )));
+        }
+        self.reserve(r);
+        self.z[..r * l].copy_from_slice(z);
+        self.library[..r].copy_from_slice(library);
+        let pass = if likelihood {
+            DecoderPass::Likelihood {
+                grads: false,
+                grad_scale: 1.0,
+            }
+        } else {
+            DecoderPass::Scale
+        };
+        self.decoder_forward(state, rows, Mode::Eval, pass);
+        Ok(())
+    }
+
+    /// The output planes and the dispersion table of the last pass.
+    pub fn output(&self) -> (&OutputPlanes<T>, &ThetaTable<T>) {
+        (&self.planes, &self.theta_table)
+    }
+}
+
+/// What the decoder computes after its heads.
+#[derive(Clone, Copy)]
+enum DecoderPass {
+    /// The softmax of the scale logits alone.
+    Scale,
+    /// The fused softmax and likelihood, with gradients (divided by `1 / grad_scale` cells) or not.
+    Likelihood { grads: bool, grad_scale: f64 },
+}
+
+/// `px_scale = softmax(rho + bias)` per row of `[R, G]` logits, in place and in parallel over
+/// rows, with the operations `cpu::output` uses for it (so the two paths agree to the bit).
+fn scale_softmax<T: Float>(rho: &mut [T], bias: &[T]) {
+    use rayon::prelude::*;
+    let g = bias.len();
+    rho.par_chunks_mut(g).for_each(|row| {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+        let mx = lane_max(row);
+        let inv = T::ONE / exp_shift_sum(row, mx);
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    });
 }
 
 /// `y = x W^T` for a decoder head (`x` `[B, H]`, W `[G, H]`), without the bias.

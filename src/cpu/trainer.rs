@@ -4,9 +4,12 @@
 use super::adam::Adam;
 use super::engine::{CpuEngine, NoiseBuffers};
 use crate::batch::Minibatch;
-use crate::engine::{AdamConfig, Engine, LossParts, Pass};
+use crate::engine::{
+    AdamConfig, Engine, Generative, GenerativeOutputs, LossParts, Pass, Posteriors,
+};
 use crate::error::Result;
 use crate::float::Float;
+use crate::model::config::Dispersion;
 use crate::model::init::ModelState;
 use crate::rng::Philox;
 
@@ -18,6 +21,9 @@ pub struct CpuTrainer<T: Float> {
     adam: Adam<T>,
     noise: NoiseBuffers<T>,
     rng: Philox,
+    /// The latents and libraries of [`Engine::generative`] in the engine's precision.
+    gen_z: Vec<T>,
+    gen_library: Vec<T>,
 }
 
 impl<T: Float> CpuTrainer<T> {
@@ -29,6 +35,8 @@ impl<T: Float> CpuTrainer<T> {
             adam: Adam::new(adam, &layout),
             noise: NoiseBuffers::default(),
             rng: Philox::new(seed),
+            gen_z: Vec::new(),
+            gen_library: Vec::new(),
             state,
         }
     }
@@ -68,6 +76,88 @@ impl<T: Float> Engine for CpuTrainer<T> {
         ))
     }
 
+    fn posteriors(&mut self, batch: &Minibatch, out: &mut Posteriors) -> Result<()> {
+        self.engine.encode_all(&mut self.state, batch)?;
+        let b = batch.len();
+        let (m, v) = self.engine.posterior(b);
+        to_f32(&mut out.z_mean, m);
+        to_f32(&mut out.z_var, v);
+        if self.state.layout.config.use_observed_lib_size {
+            out.library_mean.clear();
+            out.library_var.clear();
+        } else {
+            let (m, v) = self.engine.library_posterior(b);
+            to_f32(&mut out.library_mean, m);
+            to_f32(&mut out.library_var, v);
+        }
+        Ok(())
+    }
+
+    fn generative(
+        &mut self,
+        rows: &Minibatch,
+        z: &[f32],
+        library: &[f32],
+        what: GenerativeOutputs,
+        out: &mut Generative,
+    ) -> Result<()> {
+        self.gen_z.clear();
+        self.gen_z.extend(z.iter().map(|&v| T::from_f64(v as f64)));
+        self.gen_library.clear();
+        self.gen_library
+            .extend(library.iter().map(|&v| T::from_f64(v as f64)));
+        let likelihood = what != GenerativeOutputs::Scale;
+        self.engine.generative(
+            &mut self.state,
+            rows,
+            &self.gen_z,
+            &self.gen_library,
+            likelihood,
+        )?;
+        let cfg = &self.state.layout.config;
+        let (r, g) = (rows.len(), cfg.n_input);
+        let (planes, table) = self.engine.output();
+        to_f32(&mut out.px_scale, &planes.scale[..r * g]);
+        out.reconstruction.clear();
+        if likelihood {
+            out.reconstruction
+                .extend_from_slice(&planes.reconstruction[..r]);
+        }
+        out.theta.clear();
+        out.zi_logits.clear();
+        if what != GenerativeOutputs::Parameters {
+            return Ok(());
+        }
+        if cfg.gene_likelihood.has_pi() {
+            to_f32(&mut out.zi_logits, &planes.pi[..r * g]);
+        }
+        if cfg.gene_likelihood.has_theta() {
+            // theta = exp(px_r) from the table of the row's category, or exp(r) per cell.
+            for i in 0..r {
+                match cfg.dispersion {
+                    Dispersion::GeneCell => out.theta.extend(
+                        planes.r[i * g..(i + 1) * g]
+                            .iter()
+                            .map(|v| v.vexp().to_f64() as f32),
+                    ),
+                    d => {
+                        let c = match d {
+                            Dispersion::Gene => 0,
+                            Dispersion::GeneBatch => rows.batch[i] as usize,
+                            _ => rows.labels[i] as usize,
+                        };
+                        out.theta.extend(
+                            table.theta[c * g..(c + 1) * g]
+                                .iter()
+                                .map(|v| v.to_f64() as f32),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn state(&self) -> ModelState<f32> {
         self.state.cast()
     }
@@ -79,4 +169,10 @@ impl<T: Float> Engine for CpuTrainer<T> {
             T::NAME.to_lowercase()
         )
     }
+}
+
+/// `out <- v` in f32, reusing `out`'s allocation.
+fn to_f32<T: Float>(out: &mut Vec<f32>, v: &[T]) {
+    out.clear();
+    out.extend(v.iter().map(|x| x.to_f64() as f32));
 }

@@ -1,6 +1,7 @@
 //! A minimal HDF5 writer, just enough to write an AnnData `.h5ad` that anndata, scanpy and our own
 //! reader read: a CSR `X`, `obs` and `var` dataframes (string index, categorical / numeric / string
-//! / boolean columns) and empty `obsm`, `varm`, `obsp`, `varp`, `layers`, `uns`.
+//! / boolean columns), `layers` and `obsm` (CSR or dense f32 matrices, streamed beside `X`) and
+//! empty `varm`, `obsp`, `varp`, `uns`.
 //!
 //! There is no pure-Rust HDF5 writer among our dependencies, and the subset anndata needs is small,
 //! so it is written here from the HDF5 file format specification, using its oldest and most widely
@@ -360,8 +361,114 @@ fn enc(t: &str, v: &str) -> [(&'static str, Attr); 2] {
     ]
 }
 
+/// Bytes streamed beside the output while rows come in, copied into it when it is finished.
+struct Side {
+    tmp: TempFile,
+    w: BufWriter<File>,
+}
+
+impl Side {
+    fn beside(target: &Path) -> Result<Side> {
+        let (tmp, f) = TempFile::beside(target, "")?;
+        Ok(Side {
+            tmp,
+            w: BufWriter::with_capacity(1 << 20, f),
+        })
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.w
+            .write_all(b)
+            .map_err(|e| Error::io(self.tmp.path(), e))
+    }
+
+    /// Copy everything written into `out` at an 8-aligned address, returned.
+    fn copy_into(self, out: &mut Out) -> Result<u64> {
+        let Side { tmp, w } = self;
+        drop(
+            w.into_inner()
+                .map_err(|e| Error::io(tmp.path(), e.into_error()))?,
+        );
+        out.align8()?;
+        let at = out.pos;
+        let mut r = File::open(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
+        out.w.flush().map_err(|e| Error::io(&out.path, e))?;
+        let n = std::io::copy(&mut r, &mut out.w).map_err(|e| Error::io(&out.path, e))?;
+        out.pos += n;
+        Ok(at)
+    }
+}
+
+/// Where an extra matrix goes in the AnnData.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// `layers/NAME`: cells x genes.
+    Layers,
+    /// `obsm/NAME`: cells x any number of columns.
+    Obsm,
+}
+
+/// An extra matrix streamed row by row beside `X`.
+enum Extra {
+    /// A CSR matrix over the genes (f32 values, int32 indices).
+    Sparse {
+        data: Side,
+        indices: Side,
+        indptr: Vec<i64>,
+    },
+    /// A dense f32 matrix, row-major.
+    Dense {
+        values: Side,
+        n_cols: usize,
+        n_rows: usize,
+    },
+}
+
+/// A CSR matrix's group (`X` or a layer) from its three arrays' object headers.
+fn csr_group(out: &mut Out, arrays: [u64; 3], n_rows: usize, n_cols: usize) -> Result<GroupAt> {
+    let [e0, e1] = enc("csr_matrix", "0.1.0");
+    out.group(
+        vec![
+            Member::dataset("data", arrays[0]),
+            Member::dataset("indices", arrays[1]),
+            Member::dataset("indptr", arrays[2]),
+        ],
+        &[
+            e0,
+            e1,
+            ("shape", Attr::I64s(vec![n_rows as i64, n_cols as i64])),
+        ],
+    )
+}
+
+/// The value and index bytes of a CSR chunk's rows.
+fn csr_bytes(chunk: &CsrMatrix) -> (Vec<u8>, Vec<u8>) {
+    let (a, b) = (
+        chunk.indptr[0] as usize,
+        *chunk.indptr.last().unwrap_or(&0) as usize,
+    );
+    let data = chunk.data[a..b]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let idx = chunk.indices[a..b]
+        .iter()
+        .flat_map(|&j| (j as i32).to_le_bytes())
+        .collect();
+    (data, idx)
+}
+
+/// Extend a row-pointer array with a chunk's rows.
+fn extend_indptr(indptr: &mut Vec<i64>, chunk: &CsrMatrix) {
+    let a = chunk.indptr[0] as i64;
+    let base = *indptr.last().unwrap_or(&0);
+    indptr.extend(chunk.indptr[1..].iter().map(|&p| base + (p as i64 - a)));
+}
+
 /// Streams rows into an `.h5ad`; [`finish`](Self::finish) writes the annotations and renames the
-/// file into place. Dropping it unfinished removes the temporary files.
+/// file into place. Dropping it unfinished removes the temporary files. Besides `X`, layers and
+/// `obsm` matrices stream in beside it ([`add_sparse`](Self::add_sparse),
+/// [`add_dense`](Self::add_dense)), each to its own side file, copied in at the end.
 pub struct H5adWriter {
     target: Option<AtomicFile>,
     side: TempFile,
@@ -372,6 +479,8 @@ pub struct H5adWriter {
     n_genes: usize,
     source: String,
     checks: CountChecks,
+    target_path: PathBuf,
+    extras: Vec<(Place, String, Extra)>,
 }
 
 impl H5adWriter {
@@ -404,7 +513,96 @@ impl H5adWriter {
             n_genes,
             source: source.to_string(),
             checks: CountChecks::new(source, "X"),
+            target_path: path.to_path_buf(),
+            extras: Vec::new(),
         })
+    }
+
+    fn new_extra(&mut self, place: Place, name: &str, extra: Extra) -> Result<usize> {
+        if name.is_empty() || name.contains('/') {
+            return Err(Error::Config(format!(
+                "{}: '{name}' cannot name an .h5ad matrix",
+                self.source
+            )));
+        }
+        if self.extras.iter().any(|(p, n, _)| *p == place && n == name) {
+            return Err(Error::Config(format!(
+                "{}: two matrices named '{name}'",
+                self.source
+            )));
+        }
+        self.extras.push((place, name.to_string(), extra));
+        Ok(self.extras.len() - 1)
+    }
+
+    /// Start a CSR matrix over the genes at `place/name`; its rows follow by
+    /// [`append_sparse`](Self::append_sparse). Returns its id.
+    pub fn add_sparse(&mut self, place: Place, name: &str) -> Result<usize> {
+        let extra = Extra::Sparse {
+            data: Side::beside(&self.target_path)?,
+            indices: Side::beside(&self.target_path)?,
+            indptr: vec![0],
+        };
+        self.new_extra(place, name, extra)
+    }
+
+    /// Start a dense f32 matrix of `n_cols` columns at `place/name`; its rows follow by
+    /// [`append_dense`](Self::append_dense). Returns its id.
+    pub fn add_dense(&mut self, place: Place, name: &str, n_cols: usize) -> Result<usize> {
+        let extra = Extra::Dense {
+            values: Side::beside(&self.target_path)?,
+            n_cols,
+            n_rows: 0,
+        };
+        self.new_extra(place, name, extra)
+    }
+
+    /// Append rows to the sparse matrix `id` (structure and gene count checked).
+    pub fn append_sparse(&mut self, id: usize, chunk: &CsrMatrix) -> Result<()> {
+        let g = self.n_genes;
+        let (_, name, extra) = &mut self.extras[id];
+        let Extra::Sparse {
+            data,
+            indices,
+            indptr,
+        } = extra
+        else {
+            return Err(Error::Config(format!("'{name}' is not a sparse matrix")));
+        };
+        if chunk.n_cols != g {
+            return Err(Error::Shape(format!(
+                "'{name}': rows of {} genes for a file of {g}",
+                chunk.n_cols
+            )));
+        }
+        chunk.validate_structure()?;
+        let (d, i) = csr_bytes(chunk);
+        data.write(&d)?;
+        indices.write(&i)?;
+        extend_indptr(indptr, chunk);
+        Ok(())
+    }
+
+    /// Append rows (`[n, n_cols]`, row-major) to the dense matrix `id`.
+    pub fn append_dense(&mut self, id: usize, rows: &[f32]) -> Result<()> {
+        let (_, name, extra) = &mut self.extras[id];
+        let Extra::Dense {
+            values,
+            n_cols,
+            n_rows,
+        } = extra
+        else {
+            return Err(Error::Config(format!("'{name}' is not a dense matrix")));
+        };
+        if *n_cols == 0 || !rows.len().is_multiple_of(*n_cols) {
+            return Err(Error::Shape(format!(
+                "'{name}': {} values are not rows of {n_cols}",
+                rows.len()
+            )));
+        }
+        *n_rows += rows.len() / *n_cols;
+        let b: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+        values.write(&b)
     }
 
     /// Rows appended so far.
@@ -427,26 +625,9 @@ impl H5adWriter {
         }
         chunk.validate_structure()?;
         self.checks.check_chunk(self.indptr.len() - 1, &chunk)?;
-        let (a, b) = (
-            chunk.indptr[0] as usize,
-            *chunk.indptr.last().unwrap() as usize,
-        );
-        let base = *self.indptr.last().unwrap();
-        self.indptr.extend(
-            chunk.indptr[1..]
-                .iter()
-                .map(|&p| base + (p as i64 - a as i64)),
-        );
-        let out = self.out.as_mut().unwrap();
-        let data: Vec<u8> = chunk.data[a..b]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        out.write(&data)?;
-        let idx: Vec<u8> = chunk.indices[a..b]
-            .iter()
-            .flat_map(|&j| (j as i32).to_le_bytes())
-            .collect();
+        extend_indptr(&mut self.indptr, &chunk);
+        let (data, idx) = csr_bytes(&chunk);
+        self.out.as_mut().unwrap().write(&data)?;
         self.indices
             .as_mut()
             .unwrap()
@@ -497,19 +678,59 @@ impl H5adWriter {
         let indices_oh = out.dataset_at(Dt::I32, &[nnz], indices_addr, &[])?;
         let raw: Vec<u8> = self.indptr.iter().flat_map(|p| p.to_le_bytes()).collect();
         let indptr_oh = out.dataset(Dt::I64, &[n_cells as u64 + 1], &raw, &[])?;
-        let [e0, e1] = enc("csr_matrix", "0.1.0");
-        let x = out.group(
-            vec![
-                Member::dataset("data", data_oh),
-                Member::dataset("indices", indices_oh),
-                Member::dataset("indptr", indptr_oh),
-            ],
-            &[
-                e0,
-                e1,
-                ("shape", Attr::I64s(vec![n_cells as i64, g as i64])),
-            ],
+        let x = csr_group(
+            &mut out,
+            [data_oh, indices_oh, indptr_oh],
+            n_cells,
+            g as usize,
         )?;
+        let mut layers = Vec::new();
+        let mut obsm = Vec::new();
+        for (place, name, extra) in std::mem::take(&mut self.extras) {
+            let member = match extra {
+                Extra::Sparse {
+                    data,
+                    indices,
+                    indptr,
+                } => {
+                    if indptr.len() - 1 != n_cells {
+                        return Err(Error::Shape(format!(
+                            "{}: '{name}' has {} rows, X {n_cells}",
+                            self.source,
+                            indptr.len() - 1
+                        )));
+                    }
+                    let nnz = *indptr.last().unwrap() as u64;
+                    let d = data.copy_into(&mut out)?;
+                    let i = indices.copy_into(&mut out)?;
+                    let d = out.dataset_at(Dt::F32, &[nnz], d, &[])?;
+                    let i = out.dataset_at(Dt::I32, &[nnz], i, &[])?;
+                    let raw: Vec<u8> = indptr.iter().flat_map(|p| p.to_le_bytes()).collect();
+                    let p = out.dataset(Dt::I64, &[n_cells as u64 + 1], &raw, &[])?;
+                    Member::group(&name, csr_group(&mut out, [d, i, p], n_cells, g as usize)?)
+                }
+                Extra::Dense {
+                    values,
+                    n_cols,
+                    n_rows,
+                } => {
+                    if n_rows != n_cells {
+                        return Err(Error::Shape(format!(
+                            "{}: '{name}' has {n_rows} rows, X {n_cells}",
+                            self.source
+                        )));
+                    }
+                    let at = values.copy_into(&mut out)?;
+                    let [e0, e1] = enc("array", "0.2.0");
+                    let dims = [n_rows as u64, n_cols as u64];
+                    Member::dataset(&name, out.dataset_at(Dt::F32, &dims, at, &[e0, e1])?)
+                }
+            };
+            match place {
+                Place::Layers => layers.push(member),
+                Place::Obsm => obsm.push(member),
+            }
+        }
         let obs = dataframe(&mut out, &meta.cell_names, &meta.obs)?;
         let var_columns: Vec<(String, ObsColumn)> = meta
             .var
@@ -522,9 +743,16 @@ impl H5adWriter {
             Member::group("obs", obs),
             Member::group("var", var),
         ];
-        for name in ["layers", "obsm", "obsp", "uns", "varm", "varp"] {
+        for (name, members) in [
+            ("layers", layers),
+            ("obsm", obsm),
+            ("obsp", Vec::new()),
+            ("uns", Vec::new()),
+            ("varm", Vec::new()),
+            ("varp", Vec::new()),
+        ] {
             let [e0, e1] = enc("dict", "0.1.0");
-            root.push(Member::group(name, out.group(Vec::new(), &[e0, e1])?));
+            root.push(Member::group(name, out.group(members, &[e0, e1])?));
         }
         let [e0, e1] = enc("anndata", "0.1.0");
         let top = out.group(root, &[e0, e1])?;

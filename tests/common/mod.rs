@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests. Each test binary includes this module (`mod common;`)
-//! and uses a part of it: scratch folders and fixture paths ([`files`]), the shared data sets
-//! ([`data`]), what the GPU tests need ([`gpu`]: a device or a printed reason to skip, tolerances and
-//! the checker that prints the first mismatches), and seeded random inputs.
+//! and uses a part of it: running the binary ([`cli`]), scratch folders and fixture paths
+//! ([`files`]), the shared data sets ([`data`]), what the GPU tests need ([`gpu`]: a device or a
+//! printed reason to skip, tolerances and the checker that prints the first mismatches), and seeded
+//! random inputs.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod data;
 pub mod files;
 pub mod gpu;
