@@ -173,18 +173,27 @@ class SCVI:
             warnings.warn(data.warning, UserWarning, stacklevel=3)
         return data
 
-    def _data_for(self, adata):
+    def _data_for(self, adata, extra_key=None):
         """The engine's data for ``adata`` (the training AnnData when None), checked against the
-        model: same genes in the same order, categories known by name."""
+        model: same genes in the same order, categories known by name. ``extra_key``: one more
+        obs column to hand over (differential expression's ``groupby``)."""
         if adata is None:
             adata, layer = self.adata, self._layer
         else:
             setup = adata.uns.get(_SETUP) if hasattr(adata, "uns") else None
             layer = setup["layer"] if setup else self._layer
         batch_key, labels_key = self._keys()
-        data = self._data(adata, {"layer": layer, "batch_key": batch_key, "labels_key": labels_key})
+        keys = [batch_key, labels_key] + ([extra_key] if extra_key not in (None, batch_key, labels_key) else [])
+        data = to_data(adata, layer, keys)
         self._model.check_data(data)
         return data
+
+    def _cells(self, indices):
+        return None if indices is None else [int(i) for i in np.asarray(indices).ravel()]
+
+    def _obs_names(self, adata, indices):
+        names = (self.adata if adata is None else adata).obs_names
+        return names if indices is None else names[np.asarray(indices)]
 
     def _meta(self):
         return json.loads(self._model.meta_json())
@@ -323,6 +332,108 @@ class SCVI:
             z = z[np.asarray(indices)]
         return z
 
+    def get_elbo(self, adata=None, indices=None, batch_size=None, dataloader=None, return_mean=True,
+                 accelerator="auto", **kwargs):  # fmt: skip
+        """scvi-tools' ``get_elbo``: the mean ELBO (negative, higher is better), one posterior
+        draw per cell (seeded by ``settings.seed``)."""
+        _refuse(dataloader=dataloader, return_mean=None if return_mean else False, **kwargs)
+        data = self._data_for(adata)
+        return self._model.elbo(data, self._cells(indices), accelerator, settings.threads(), settings.seed)[0]
+
+    def get_reconstruction_error(self, adata=None, indices=None, batch_size=None, dataloader=None,
+                                 return_mean=True, accelerator="auto", **kwargs):  # fmt: skip
+        """scvi-tools' ``get_reconstruction_error``: ``{"reconstruction_loss": mean}``."""
+        _refuse(dataloader=dataloader, return_mean=None if return_mean else False, **kwargs)
+        data = self._data_for(adata)
+        e = self._model.elbo(data, self._cells(indices), accelerator, settings.threads(), settings.seed)
+        return {"reconstruction_loss": e[1]}
+
+    def get_marginal_ll(self, adata=None, indices=None, n_mc_samples=1000, batch_size=None,
+                        return_mean=True, dataloader=None, accelerator="auto", **kwargs):  # fmt: skip
+        """scvi-tools' ``get_marginal_ll``: importance-sampled log p(x), its mean (as scvi-tools
+        averages it) or one value per cell."""
+        _refuse(dataloader=dataloader, **kwargs)
+        data = self._data_for(adata)
+        return self._model.marginal_ll(data, self._cells(indices), int(n_mc_samples), bool(return_mean),
+                                       accelerator, settings.threads(), settings.seed)  # fmt: skip
+
+    def get_normalized_expression(self, adata=None, indices=None, transform_batch=None, gene_list=None,
+                                  library_size=1, n_samples=1, n_samples_overall=None, weights=None,
+                                  batch_size=None, return_mean=True, return_numpy=None, silent=True,
+                                  dataloader=None, accelerator="auto", **kwargs):  # fmt: skip
+        """scvi-tools' ``get_normalized_expression``: a cells x genes DataFrame (or array with
+        ``return_numpy``) of ``px_scale * library_size`` (``library_size="latent"``: each cell's
+        own library), averaged over ``n_samples`` draws and the ``transform_batch`` categories."""
+        _refuse(n_samples_overall=n_samples_overall, weights=weights, dataloader=dataloader,
+                return_mean=None if return_mean else False, **kwargs)  # fmt: skip
+        data = self._data_for(adata)
+        if transform_batch is None:
+            batches = []
+        elif isinstance(transform_batch, (list, tuple)):
+            batches = [str(b) for b in transform_batch]
+        else:
+            batches = [str(transform_batch)]
+        lib = None if library_size == "latent" else float(library_size)
+        genes = None if gene_list is None else [str(g) for g in gene_list]
+        x, names = self._model.normalized(data, self._cells(indices), lib, int(n_samples), batches, genes,
+                                          accelerator, settings.threads(), settings.seed)  # fmt: skip
+        if return_numpy:
+            return x
+        return pd.DataFrame(x, index=self._obs_names(adata, indices), columns=names)
+
+    def differential_expression(self, adata=None, groupby=None, group1=None, group2=None, idx1=None,
+                                idx2=None, mode="vanilla", delta=0.25, batch_size=None, all_stats=True,
+                                batch_correction=False, batchid1=None, batchid2=None, fdr_target=0.05,
+                                silent=False, weights="uniform", filter_outlier_cells=False,
+                                importance_weighting_kwargs=None, accelerator="auto",
+                                **kwargs):  # fmt: skip
+        """scvi-tools' ``differential_expression`` ("vanilla" or "change" mode) of ``group1``
+        against ``group2`` (or the rest), or of every group of ``groupby`` against the rest: one
+        DataFrame, scvi-tools' columns, one block of genes per comparison."""
+        _refuse(idx1=idx1, idx2=idx2, batchid1=batchid1, batchid2=batchid2,
+                weights=None if weights == "uniform" else weights,
+                filter_outlier_cells=filter_outlier_cells or None,
+                importance_weighting_kwargs=importance_weighting_kwargs, **kwargs)  # fmt: skip
+        if groupby is None:
+            raise ValueError("differential_expression needs groupby (an obs column)")
+        one = lambda g, what: g if g is None or isinstance(g, str) else _single(g, what)  # noqa: E731
+        data = self._data_for(adata, extra_key=groupby)
+        tables = self._model.differential_expression(
+            data, str(groupby), one(group1, "group1"), one(group2, "group2"), str(mode), float(delta),
+            float(fdr_target), bool(batch_correction), accelerator, settings.threads(), settings.seed,
+        )  # fmt: skip
+        genes = np.asarray(data.gene_names, dtype=object)
+        frames = []
+        for t in tables:
+            order = np.asarray(t["order"], dtype=np.int64)
+            cols = {}
+            for name, values in t["columns"]:
+                cols[name] = values if isinstance(values, str) else np.asarray(values)[order]
+            frames.append(pd.DataFrame(cols, index=pd.Index(genes[order], name=None)))
+        return pd.concat(frames) if frames else pd.DataFrame()
+
+    def posterior_predictive_sample(self, adata=None, indices=None, n_samples=1, gene_list=None,
+                                    batch_size=None, accelerator="auto"):  # fmt: skip
+        """scvi-tools' ``posterior_predictive_sample``: counts drawn from the model. One draw: a
+        scipy CSR matrix (cells x genes); several: a list of them, one per draw (scvi-tools gives
+        a pydata ``sparse`` array with the draws as a third axis)."""
+        import scipy.sparse as sp
+
+        data = self._data_for(adata)
+        cells = self._cells(indices)
+        n = data.n_cells if cells is None else len(cells)
+        draws = self._model.predictive(data, cells, int(n_samples), accelerator, settings.threads(),
+                                       settings.seed)  # fmt: skip
+        mats = [sp.csr_matrix((v, i, p), shape=(n, data.n_genes)) for p, i, v in draws]
+        if gene_list is not None:
+            pos = {g: k for k, g in enumerate(data.gene_names)}
+            missing = [g for g in gene_list if g not in pos]
+            if missing:
+                raise KeyError(f"gene_list: genes not in the model: {missing[:5]}")
+            cols = [pos[g] for g in gene_list]
+            mats = [m[:, cols] for m in mats]
+        return mats[0] if n_samples == 1 else mats
+
     # -- saving and loading -----------------------------------------------------------------
 
     def save(self, dir_path, prefix=None, overwrite=False, save_anndata=False, **kwargs):
@@ -392,22 +503,15 @@ class SCVI:
         )
 
 
-def _missing(name):
-    def method(self, *args, **kwargs):
-        raise _not_yet(name)
 
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = f"scvi-tools' ``{name}``: not in scvi-rs yet (raises NotImplementedError)."
-    return method
+def _refuse(**options):
+    """NotImplementedError naming the first scvi-tools option given that scvi-rs does not take."""
+    for name, value in options.items():
+        if value is not None:
+            raise _not_yet(f"the option {name}={value!r}")
 
 
-# The after-training methods scvi-tools has and the core library does not offer yet.
-for _name in (
-    "get_elbo",
-    "get_reconstruction_error",
-    "get_marginal_ll",
-    "get_normalized_expression",
-    "differential_expression",
-    "posterior_predictive_sample",
-):
-    setattr(SCVI, _name, _missing(_name))
+def _single(groups, what):
+    if len(groups) != 1:
+        raise _not_yet(f"{what} with several groups")
+    return str(groups[0])

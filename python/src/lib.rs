@@ -2,6 +2,7 @@
 //! copies, the model, and the plumbing (threads, the GIL, Ctrl-C, errors). The scvi-tools-shaped
 //! API is Python, in `scvi_rs/__init__.py`.
 
+mod after;
 mod csr;
 mod data;
 mod errors;

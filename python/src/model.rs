@@ -1,14 +1,16 @@
 //! `Model`: the core's `Scvi` (new, train, latent representation, save, load) for the Python
 //! package, every long call run through `run::run` (GIL released, Ctrl-C watched).
 
+use crate::after;
 use crate::data::Data;
 use crate::errors::to_py;
 use crate::run::run;
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use scvi_rs::model::ModelConfig;
+use scvi_rs::scvi::DeGroups;
 use scvi_rs::train::{History, TrainConfig};
 use scvi_rs::{Device, Scvi, Setup};
 use std::path::PathBuf;
@@ -20,6 +22,16 @@ pub struct Model {
 
 fn json_err(e: serde_json::Error) -> PyErr {
     pyo3::exceptions::PyValueError::new_err(e.to_string())
+}
+
+/// The device of the after-training methods: the CPU engine runs them (the GPU engine does not
+/// offer them yet), so "auto" is the CPU there; an explicit GPU is passed on (and says so).
+fn infer_device(name: &str) -> PyResult<Device> {
+    if name == "auto" {
+        Ok(Device::Cpu)
+    } else {
+        device(name)
+    }
 }
 
 /// "cpu", "gpu" / "cuda" (device 0), "cuda:N", or "auto" (a GPU when one works).
@@ -188,6 +200,148 @@ impl Model {
     /// The history's columns (scvi-tools' names).
     fn history<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         history_dict(py, &self.inner.history)
+    }
+
+    /// (elbo, reconstruction error, kl_local) of `cells` (all when None).
+    #[pyo3(signature = (data, cells, accelerator, threads, seed))]
+    fn elbo(
+        &self,
+        py: Python<'_>,
+        data: &Data,
+        cells: Option<Vec<usize>>,
+        accelerator: &str,
+        threads: usize,
+        seed: u64,
+    ) -> PyResult<(f64, f64, f64)> {
+        let cells = after::cells_of(&data.inner, cells)?;
+        let dev = infer_device(accelerator)?;
+        after::elbo(py, &self.inner, &data.inner, &cells, dev, threads, seed)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (data, cells, n_mc_samples, return_mean, accelerator, threads, seed))]
+    fn marginal_ll<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Data,
+        cells: Option<Vec<usize>>,
+        n_mc_samples: usize,
+        return_mean: bool,
+        accelerator: &str,
+        threads: usize,
+        seed: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cells = after::cells_of(&data.inner, cells)?;
+        let dev = infer_device(accelerator)?;
+        after::marginal_ll(
+            py,
+            &self.inner,
+            &data.inner,
+            &cells,
+            n_mc_samples,
+            return_mean,
+            dev,
+            threads,
+            seed,
+        )
+    }
+
+    /// `[cells, genes]` normalized expression (mean over `n_samples` draws) and the genes' names;
+    /// `library_size` None: each cell's own ("latent").
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (data, cells, library_size, n_samples, transform_batch, gene_list, accelerator, threads, seed))]
+    fn normalized<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Data,
+        cells: Option<Vec<usize>>,
+        library_size: Option<f64>,
+        n_samples: usize,
+        transform_batch: Vec<String>,
+        gene_list: Option<Vec<String>>,
+        accelerator: &str,
+        threads: usize,
+        seed: u64,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<String>)> {
+        let cells = after::cells_of(&data.inner, cells)?;
+        let dev = infer_device(accelerator)?;
+        after::normalized(
+            py,
+            &self.inner,
+            &data.inner,
+            &cells,
+            library_size,
+            n_samples,
+            transform_batch,
+            gene_list,
+            dev,
+            threads,
+            seed,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (data, groupby, group1, group2, mode, delta, fdr_target, batch_correction, accelerator, threads, seed))]
+    fn differential_expression<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Data,
+        groupby: String,
+        group1: Option<String>,
+        group2: Option<String>,
+        mode: &str,
+        delta: f64,
+        fdr_target: f64,
+        batch_correction: bool,
+        accelerator: &str,
+        threads: usize,
+        seed: u64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let groups = DeGroups {
+            groupby,
+            group1,
+            group2,
+        };
+        let dev = infer_device(accelerator)?;
+        after::differential_expression(
+            py,
+            &self.inner,
+            &data.inner,
+            groups,
+            mode,
+            delta,
+            fdr_target,
+            batch_correction,
+            dev,
+            threads,
+            seed,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (data, cells, n_samples, accelerator, threads, seed))]
+    fn predictive<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Data,
+        cells: Option<Vec<usize>>,
+        n_samples: usize,
+        accelerator: &str,
+        threads: usize,
+        seed: u64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let cells = after::cells_of(&data.inner, cells)?;
+        let dev = infer_device(accelerator)?;
+        after::predictive(
+            py,
+            &self.inner,
+            &data.inner,
+            &cells,
+            n_samples,
+            dev,
+            threads,
+            seed,
+        )
     }
 
     /// Whether the model has been trained (or was loaded trained).
