@@ -191,6 +191,10 @@ class SCVI:
     def _cells(self, indices):
         return None if indices is None else [int(i) for i in np.asarray(indices).ravel()]
 
+    def _ctx(self, indices, accelerator):
+        """What every after-training call takes: (cells, accelerator, threads, seed)."""
+        return (self._cells(indices), str(accelerator), settings.threads(), settings.seed)
+
     def _obs_names(self, adata, indices):
         names = (self.adata if adata is None else adata).obs_names
         return names if indices is None else names[np.asarray(indices)]
@@ -338,14 +342,14 @@ class SCVI:
         draw per cell (seeded by ``settings.seed``)."""
         _refuse(dataloader=dataloader, return_mean=None if return_mean else False, **kwargs)
         data = self._data_for(adata)
-        return self._model.elbo(data, self._cells(indices), accelerator, settings.threads(), settings.seed)[0]
+        return self._model.elbo(data, self._ctx(indices, accelerator))[0]
 
     def get_reconstruction_error(self, adata=None, indices=None, batch_size=None, dataloader=None,
                                  return_mean=True, accelerator="auto", **kwargs):  # fmt: skip
         """scvi-tools' ``get_reconstruction_error``: ``{"reconstruction_loss": mean}``."""
         _refuse(dataloader=dataloader, return_mean=None if return_mean else False, **kwargs)
         data = self._data_for(adata)
-        e = self._model.elbo(data, self._cells(indices), accelerator, settings.threads(), settings.seed)
+        e = self._model.elbo(data, self._ctx(indices, accelerator))
         return {"reconstruction_loss": e[1]}
 
     def get_marginal_ll(self, adata=None, indices=None, n_mc_samples=1000, batch_size=None,
@@ -354,8 +358,8 @@ class SCVI:
         averages it) or one value per cell."""
         _refuse(dataloader=dataloader, **kwargs)
         data = self._data_for(adata)
-        return self._model.marginal_ll(data, self._cells(indices), int(n_mc_samples), bool(return_mean),
-                                       accelerator, settings.threads(), settings.seed)  # fmt: skip
+        return self._model.marginal_ll(data, self._ctx(indices, accelerator), int(n_mc_samples),
+                                       bool(return_mean))  # fmt: skip
 
     def get_normalized_expression(self, adata=None, indices=None, transform_batch=None, gene_list=None,
                                   library_size=1, n_samples=1, n_samples_overall=None, weights=None,
@@ -375,8 +379,8 @@ class SCVI:
             batches = [str(transform_batch)]
         lib = None if library_size == "latent" else float(library_size)
         genes = None if gene_list is None else [str(g) for g in gene_list]
-        x, names = self._model.normalized(data, self._cells(indices), lib, int(n_samples), batches, genes,
-                                          accelerator, settings.threads(), settings.seed)  # fmt: skip
+        x, names = self._model.normalized(data, self._ctx(indices, accelerator), lib, int(n_samples),
+                                          batches, genes)  # fmt: skip
         if return_numpy:
             return x
         return pd.DataFrame(x, index=self._obs_names(adata, indices), columns=names)
@@ -398,9 +402,10 @@ class SCVI:
             raise ValueError("differential_expression needs groupby (an obs column)")
         one = lambda g, what: g if g is None or isinstance(g, str) else _single(g, what)  # noqa: E731
         data = self._data_for(adata, extra_key=groupby)
+        groups = (str(groupby), one(group1, "group1"), one(group2, "group2"))
         tables = self._model.differential_expression(
-            data, str(groupby), one(group1, "group1"), one(group2, "group2"), str(mode), float(delta),
-            float(fdr_target), bool(batch_correction), accelerator, settings.threads(), settings.seed,
+            data, self._ctx(None, accelerator), groups, str(mode), (float(delta), float(fdr_target)),
+            bool(batch_correction),
         )  # fmt: skip
         genes = np.asarray(data.gene_names, dtype=object)
         frames = []
@@ -422,8 +427,7 @@ class SCVI:
         data = self._data_for(adata)
         cells = self._cells(indices)
         n = data.n_cells if cells is None else len(cells)
-        draws = self._model.predictive(data, cells, int(n_samples), accelerator, settings.threads(),
-                                       settings.seed)  # fmt: skip
+        draws = self._model.predictive(data, self._ctx(indices, accelerator), int(n_samples))
         mats = [sp.csr_matrix((v, i, p), shape=(n, data.n_genes)) for p, i, v in draws]
         if gene_list is not None:
             pos = {g: k for k, g in enumerate(data.gene_names)}

@@ -8,9 +8,8 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use scvi_rs::data::Dataset;
-use scvi_rs::infer::de::{DeColumn, DeMode, DeOptions};
-use scvi_rs::infer::marginal_ll::scvi_tools_mean;
-use scvi_rs::infer::normalize::{LibrarySize, NormalizeOptions};
+use scvi_rs::infer::de::{DeColumn, DeOptions};
+use scvi_rs::infer::normalize::NormalizeOptions;
 use scvi_rs::scvi::DeGroups;
 use scvi_rs::{Device, Scvi};
 
@@ -26,77 +25,58 @@ pub fn cells_of(data: &Dataset, cells: Option<Vec<usize>>) -> PyResult<Vec<usize
     Ok(cells)
 }
 
+/// Where and how an after-training call runs.
+pub struct RunOn {
+    pub device: Device,
+    pub threads: usize,
+    pub seed: u64,
+}
+
 /// `get_elbo` / `get_reconstruction_error`: (elbo, reconstruction error, kl_local).
 pub fn elbo(
     py: Python<'_>,
     model: &Scvi,
     data: &Dataset,
     cells: &[usize],
-    dev: Device,
-    threads: usize,
-    seed: u64,
+    r: RunOn,
 ) -> PyResult<(f64, f64, f64)> {
-    let (e, _) = run(py, threads, false, || model.elbo(data, cells, dev, seed))?;
+    let (e, _) = run(py, r.threads, false, || {
+        model.elbo(data, cells, r.device, r.seed)
+    })?;
     Ok((e.elbo, e.reconstruction_loss, e.kl_local))
 }
 
-/// `get_marginal_ll`: each cell's estimate, or scvi-tools' mean of per-minibatch means.
-#[allow(clippy::too_many_arguments)]
-pub fn marginal_ll<'py>(
-    py: Python<'py>,
+/// `get_marginal_ll(return_mean=False)`: each cell's estimate.
+pub fn marginal_ll(
+    py: Python<'_>,
     model: &Scvi,
     data: &Dataset,
     cells: &[usize],
     n_mc_samples: usize,
-    return_mean: bool,
-    dev: Device,
-    threads: usize,
-    seed: u64,
-) -> PyResult<Bound<'py, PyAny>> {
-    let (ll, _) = run(py, threads, false, || {
-        model.marginal_ll(data, cells, n_mc_samples, dev, seed, &mut |_| {})
+    r: RunOn,
+) -> PyResult<Vec<f64>> {
+    let (ll, _) = run(py, r.threads, false, || {
+        model.marginal_ll(data, cells, n_mc_samples, r.device, r.seed, &mut |_| {})
     })?;
-    if return_mean {
-        Ok(scvi_tools_mean(&ll, 128).into_pyobject(py)?.into_any())
-    } else {
-        Ok(PyArray1::from_vec(py, ll).into_any())
-    }
+    Ok(ll)
 }
 
 /// `get_normalized_expression(return_mean=True)`: `[cells, genes]` float32, and the genes' names.
-#[allow(clippy::too_many_arguments)]
 pub fn normalized<'py>(
     py: Python<'py>,
     model: &Scvi,
     data: &Dataset,
     cells: &[usize],
-    library_size: Option<f64>,
-    n_samples: usize,
-    transform_batch: Vec<String>,
-    gene_list: Option<Vec<String>>,
-    dev: Device,
-    threads: usize,
-    seed: u64,
+    opts: &NormalizeOptions,
+    r: RunOn,
 ) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<String>)> {
-    let genes = match &gene_list {
-        Some(g) => Some(model.gene_indices(g, "gene_list").map_err(to_py)?),
-        None => None,
-    };
-    let names: Vec<String> = match &genes {
+    let names: Vec<String> = match &opts.genes {
         Some(idx) => idx.iter().map(|&i| model.meta.genes[i].clone()).collect(),
         None => model.meta.genes.clone(),
     };
-    let opts = NormalizeOptions {
-        library_size: library_size.map_or(LibrarySize::Latent, LibrarySize::Fixed),
-        n_samples,
-        transform_batch: model
-            .transform_batch_codes(&transform_batch)
-            .map_err(to_py)?,
-        genes,
-    };
-    let (out, _) = run(py, threads, false, || {
+    let (out, _) = run(py, r.threads, false, || {
         let mut out = Vec::with_capacity(cells.len() * names.len());
-        model.normalized_expression(data, cells, &opts, dev, seed, &mut |_, rows| {
+        model.normalized_expression(data, cells, opts, r.device, r.seed, &mut |_, rows| {
             out.extend_from_slice(rows);
             Ok(())
         })?;
@@ -107,45 +87,32 @@ pub fn normalized<'py>(
 }
 
 /// `differential_expression`: per comparison a dict with `group1`, `group2`, `order` (row order,
-/// gene indices) and `columns` (name, per-gene list or a constant string).
-#[allow(clippy::too_many_arguments)]
+/// gene indices) and `columns` (name, per-gene array or a constant string).
 pub fn differential_expression<'py>(
     py: Python<'py>,
     model: &Scvi,
     data: &Dataset,
     groups: DeGroups,
-    mode: &str,
-    delta: f64,
-    fdr_target: f64,
-    batch_correction: bool,
-    dev: Device,
-    threads: usize,
-    seed: u64,
+    opts: &DeOptions,
+    r: RunOn,
 ) -> PyResult<Bound<'py, PyList>> {
-    let opts = DeOptions {
-        mode: mode.parse::<DeMode>().map_err(to_py)?,
-        delta,
-        fdr_target,
-        batch_correction,
-        ..DeOptions::default()
-    };
     let names: Vec<(String, String)> = model
         .comparisons(data, &groups)
         .map_err(to_py)?
         .into_iter()
         .map(|c| (c.group1, c.group2))
         .collect();
-    let (results, _) = run(py, threads, false, || {
-        model.differential_expression(data, &groups, &opts, dev, seed, &mut |_, _| {})
+    let (results, _) = run(py, r.threads, false, || {
+        model.differential_expression(data, &groups, opts, r.device, r.seed, &mut |_, _| {})
     })?;
     let out = PyList::empty(py);
-    for ((g1, g2), r) in names.into_iter().zip(results) {
+    for ((g1, g2), res) in names.into_iter().zip(results) {
         let d = PyDict::new(py);
         d.set_item("group1", g1)?;
         d.set_item("group2", g2)?;
-        d.set_item("order", r.order)?;
+        d.set_item("order", res.order)?;
         let cols = PyList::empty(py);
-        for (name, col) in r.columns {
+        for (name, col) in res.columns {
             let v: Bound<'py, PyAny> = match col {
                 DeColumn::Numbers(v) => PyArray1::from_vec(py, v).into_any(),
                 DeColumn::Flags(v) => PyArray1::from_vec(py, v).into_any(),
@@ -160,19 +127,16 @@ pub fn differential_expression<'py>(
 }
 
 /// `posterior_predictive_sample`: per draw, the CSR parts (indptr, indices, data) over the cells.
-#[allow(clippy::too_many_arguments)]
 pub fn predictive<'py>(
     py: Python<'py>,
     model: &Scvi,
     data: &Dataset,
     cells: &[usize],
     n_samples: usize,
-    dev: Device,
-    threads: usize,
-    seed: u64,
+    r: RunOn,
 ) -> PyResult<Bound<'py, PyList>> {
     type Parts = (Vec<u64>, Vec<u32>, Vec<f32>);
-    let (draws, _) = run(py, threads, false, || {
+    let (draws, _) = run(py, r.threads, false, || {
         let mut draws: Vec<Parts> = (0..n_samples)
             .map(|_| (vec![0u64], Vec::new(), Vec::new()))
             .collect();
@@ -180,8 +144,8 @@ pub fn predictive<'py>(
             data,
             cells,
             n_samples,
-            dev,
-            seed,
+            r.device,
+            r.seed,
             &mut |s, _, rows| {
                 // Chunks of a draw arrive in cell order: append their rows.
                 let (ptr, idx, val) = &mut draws[s];

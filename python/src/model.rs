@@ -9,6 +9,9 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use scvi_rs::infer::de::{DeMode, DeOptions};
+use scvi_rs::infer::marginal_ll::scvi_tools_mean;
+use scvi_rs::infer::normalize::{LibrarySize, NormalizeOptions};
 use scvi_rs::model::ModelConfig;
 use scvi_rs::scvi::DeGroups;
 use scvi_rs::train::{History, TrainConfig};
@@ -22,6 +25,21 @@ pub struct Model {
 
 fn json_err(e: serde_json::Error) -> PyErr {
     pyo3::exceptions::PyValueError::new_err(e.to_string())
+}
+
+/// What every after-training call takes from Python: (cells or None for all, accelerator,
+/// threads, seed).
+type Ctx = (Option<Vec<usize>>, String, usize, u64);
+
+/// The cells of `ctx`, checked, and how to run.
+fn context(data: &scvi_rs::data::Dataset, ctx: Ctx) -> PyResult<(Vec<usize>, after::RunOn)> {
+    let (cells, accelerator, threads, seed) = ctx;
+    let run = after::RunOn {
+        device: infer_device(&accelerator)?,
+        threads,
+        seed,
+    };
+    Ok((after::cells_of(data, cells)?, run))
 }
 
 /// The device of the after-training methods: the CPU engine runs them (the GPU engine does not
@@ -202,146 +220,94 @@ impl Model {
         history_dict(py, &self.inner.history)
     }
 
-    /// (elbo, reconstruction error, kl_local) of `cells` (all when None).
-    #[pyo3(signature = (data, cells, accelerator, threads, seed))]
-    fn elbo(
-        &self,
-        py: Python<'_>,
-        data: &Data,
-        cells: Option<Vec<usize>>,
-        accelerator: &str,
-        threads: usize,
-        seed: u64,
-    ) -> PyResult<(f64, f64, f64)> {
-        let cells = after::cells_of(&data.inner, cells)?;
-        let dev = infer_device(accelerator)?;
-        after::elbo(py, &self.inner, &data.inner, &cells, dev, threads, seed)
+    /// (elbo, reconstruction error, kl_local) of the cells of `ctx`.
+    fn elbo(&self, py: Python<'_>, data: &Data, ctx: Ctx) -> PyResult<(f64, f64, f64)> {
+        let (cells, run) = context(&data.inner, ctx)?;
+        after::elbo(py, &self.inner, &data.inner, &cells, run)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, cells, n_mc_samples, return_mean, accelerator, threads, seed))]
+    /// Each cell's marginal log-likelihood, or scvi-tools' mean of them.
     fn marginal_ll<'py>(
         &self,
         py: Python<'py>,
         data: &Data,
-        cells: Option<Vec<usize>>,
+        ctx: Ctx,
         n_mc_samples: usize,
         return_mean: bool,
-        accelerator: &str,
-        threads: usize,
-        seed: u64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let cells = after::cells_of(&data.inner, cells)?;
-        let dev = infer_device(accelerator)?;
-        after::marginal_ll(
-            py,
-            &self.inner,
-            &data.inner,
-            &cells,
-            n_mc_samples,
-            return_mean,
-            dev,
-            threads,
-            seed,
-        )
+        let (cells, run) = context(&data.inner, ctx)?;
+        let ll = after::marginal_ll(py, &self.inner, &data.inner, &cells, n_mc_samples, run)?;
+        if return_mean {
+            Ok(scvi_tools_mean(&ll, 128).into_pyobject(py)?.into_any())
+        } else {
+            Ok(PyArray1::from_vec(py, ll).into_any())
+        }
     }
 
     /// `[cells, genes]` normalized expression (mean over `n_samples` draws) and the genes' names;
     /// `library_size` None: each cell's own ("latent").
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, cells, library_size, n_samples, transform_batch, gene_list, accelerator, threads, seed))]
     fn normalized<'py>(
         &self,
         py: Python<'py>,
         data: &Data,
-        cells: Option<Vec<usize>>,
+        ctx: Ctx,
         library_size: Option<f64>,
         n_samples: usize,
         transform_batch: Vec<String>,
         gene_list: Option<Vec<String>>,
-        accelerator: &str,
-        threads: usize,
-        seed: u64,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<String>)> {
-        let cells = after::cells_of(&data.inner, cells)?;
-        let dev = infer_device(accelerator)?;
-        after::normalized(
-            py,
-            &self.inner,
-            &data.inner,
-            &cells,
-            library_size,
+        let (cells, run) = context(&data.inner, ctx)?;
+        let m = &self.inner;
+        let genes = match &gene_list {
+            Some(g) => Some(m.gene_indices(g, "gene_list").map_err(to_py)?),
+            None => None,
+        };
+        let opts = NormalizeOptions {
+            library_size: library_size.map_or(LibrarySize::Latent, LibrarySize::Fixed),
             n_samples,
-            transform_batch,
-            gene_list,
-            dev,
-            threads,
-            seed,
-        )
+            transform_batch: m.transform_batch_codes(&transform_batch).map_err(to_py)?,
+            genes,
+        };
+        after::normalized(py, m, &data.inner, &cells, &opts, run)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, groupby, group1, group2, mode, delta, fdr_target, batch_correction, accelerator, threads, seed))]
+    /// Per comparison a dict: `group1`, `group2`, `order` (row order), `columns`.
     fn differential_expression<'py>(
         &self,
         py: Python<'py>,
         data: &Data,
-        groupby: String,
-        group1: Option<String>,
-        group2: Option<String>,
+        ctx: Ctx,
+        groups: (String, Option<String>, Option<String>),
         mode: &str,
-        delta: f64,
-        fdr_target: f64,
+        delta_fdr: (f64, f64),
         batch_correction: bool,
-        accelerator: &str,
-        threads: usize,
-        seed: u64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let groups = DeGroups {
-            groupby,
-            group1,
-            group2,
-        };
-        let dev = infer_device(accelerator)?;
-        after::differential_expression(
-            py,
-            &self.inner,
-            &data.inner,
-            groups,
-            mode,
-            delta,
-            fdr_target,
+        let (_, run) = context(&data.inner, ctx)?;
+        let opts = DeOptions {
+            mode: mode.parse::<DeMode>().map_err(to_py)?,
+            delta: delta_fdr.0,
+            fdr_target: delta_fdr.1,
             batch_correction,
-            dev,
-            threads,
-            seed,
-        )
+            ..DeOptions::default()
+        };
+        let groups = DeGroups {
+            groupby: groups.0,
+            group1: groups.1,
+            group2: groups.2,
+        };
+        after::differential_expression(py, &self.inner, &data.inner, groups, &opts, run)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, cells, n_samples, accelerator, threads, seed))]
+    /// Per draw, the CSR parts (indptr, indices, data) of the sampled counts.
     fn predictive<'py>(
         &self,
         py: Python<'py>,
         data: &Data,
-        cells: Option<Vec<usize>>,
+        ctx: Ctx,
         n_samples: usize,
-        accelerator: &str,
-        threads: usize,
-        seed: u64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let cells = after::cells_of(&data.inner, cells)?;
-        let dev = infer_device(accelerator)?;
-        after::predictive(
-            py,
-            &self.inner,
-            &data.inner,
-            &cells,
-            n_samples,
-            dev,
-            threads,
-            seed,
-        )
+        let (cells, run) = context(&data.inner, ctx)?;
+        after::predictive(py, &self.inner, &data.inner, &cells, n_samples, run)
     }
 
     /// Whether the model has been trained (or was loaded trained).

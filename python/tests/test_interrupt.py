@@ -16,6 +16,15 @@ import scvi_rs
 from conftest import simulated
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own Ctrl-C handler, as in a terminal or a notebook: a process started in the
+    background (CI, `cmd &`) inherits SIGINT ignored, and Python then installs no handler."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def _adata():
     adata = simulated(n_cells=3000, n_genes=200)
     scvi_rs.SCVI.setup_anndata(adata, batch_key="batch")
