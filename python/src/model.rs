@@ -246,6 +246,7 @@ impl Model {
 
     /// `[cells, genes]` normalized expression (mean over `n_samples` draws) and the genes' names;
     /// `library_size` None: each cell's own ("latent").
+    #[allow(clippy::too_many_arguments)]
     fn normalized<'py>(
         &self,
         py: Python<'py>,
@@ -272,6 +273,7 @@ impl Model {
     }
 
     /// Per comparison a dict: `group1`, `group2`, `order` (row order), `columns`.
+    #[allow(clippy::too_many_arguments)]
     fn differential_expression<'py>(
         &self,
         py: Python<'py>,
