@@ -13,6 +13,7 @@ use std::sync::Once;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+static AFTER_EPOCH: AtomicBool = AtomicBool::new(false);
 
 /// SIGINT's number: what [`request`] records when no signal is involved (a caller's own stop).
 pub const SIGINT: i32 = signal_hook::consts::SIGINT;
@@ -53,9 +54,22 @@ pub fn request() {
     REQUESTED.store(true, Ordering::SeqCst);
 }
 
+/// Ask training to stop once the epoch under way has finished (and been validated and recorded),
+/// leaving the model of that epoch: a gentle stop for embedders (the Python package's first
+/// Ctrl-C), where [`request`] stops at the next step and discards the unfinished run.
+pub fn request_after_epoch() {
+    AFTER_EPOCH.store(true, Ordering::SeqCst);
+}
+
+/// Whether a stop after the epoch was requested; forgets the request (training stops once).
+pub fn take_after_epoch() -> bool {
+    AFTER_EPOCH.swap(false, Ordering::SeqCst)
+}
+
 /// Forget a request (after it has been handled, e.g. between notebook calls).
 pub fn reset() {
     REQUESTED.store(false, Ordering::SeqCst);
+    AFTER_EPOCH.store(false, Ordering::SeqCst);
     SIGNAL.store(0, Ordering::SeqCst);
 }
 

@@ -107,6 +107,9 @@ impl EpochRecord {
 pub struct History {
     pub epochs: Vec<EpochRecord>,
     pub stopped_early: bool,
+    /// Training stopped after an epoch because [`crate::interrupt::request_after_epoch`] asked.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 impl History {

@@ -292,6 +292,12 @@ pub fn fit(
         }
         progress.end_epoch(rec.clone(), cfg);
         between_epochs(&rec, max_epochs, engine, progress)?;
+        // A gentle stop an embedder asked for (the Python package's first Ctrl-C): the run ends
+        // here, with the model of this epoch.
+        if crate::interrupt::take_after_epoch() {
+            progress.history.interrupted = true;
+            progress.finished = true;
+        }
     }
     progress.finished = true;
     Ok(())
