@@ -724,7 +724,10 @@ fn interrupting_a_writing_command_leaves_no_temporaries() {
     for out in ["big.h5ad", "big.store"] {
         let path = d.join(out);
         let child = exe()
-            .args(["simulate", "--cells", "3000000", "--genes", "2000", "--out"])
+            // Long enough to interrupt mid-write, small enough on disk (~25 values a cell: under
+            // 1 GB; the command checks the free space first).
+            .args(["simulate", "--cells", "3000000", "--genes", "2000"])
+            .args(["--library-median", "30", "--out"])
             .arg(&path)
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -4,7 +4,7 @@
 //! The engine only ever reads rows through [`SparseRows`], so an in-memory matrix and a memory-mapped
 //! store look the same to it.
 
-use super::validate::row_fault;
+use super::counts::row_fault;
 use crate::error::{Error, Result};
 
 /// Read access to the rows of a sparse count matrix (cells x genes).
@@ -18,7 +18,7 @@ pub trait SparseRows: Send + Sync {
     fn row(&self, i: usize) -> (&[u32], &[f32]);
 
     /// An error when row `i` is not a valid row of counts (see
-    /// [`row_fault`](super::validate::row_fault)). Everything that hands rows to the engines (the
+    /// [`row_fault`](super::counts::row_fault)). Everything that hands rows to the engines (the
     /// minibatch loader, the passes over a whole matrix) calls it first, so a matrix whose arrays
     /// were never checked (a memory-mapped store, a matrix built by hand) cannot make them index
     /// out of range or train on NaN. A store names its file; this default names only the row.

@@ -13,6 +13,7 @@
 //! simulate.rs     simulated counts of any size, in constant memory
 //! ```
 
+pub mod counts;
 pub mod csr;
 pub mod genes;
 pub mod h5ad;
