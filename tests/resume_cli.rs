@@ -334,7 +334,8 @@ fn resume_refuses_what_it_cannot_continue() {
     );
     // Run flags come from the checkpoint; --out is the directory itself.
     let o = run(&["train", "--resume", s(&ck), "--max-epochs", "9"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A flag the parser refuses exits 1, like every other error (src/main.rs).
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot be used with"));
     fails_with(
         &["train", "--resume", s(&ck), "--checkpoint-every", "0"],
