@@ -11,14 +11,27 @@ use crate::data::ObsColumn;
 use crate::error::Result;
 
 /// A column as read, or why it is skipped (a kind scvi-rs does not read).
-type Column = std::result::Result<ObsColumn, String>;
+pub(super) type Column = std::result::Result<ObsColumn, String>;
 
 impl H5ad {
     pub(super) fn read_var_names(&self) -> Result<Vec<String>> {
+        if let Some(legacy) = self.legacy_frame("var")? {
+            return Ok(legacy.names);
+        }
         Ok(self.dataframe("var", "gene names")?.2)
     }
 
     pub(super) fn read_obs(&self) -> Result<ObsTable> {
+        if let Some(legacy) = self.legacy_frame("obs")? {
+            let mut columns = Vec::with_capacity(legacy.columns.len());
+            for (name, col) in legacy.columns {
+                match col {
+                    Ok(c) => columns.push((name, c)),
+                    Err(why) => self.warn_skipped(&format!("obs['{name}']"), &why),
+                }
+            }
+            return Ok((legacy.names, columns));
+        }
         let (obs, attrs, names) = self.dataframe("obs", "cell annotations")?;
         let order = column_order(&attrs).ok_or_else(|| {
             self.err("obs: the 'column-order' attribute is missing or not a list of names")
@@ -47,14 +60,19 @@ impl H5ad {
                         names.len()
                     )))
                 }
-                Err(why) => eprintln!(
-                    "warning: {}: {field} skipped: {why}; scvi-rs reads categorical, string, \
-                     numeric and boolean columns",
-                    self.path.display()
-                ),
+                Err(why) => self.warn_skipped(&field, &why),
             }
         }
         Ok((names, columns))
+    }
+
+    /// The warning for an obs column of a kind scvi-rs does not read.
+    fn warn_skipped(&self, field: &str, why: &str) {
+        eprintln!(
+            "warning: {}: {field} skipped: {why}; scvi-rs reads categorical, string, numeric and \
+             boolean columns",
+            self.path.display()
+        );
     }
 
     /// The dataframe `frame` (`obs` or `var`, holding `what`): its group, its attributes and its
@@ -94,7 +112,7 @@ impl H5ad {
     }
 
     /// A column stored as a dataset.
-    fn read_dataset_column(&self, ds: &H5Dataset, field: &str) -> Result<Column> {
+    pub(super) fn read_dataset_column(&self, ds: &H5Dataset, field: &str) -> Result<Column> {
         let attrs = ds.attributes();
         let enc = attr_string(&attrs, "encoding-type");
         if ds.ndim() != 1 {
@@ -113,15 +131,7 @@ impl H5ad {
             return Ok(Ok(if num.kind().is_float() {
                 ObsColumn::Floats(num.all()?)
             } else {
-                let v: Vec<i128> = num.all()?;
-                match v
-                    .iter()
-                    .map(|&x| i64::try_from(x))
-                    .collect::<std::result::Result<_, _>>()
-                {
-                    Ok(ints) => ObsColumn::Integers(ints),
-                    Err(_) => ObsColumn::Floats(v.iter().map(|&x| x as f64).collect()),
-                }
+                integers(num.all()?)
             }));
         }
         if hdf5::is_bool_type(ds.dtype()) {
@@ -282,8 +292,16 @@ fn merge_repeats(categories: &mut Vec<String>) -> Option<(Vec<i32>, String)> {
     ))
 }
 
+/// Stored integers as a column: `Integers`, or `Floats` when one exceeds `i64` (a uint64 column).
+pub(super) fn integers(v: Vec<i128>) -> ObsColumn {
+    match v.iter().map(|&x| i64::try_from(x)).collect() {
+        Ok(ints) => ObsColumn::Integers(ints),
+        Err(_) => ObsColumn::Floats(v.iter().map(|&x| x as f64).collect()),
+    }
+}
+
 /// A column's values as names, the way pandas prints them (None for a categorical).
-fn as_names(col: ObsColumn) -> Option<Vec<String>> {
+pub(super) fn as_names(col: ObsColumn) -> Option<Vec<String>> {
     Some(match col {
         ObsColumn::Strings(v) => v,
         ObsColumn::Integers(v) => v.iter().map(|x| x.to_string()).collect(),
