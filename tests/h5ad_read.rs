@@ -465,8 +465,9 @@ fn kang_13k_read_time() {
 
 // ------------------------------------------------------------------------------------------------
 // Files in the layout of anndata before 0.7 (`obs` / `var` as compound datasets, categories in
-// `uns/<column>_categories`, `h5sparse` matrices, `raw.X` / `raw.var`), read as the modern anndata
-// reads them. Fixtures: `scripts/fixtures/make_legacy_h5ad_fixtures.py`, which checks that anndata
+// `uns/<column>_categories`, `h5sparse` matrices, `raw.X` / `raw.var`) and of anndata 0.7
+// (categorical codes referencing `obs/__categories/<column>`), read as the modern anndata reads
+// them. Fixtures: `scripts/fixtures/make_legacy_h5ad_fixtures.py`, which checks that anndata
 // reads them to the values below; plus scanpy's bundled `pbmc68k_reduced.h5ad` (written by anndata
 // 0.6) when a scanpy install is at hand.
 
@@ -478,9 +479,11 @@ fn legacy_counts() -> Vec<f32> {
     m
 }
 
-const LEGACY: [(&str, &str); 2] = [
+/// (file, X's encoding): anndata 0.6's layout twice, anndata 0.7's once.
+const LEGACY: [(&str, &str); 3] = [
     ("legacy_dense.h5ad", "array"),
     ("legacy_sparse.h5ad", "csr_matrix"),
+    ("legacy_0_7.h5ad", "csr_matrix"),
 ];
 
 fn strings(v: &[&str]) -> Vec<String> {

@@ -45,7 +45,12 @@ impl H5ad {
                 self.read_group_column(&g, &field)?
             } else if datasets.contains(&name) {
                 let ds = self.dataset(&obs, &name, &field)?;
-                self.read_dataset_column(&ds, &field)?
+                match self.read_dataset_column(&ds, &field)? {
+                    Ok(ObsColumn::Integers(codes)) if ds.attribute("categories").is_ok() => {
+                        Ok(self.categories_0_7(&obs, &name, &codes)?)
+                    }
+                    col => col,
+                }
             } else {
                 return Err(self.err(format!(
                     "obs: 'column-order' lists '{name}' but there is no '{field}'"
@@ -92,8 +97,9 @@ impl H5ad {
             }
             None => {
                 return Err(self.err(format!(
-                    "{frame} has no 'encoding-type' attribute: written by anndata older than 0.8, \
-                     which scvi-rs does not read (re-save the file with a recent anndata)"
+                    "{frame} is a group with no 'encoding-type' attribute: not a dataframe as any \
+                     anndata wrote it (0.8+ and 0.7 mark it 'dataframe'; before 0.7 it is a \
+                     compound dataset)"
                 )))
             }
         }
@@ -144,6 +150,43 @@ impl H5ad {
         )))
     }
 
+    /// Codes (any integers; -1 is missing) over categories as a column: a code out of range is an
+    /// error naming `codes_field`; repeated categories (in `cats_field`) are merged with a warning.
+    pub(super) fn categorical(
+        &self,
+        codes_field: &str,
+        cats_field: &str,
+        codes: &[i64],
+        mut categories: Vec<String>,
+    ) -> Result<ObsColumn> {
+        let mut out = Vec::with_capacity(codes.len());
+        for (i, &c) in codes.iter().enumerate() {
+            if c < -1 || c >= categories.len() as i64 {
+                return Err(self.err(format!(
+                    "{codes_field}[{i}] = {c}, but there are {} categories in {cats_field}",
+                    categories.len()
+                )));
+            }
+            out.push(c as i32);
+        }
+        if let Some((remap, what)) = merge_repeats(&mut categories) {
+            // pandas refuses such a column ("Categorical categories must be unique");
+            // the repeats are one category by name, so they become one.
+            eprintln!(
+                "warning: {}: {cats_field} repeats {what}; scvi-rs merges the repeats into one \
+                 category (pandas would refuse the column)",
+                self.path.display()
+            );
+            for c in out.iter_mut().filter(|c| **c >= 0) {
+                *c = remap[*c as usize];
+            }
+        }
+        Ok(ObsColumn::Categorical {
+            codes: out,
+            categories,
+        })
+    }
+
     /// A column stored as a group: categorical, nullable integer / boolean / string.
     fn read_group_column(&self, g: &Group, field: &str) -> Result<Column> {
         let attrs = self.attrs(g, field)?;
@@ -160,35 +203,13 @@ impl H5ad {
                     ObsColumn::Integers(v) => v,
                     _ => return Err(self.err(format!("{field}/codes: expected integers"))),
                 };
-                let Some(mut categories) = as_names(sub("categories")?) else {
+                let Some(categories) = as_names(sub("categories")?) else {
                     return Ok(Err("categories of an unexpected kind".into()));
                 };
-                let mut out = Vec::with_capacity(codes.len());
-                for (i, &c) in codes.iter().enumerate() {
-                    if c < -1 || c >= categories.len() as i64 {
-                        return Err(self.err(format!(
-                            "{field}/codes[{i}] = {c}, but there are {} categories",
-                            categories.len()
-                        )));
-                    }
-                    out.push(c as i32);
-                }
-                if let Some((remap, what)) = merge_repeats(&mut categories) {
-                    // pandas refuses such a column ("Categorical categories must be unique");
-                    // the repeats are one category by name, so they become one.
-                    eprintln!(
-                        "warning: {}: {field}/categories repeats {what}; scvi-rs merges the \
-                         repeats into one category (pandas would refuse the column)",
-                        self.path.display()
-                    );
-                    for c in out.iter_mut().filter(|c| **c >= 0) {
-                        *c = remap[*c as usize];
-                    }
-                }
-                Ok(Ok(ObsColumn::Categorical {
-                    codes: out,
-                    categories,
-                }))
+                let (codes_field, cats_field) =
+                    (format!("{field}/codes"), format!("{field}/categories"));
+                self.categorical(&codes_field, &cats_field, &codes, categories)
+                    .map(Ok)
             }
             "nullable-integer" | "nullable-boolean" | "nullable-string-array" => {
                 let values = sub("values")?;

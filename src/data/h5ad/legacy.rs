@@ -10,6 +10,7 @@
 //! The matrix of such files (`X` dense, or an `h5sparse` group) is read by [`super::matrix`];
 //! `raw.X` / `raw.var` are not read (scvi-rs reads `X` or a layer, as before).
 
+use hdf5_reader::group::Group;
 use hdf5_reader::{Datatype, StringPadding, StringSize};
 
 use super::frames::Column;
@@ -130,7 +131,7 @@ impl H5ad {
         };
         for (name, col) in columns.iter_mut() {
             if let Ok(ObsColumn::Integers(codes)) = col {
-                if let Some(c) = self.legacy_categories(name, codes)? {
+                if let Some(c) = self.legacy_categories(frame, name, codes)? {
                     *col = Ok(c);
                 }
             }
@@ -140,7 +141,12 @@ impl H5ad {
 
     /// `uns/<name>_categories` applied to `codes`, as anndata's `_clean_uns` does: only when the
     /// categories exist and every code is below their number (otherwise the column stays integers).
-    fn legacy_categories(&self, name: &str, codes: &[i64]) -> Result<Option<ObsColumn>> {
+    fn legacy_categories(
+        &self,
+        frame: &str,
+        name: &str,
+        codes: &[i64],
+    ) -> Result<Option<ObsColumn>> {
         let root = self.root_group()?;
         let Some(uns) = self.child_group(&root, "uns", "uns")? else {
             return Ok(None);
@@ -152,35 +158,48 @@ impl H5ad {
         }
         let field = format!("uns/{key}");
         let ds = self.dataset(&uns, &key, &field)?;
-        let categories = if hdf5::is_string_type(ds.dtype()) {
-            hdf5::read_strings(&self.path, &field, &ds)?
-        } else {
-            match self.read_dataset_column(&ds, &field)? {
-                Ok(col) => match super::frames::as_names(col) {
-                    Some(v) => v,
-                    None => return Ok(None),
-                },
-                Err(_) => return Ok(None),
-            }
+        let categories = match self.category_names(&ds, &field) {
+            Ok(c) => c,
+            // anndata leaves the column as integers when its categories cannot be used.
+            Err(_) => return Ok(None),
         };
-        let n = categories.len() as i64;
-        if codes.iter().any(|&c| c >= n) {
+        if codes.iter().any(|&c| c >= categories.len() as i64) {
             return Ok(None);
         }
-        let mut out = Vec::with_capacity(codes.len());
-        for (i, &c) in codes.iter().enumerate() {
-            if c < -1 {
-                return Err(self.err(format!(
-                    "{name}[{i}] = {c}: a code of the categories in {field} must be -1 (missing) \
-                     or 0..{n}"
-                )));
-            }
-            out.push(c as i32);
+        self.categorical(&format!("{frame}['{name}']"), &field, codes, categories)
+            .map(Some)
+    }
+
+    /// A categorical column as anndata 0.7 wrote it (dataframe encoding 0.1.0): the codes are the
+    /// column's dataset, whose `categories` attribute references `<frame>/__categories/<name>`,
+    /// where anndata 0.7 always put them (anndata's `read_series`).
+    pub(super) fn categories_0_7(
+        &self,
+        frame: &Group,
+        name: &str,
+        codes: &[i64],
+    ) -> Result<ObsColumn> {
+        let (codes_field, cats_field) = (format!("obs/{name}"), format!("obs/__categories/{name}"));
+        let cats = self
+            .child_group(frame, "__categories", "obs/__categories")?
+            .ok_or_else(|| {
+                self.err(format!(
+                    "{codes_field} has a 'categories' attribute (anndata 0.7) but there is no \
+                     {cats_field}"
+                ))
+            })?;
+        let ds = self.dataset(&cats, name, &cats_field)?;
+        let categories = self.category_names(&ds, &cats_field)?;
+        self.categorical(&codes_field, &cats_field, codes, categories)
+    }
+
+    /// A dataset of categories as names (strings, or numbers as pandas prints them).
+    fn category_names(&self, ds: &hdf5_reader::Dataset, field: &str) -> Result<Vec<String>> {
+        match self.read_dataset_column(ds, field)? {
+            Ok(col) => super::frames::as_names(col)
+                .ok_or_else(|| self.err(format!("{field}: categories of an unexpected kind"))),
+            Err(why) => Err(self.err(format!("{field}: {why}"))),
         }
-        Ok(Some(ObsColumn::Categorical {
-            codes: out,
-            categories,
-        }))
     }
 }
 
