@@ -575,6 +575,26 @@ fn legacy_fixtures_read_as_anndata_reads_them() {
 }
 
 #[test]
+fn legacy_errors_name_the_file_and_the_field() {
+    for (name, needles) in [
+        (
+            "legacy_bad_code.h5ad",
+            &["obs['batch'][0] = -2", "uns/batch_categories"][..],
+        ),
+        (
+            "legacy_vlen_index.h5ad",
+            &["obs['index']", "variable-length strings"][..],
+        ),
+    ] {
+        let e = read_obs(&fixture(name)).unwrap_err().to_string();
+        assert!(e.contains(name), "{e}");
+        for n in needles {
+            assert!(e.contains(n), "{name}: '{n}' not in: {e}");
+        }
+    }
+}
+
+#[test]
 fn legacy_fixtures_run_through_info_and_train() {
     for (name, _) in LEGACY {
         let path = fixture(name);

@@ -110,6 +110,12 @@ impl H5ad {
                     dt if hdf5::is_bool_type(dt) => Ok(ObsColumn::Bools(
                         values(1)?.into_iter().map(|v| v[0] != 0).collect(),
                     )),
+                    dt if hdf5::is_string_type(dt) => Err(
+                        "variable-length strings in a compound record, which scvi-rs does not \
+                         read (anndata < 0.7 wrote fixed-length ones; re-save the file with a \
+                         recent anndata)"
+                            .into(),
+                    ),
                     dt => match NumKind::of(dt) {
                         Some(kind) => Ok(numbers(kind, &values(kind.size() as usize)?)),
                         None => Err(format!("values of type {}", hdf5::dtype_name(dt))),
