@@ -11,14 +11,27 @@ use crate::data::ObsColumn;
 use crate::error::Result;
 
 /// A column as read, or why it is skipped (a kind scvi-rs does not read).
-type Column = std::result::Result<ObsColumn, String>;
+pub(super) type Column = std::result::Result<ObsColumn, String>;
 
 impl H5ad {
     pub(super) fn read_var_names(&self) -> Result<Vec<String>> {
+        if let Some(legacy) = self.legacy_frame("var")? {
+            return Ok(legacy.names);
+        }
         Ok(self.dataframe("var", "gene names")?.2)
     }
 
     pub(super) fn read_obs(&self) -> Result<ObsTable> {
+        if let Some(legacy) = self.legacy_frame("obs")? {
+            let mut columns = Vec::with_capacity(legacy.columns.len());
+            for (name, col) in legacy.columns {
+                match col {
+                    Ok(c) => columns.push((name, c)),
+                    Err(why) => self.warn_skipped(&format!("obs['{name}']"), &why),
+                }
+            }
+            return Ok((legacy.names, columns));
+        }
         let (obs, attrs, names) = self.dataframe("obs", "cell annotations")?;
         let order = column_order(&attrs).ok_or_else(|| {
             self.err("obs: the 'column-order' attribute is missing or not a list of names")
@@ -32,7 +45,12 @@ impl H5ad {
                 self.read_group_column(&g, &field)?
             } else if datasets.contains(&name) {
                 let ds = self.dataset(&obs, &name, &field)?;
-                self.read_dataset_column(&ds, &field)?
+                match self.read_dataset_column(&ds, &field)? {
+                    Ok(ObsColumn::Integers(codes)) if ds.attribute("categories").is_ok() => {
+                        Ok(self.categories_0_7(&obs, &name, &codes)?)
+                    }
+                    col => col,
+                }
             } else {
                 return Err(self.err(format!(
                     "obs: 'column-order' lists '{name}' but there is no '{field}'"
@@ -47,14 +65,19 @@ impl H5ad {
                         names.len()
                     )))
                 }
-                Err(why) => eprintln!(
-                    "warning: {}: {field} skipped: {why}; scvi-rs reads categorical, string, \
-                     numeric and boolean columns",
-                    self.path.display()
-                ),
+                Err(why) => self.warn_skipped(&field, &why),
             }
         }
         Ok((names, columns))
+    }
+
+    /// The warning for an obs column of a kind scvi-rs does not read.
+    fn warn_skipped(&self, field: &str, why: &str) {
+        eprintln!(
+            "warning: {}: {field} skipped: {why}; scvi-rs reads categorical, string, numeric and \
+             boolean columns",
+            self.path.display()
+        );
     }
 
     /// The dataframe `frame` (`obs` or `var`, holding `what`): its group, its attributes and its
@@ -74,8 +97,9 @@ impl H5ad {
             }
             None => {
                 return Err(self.err(format!(
-                    "{frame} has no 'encoding-type' attribute: written by anndata older than 0.8, \
-                     which scvi-rs does not read (re-save the file with a recent anndata)"
+                    "{frame} is a group with no 'encoding-type' attribute: not a dataframe as any \
+                     anndata wrote it (0.8+ and 0.7 mark it 'dataframe'; before 0.7 it is a \
+                     compound dataset)"
                 )))
             }
         }
@@ -94,7 +118,7 @@ impl H5ad {
     }
 
     /// A column stored as a dataset.
-    fn read_dataset_column(&self, ds: &H5Dataset, field: &str) -> Result<Column> {
+    pub(super) fn read_dataset_column(&self, ds: &H5Dataset, field: &str) -> Result<Column> {
         let attrs = ds.attributes();
         let enc = attr_string(&attrs, "encoding-type");
         if ds.ndim() != 1 {
@@ -113,15 +137,7 @@ impl H5ad {
             return Ok(Ok(if num.kind().is_float() {
                 ObsColumn::Floats(num.all()?)
             } else {
-                let v: Vec<i128> = num.all()?;
-                match v
-                    .iter()
-                    .map(|&x| i64::try_from(x))
-                    .collect::<std::result::Result<_, _>>()
-                {
-                    Ok(ints) => ObsColumn::Integers(ints),
-                    Err(_) => ObsColumn::Floats(v.iter().map(|&x| x as f64).collect()),
-                }
+                integers(num.all()?)
             }));
         }
         if hdf5::is_bool_type(ds.dtype()) {
@@ -132,6 +148,43 @@ impl H5ad {
             "values of type {}",
             hdf5::dtype_name(ds.dtype())
         )))
+    }
+
+    /// Codes (any integers; -1 is missing) over categories as a column: a code out of range is an
+    /// error naming `codes_field`; repeated categories (in `cats_field`) are merged with a warning.
+    pub(super) fn categorical(
+        &self,
+        codes_field: &str,
+        cats_field: &str,
+        codes: &[i64],
+        mut categories: Vec<String>,
+    ) -> Result<ObsColumn> {
+        let mut out = Vec::with_capacity(codes.len());
+        for (i, &c) in codes.iter().enumerate() {
+            if c < -1 || c >= categories.len() as i64 {
+                return Err(self.err(format!(
+                    "{codes_field}[{i}] = {c}, but there are {} categories in {cats_field}",
+                    categories.len()
+                )));
+            }
+            out.push(c as i32);
+        }
+        if let Some((remap, what)) = merge_repeats(&mut categories) {
+            // pandas refuses such a column ("Categorical categories must be unique");
+            // the repeats are one category by name, so they become one.
+            eprintln!(
+                "warning: {}: {cats_field} repeats {what}; scvi-rs merges the repeats into one \
+                 category (pandas would refuse the column)",
+                self.path.display()
+            );
+            for c in out.iter_mut().filter(|c| **c >= 0) {
+                *c = remap[*c as usize];
+            }
+        }
+        Ok(ObsColumn::Categorical {
+            codes: out,
+            categories,
+        })
     }
 
     /// A column stored as a group: categorical, nullable integer / boolean / string.
@@ -150,35 +203,13 @@ impl H5ad {
                     ObsColumn::Integers(v) => v,
                     _ => return Err(self.err(format!("{field}/codes: expected integers"))),
                 };
-                let Some(mut categories) = as_names(sub("categories")?) else {
+                let Some(categories) = as_names(sub("categories")?) else {
                     return Ok(Err("categories of an unexpected kind".into()));
                 };
-                let mut out = Vec::with_capacity(codes.len());
-                for (i, &c) in codes.iter().enumerate() {
-                    if c < -1 || c >= categories.len() as i64 {
-                        return Err(self.err(format!(
-                            "{field}/codes[{i}] = {c}, but there are {} categories",
-                            categories.len()
-                        )));
-                    }
-                    out.push(c as i32);
-                }
-                if let Some((remap, what)) = merge_repeats(&mut categories) {
-                    // pandas refuses such a column ("Categorical categories must be unique");
-                    // the repeats are one category by name, so they become one.
-                    eprintln!(
-                        "warning: {}: {field}/categories repeats {what}; scvi-rs merges the \
-                         repeats into one category (pandas would refuse the column)",
-                        self.path.display()
-                    );
-                    for c in out.iter_mut().filter(|c| **c >= 0) {
-                        *c = remap[*c as usize];
-                    }
-                }
-                Ok(Ok(ObsColumn::Categorical {
-                    codes: out,
-                    categories,
-                }))
+                let (codes_field, cats_field) =
+                    (format!("{field}/codes"), format!("{field}/categories"));
+                self.categorical(&codes_field, &cats_field, &codes, categories)
+                    .map(Ok)
             }
             "nullable-integer" | "nullable-boolean" | "nullable-string-array" => {
                 let values = sub("values")?;
@@ -282,8 +313,16 @@ fn merge_repeats(categories: &mut Vec<String>) -> Option<(Vec<i32>, String)> {
     ))
 }
 
+/// Stored integers as a column: `Integers`, or `Floats` when one exceeds `i64` (a uint64 column).
+pub(super) fn integers(v: Vec<i128>) -> ObsColumn {
+    match v.iter().map(|&x| i64::try_from(x)).collect() {
+        Ok(ints) => ObsColumn::Integers(ints),
+        Err(_) => ObsColumn::Floats(v.iter().map(|&x| x as f64).collect()),
+    }
+}
+
 /// A column's values as names, the way pandas prints them (None for a categorical).
-fn as_names(col: ObsColumn) -> Option<Vec<String>> {
+pub(super) fn as_names(col: ObsColumn) -> Option<Vec<String>> {
     Some(match col {
         ObsColumn::Strings(v) => v,
         ObsColumn::Integers(v) => v.iter().map(|x| x.to_string()).collect(),

@@ -123,6 +123,9 @@ impl H5ad {
     /// The path and length of a dataframe's index (from the dataset's shape; no values read), when
     /// the dataframe and its index exist.
     fn index_len(&self, frame: &str) -> Result<Option<(String, u64)>> {
+        if let Some(n) = self.legacy_len(frame)? {
+            return Ok(Some((format!("{frame} (a record per row)"), n)));
+        }
         let root = self.root_group()?;
         let Some(g) = self.child_group(&root, frame, frame)? else {
             return Ok(None);

@@ -1,13 +1,15 @@
 //! AnnData `.h5ad` reader on the pure-Rust `hdf5-reader` (no C HDF5): the public API and the file.
 //!
 //! What is read: the count matrix `X` (or `layers/<name>`) as CSR f32, the gene names
-//! (`var`'s index), the cell names (`obs`'s index) and every `obs` column. Only the anndata 0.8+
-//! on-disk encoding is supported (the `encoding-type` attributes; anndata has written it since
-//! 2022); files from older anndata are refused with a message saying so.
+//! (`var`'s index), the cell names (`obs`'s index) and every `obs` column. The anndata 0.8+
+//! on-disk encoding (the `encoding-type` attributes; anndata has written it since 2022) and the
+//! layout of anndata before 0.7 (`obs` / `var` as compound datasets, categories in
+//! `uns/<column>_categories`, `h5sparse` matrices; see `legacy`) are read as anndata reads them.
 //!
 //! - `matrix`: finding and checking the matrix (`csr_matrix`, `csc_matrix` or a dense `array`)
 //!   and streaming it as CSR chunks of rows;
-//! - `frames`: the `obs` and `var` dataframes (indexes, categorical, nullable and plain columns).
+//! - `frames`: the `obs` and `var` dataframes (indexes, categorical, nullable and plain columns);
+//! - `legacy`: the same dataframes as anndata < 0.7 wrote them (compound datasets).
 //!
 //! Numbers are decoded by the readers' shared decoder ([`super::hdf5`]): data may be any of
 //! int8/16/32/64, uint8/16/32/64, float32/64 (converted to f32), indices and indptr any integer
@@ -16,6 +18,7 @@
 //! Every error names the file and the field (`X/indptr`, `obs/cell_type/codes`, ...).
 
 mod frames;
+mod legacy;
 mod matrix;
 
 use std::path::{Path, PathBuf};
@@ -92,7 +95,10 @@ pub fn read_h5ad_with_summary(path: &Path, opts: &H5adOptions) -> Result<(Datase
 pub fn h5ad_summary(path: &Path) -> Result<H5adSummary> {
     let r = H5adReader::open(path, &H5adOptions::default())?;
     let (f, m) = (&r.file, &r.matrix);
+    let legacy = f.legacy_fields("obs")?;
     let obs_columns = match f.root_group()?.group("obs") {
+        // The first field of a legacy record is the index, the others the columns.
+        _ if legacy.is_some() => legacy.unwrap_or_default().into_iter().skip(1).collect(),
         Ok(g) => {
             let attrs = f.attrs(&g, "obs")?;
             frames::column_order(&attrs).unwrap_or_default()
