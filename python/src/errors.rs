@@ -1,6 +1,6 @@
 //! The core's errors as Python exceptions, with the command line's message: a missing file is a
 //! `FileNotFoundError`, a missing obs column or layer a `KeyError`, bad values and options a
-//! `ValueError`, the GPU a `RuntimeError`, an interruption a `KeyboardInterrupt`.
+//! `ValueError`, the GPU and too little memory or disk a `RuntimeError`, an interruption a `KeyboardInterrupt`.
 
 use pyo3::exceptions::{
     PyFileNotFoundError, PyKeyError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError,
@@ -11,7 +11,7 @@ use scvi_rs::Error;
 pub fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     match &e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+        Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => {
             PyFileNotFoundError::new_err(msg)
         }
         Error::Io { .. } => PyOSError::new_err(msg),
@@ -24,7 +24,9 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Format { .. } | Error::Data(_) | Error::Shape(_) | Error::Config(_) => {
             PyValueError::new_err(msg)
         }
-        Error::Cuda(_) => PyRuntimeError::new_err(msg),
+        // Not enough memory or disk for what the input asks: Python's MemoryError would suggest
+        // the interpreter ran out; the work was refused before it started.
+        Error::Resource(_) | Error::Cuda(_) => PyRuntimeError::new_err(msg),
         Error::Interrupted { .. } => PyKeyboardInterrupt::new_err(msg),
     }
 }
